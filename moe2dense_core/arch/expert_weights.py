@@ -1,0 +1,128 @@
+"""Canonical expert weights: the one in-memory layout every stage of the core shares.
+
+Whatever a family stores on disk (per-expert matrices, fused 3-D tensors, interleaved gate/up,
+MXFP4 blocks), its MoEArchSpec converts it to this layout, and everything downstream (statistics,
+grouping, assembly) reads only this.
+
+Shapes, for E experts of intermediate width I on hidden size H:
+    gate      [E, I, H]      up        [E, I, H]      down      [E, H, I]
+    gate_bias [E, I] | None  up_bias   [E, I] | None  down_bias [E, H] | None
+
+Expert e computes  f_e(x) = down_e · act(gate_e·x + gate_bias_e, up_e·x + up_bias_e) + down_bias_e.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Activation:
+    """The gated activation act(g, u) of one family.
+
+    kind = "swiglu":          act(g, u) = silu(g) · u                            (Qwen, Mixtral, DeepSeek, OLMoE)
+    kind = "clamped_swiglu":  g' = min(g, limit), u' = clamp(u, -limit, limit),
+                              act(g, u) = (u' + 1) · g' · sigmoid(alpha · g')    (GPT-OSS: alpha 1.702, limit 7)
+    Both are elementwise in the intermediate dimension, which is what makes concatenating experts exact.
+    """
+
+    kind: str = "swiglu"
+    alpha: float = 1.702
+    limit: float = 7.0
+
+    def __call__(self, gate_pre: torch.Tensor, up_pre: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            return F.silu(gate_pre) * up_pre
+        if self.kind == "clamped_swiglu":
+            g = gate_pre.clamp(max=self.limit)
+            u = up_pre.clamp(min=-self.limit, max=self.limit)
+            return (u + 1) * (g * torch.sigmoid(self.alpha * g))
+        raise ValueError(f"Activation.kind: unknown activation {self.kind!r} (expected 'swiglu' or 'clamped_swiglu')")
+
+
+@dataclass(frozen=True)
+class ExpertWeights:
+    """E experts of one layer in canonical layout (see module docstring for shapes)."""
+
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+    gate_bias: torch.Tensor | None = None
+    up_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        e, i, h = self.gate.shape
+        expected = {
+            "gate": (self.gate, (e, i, h)),
+            "up": (self.up, (e, i, h)),
+            "down": (self.down, (e, h, i)),
+            "gate_bias": (self.gate_bias, (e, i)),
+            "up_bias": (self.up_bias, (e, i)),
+            "down_bias": (self.down_bias, (e, h)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise ValueError(f"ExpertWeights.{name}: shape {tuple(tensor.shape)}, expected {shape}")
+
+    @property
+    def num_experts(self) -> int:
+        return self.gate.shape[0]
+
+    @property
+    def width(self) -> int:
+        """Intermediate width I of one expert."""
+        return self.gate.shape[1]
+
+    @property
+    def hidden(self) -> int:
+        return self.gate.shape[2]
+
+    def select(self, experts: Sequence[int]) -> ExpertWeights:
+        """The sub-collection of the given expert indices, in that order."""
+        idx = torch.as_tensor(list(experts), dtype=torch.long)
+        return ExpertWeights(**{k: (None if v is None else v[idx]) for k, v in self._fields().items()})
+
+    def to(self, dtype: torch.dtype) -> ExpertWeights:
+        return replace(self, **{k: (None if v is None else v.to(dtype)) for k, v in self._fields().items()})
+
+    @staticmethod
+    def stack(parts: Sequence[ExpertWeights]) -> ExpertWeights:
+        """Concatenate collections along the expert dimension (biases must be present in all or none)."""
+        fields = [p._fields() for p in parts]
+        out = {}
+        for k in fields[0]:
+            vals = [f[k] for f in fields]
+            out[k] = None if vals[0] is None else torch.cat(vals, dim=0)
+        return ExpertWeights(**out)
+
+    def intermediate(self, x: torch.Tensor, activation: Activation) -> torch.Tensor:
+        """act(gate·x + b_g, up·x + b_u) for every expert: x [T, H] → [E, T, I]."""
+        g = torch.einsum("eih,th->eti", self.gate, x)
+        u = torch.einsum("eih,th->eti", self.up, x)
+        if self.gate_bias is not None:
+            g = g + self.gate_bias[:, None, :]
+        if self.up_bias is not None:
+            u = u + self.up_bias[:, None, :]
+        return activation(g, u)
+
+    def forward(self, x: torch.Tensor, activation: Activation) -> torch.Tensor:
+        """f_e(x) for every expert e on every token: x [T, H] → [E, T, H]."""
+        out = torch.einsum("ehi,eti->eth", self.down, self.intermediate(x, activation))
+        if self.down_bias is not None:
+            out = out + self.down_bias[:, None, :]
+        return out
+
+    def _fields(self) -> dict[str, torch.Tensor | None]:
+        return {
+            "gate": self.gate,
+            "up": self.up,
+            "down": self.down,
+            "gate_bias": self.gate_bias,
+            "up_bias": self.up_bias,
+            "down_bias": self.down_bias,
+        }

@@ -1,0 +1,17 @@
+"""Errors raised by the core. Every message names the field, file or tensor at fault."""
+
+
+class Moe2DenseError(Exception):
+    """Base class: anything the core refuses, with a message a user can act on."""
+
+
+class UnsupportedArchitectureError(Moe2DenseError):
+    """`config.model_type` has no MoEArchSpec; the message lists the supported ones."""
+
+
+class CheckpointError(Moe2DenseError):
+    """A checkpoint is unreadable, truncated, corrupt, pickled, or disagrees with its config."""
+
+
+class PlanError(Moe2DenseError):
+    """A plan request is impossible (e.g. K < k or K > E) or a plan does not fit the model."""
