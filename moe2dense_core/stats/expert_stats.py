@@ -11,9 +11,11 @@ from moe2dense_core.stats.layer_stats import LayerStats
 class ExpertStats:
     """Per-layer float64 accumulators of one teacher.
 
-    model_type: teacher `config.model_type`; layers: MoE layer index → LayerStats.
+    config: the teacher's config.json (dict); model_type: its `config.model_type`;
+    layers: MoE layer index → LayerStats.
     """
 
+    config: dict
     model_type: str
     num_experts: int
     top_k: int
