@@ -89,6 +89,11 @@ class MoEArchSpec(ABC):
     def routed_tensor_names(self, config: dict[str, Any], layer: int) -> list[str]:
         """Every on-disk tensor of the routed experts AND router of a MoE layer (dropped from the dense model)."""
 
+    def expected_shapes(self, config: dict[str, Any], layer: int) -> dict[str, tuple[int, ...]]:
+        """On-disk shape of every routed, router, shared and dense-MLP tensor of `layer` that the config
+        implies; `io.validate_checkpoint` compares them with the shard headers before anything runs."""
+        return {}
+
     @abstractmethod
     def read_experts(self, reader: Any, layer: int, experts: list[int]) -> ExpertWeights:
         """Routed experts `experts` of `layer`, canonical float32 (MXFP4 dequantised on read)."""
@@ -126,6 +131,14 @@ class MoEArchSpec(ABC):
     def rename_for_dense(self, name: str) -> str | None:
         """Target name of a non-FFN teacher tensor (attention, norms, embeddings); None drops it."""
         return name
+
+    def read_tensor(self, reader: Any, name: str) -> torch.Tensor:
+        """A teacher tensor as the (unquantised) dense checkpoint stores it: block-FP8 weights (DeepSeek-V3,
+        *-FP8 releases) dequantised to float32 with their `…_scale_inv` partner (which rename_for_dense drops);
+        anything else exactly as stored. Assembly copies non-FFN tensors through this."""
+        from moe2dense_core.io.fp8 import read_dequantized
+
+        return read_dequantized(reader, name)
 
 
 _REGISTRY: dict[str, MoEArchSpec] = {}

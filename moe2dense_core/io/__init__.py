@@ -1,0 +1,19 @@
+"""Streaming checkpoint I/O: read one tensor at a time, write shard by shard, MXFP4, digests."""
+
+from moe2dense_core.io.digests import file_sha256, snapshot_sha256
+from moe2dense_core.io.mxfp4 import dequantize_mxfp4, quantize_mxfp4
+from moe2dense_core.io.reader import CheckpointReader
+from moe2dense_core.io.resolve import resolve_model
+from moe2dense_core.io.validate import validate_checkpoint
+from moe2dense_core.io.writer import ShardedCheckpointWriter
+
+__all__ = [
+    "CheckpointReader",
+    "ShardedCheckpointWriter",
+    "dequantize_mxfp4",
+    "file_sha256",
+    "quantize_mxfp4",
+    "resolve_model",
+    "snapshot_sha256",
+    "validate_checkpoint",
+]

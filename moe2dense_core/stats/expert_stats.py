@@ -1,10 +1,31 @@
-"""ExpertStats: the calibration statistics of a whole model, one LayerStats per MoE layer."""
+"""ExpertStats: the calibration statistics of a whole model, one LayerStats per MoE layer.
+
+On disk (`save(dir)` / `load(dir)`), a stats artifact is a folder of two files:
+  stats.safetensors   every tensor of every layer, keyed `layers.<i>.<field>` (float64; ids int64)
+  stats.json          {schema_version, model_type, num_experts, top_k, layers, config,
+                       tensors_sha256 (of stats.safetensors), digest (of the content)}
+Both are written atomically (temp file + os.replace), the tensors first, so a reader never sees a
+JSON that points at a half-written tensor file; `load` verifies the tensor file's sha256.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from moe2dense_core.stats.layer_stats import LayerStats
+import torch
+from safetensors.torch import load_file, save_file
+
+from moe2dense_core.io.digests import file_sha256
+from moe2dense_core.stats.layer_stats import LayerStats, StatsError
+
+STATS_SCHEMA_VERSION = 1
+TENSORS_FILE = "stats.safetensors"
+METADATA_FILE = "stats.json"
 
 
 @dataclass
@@ -20,3 +41,128 @@ class ExpertStats:
     num_experts: int
     top_k: int
     layers: dict[int, LayerStats] = field(default_factory=dict)
+
+    # ---- combination --------------------------------------------------------------------------------
+    def merge(self, other: ExpertStats) -> ExpertStats:
+        """A new ExpertStats over both token sets (e.g. two data shards or two GPUs); inputs untouched.
+
+        Both must describe the same model (model_type, E, k) and hold the same MoE layers.
+        The config of `self` is kept.
+        """
+        mine = (self.model_type, self.num_experts, self.top_k, sorted(self.layers))
+        theirs = (other.model_type, other.num_experts, other.top_k, sorted(other.layers))
+        if mine != theirs:
+            raise StatsError(
+                f"ExpertStats.merge: (model_type, num_experts, top_k, layers) differ: {mine} vs {theirs}"
+            )
+        layers = {i: self.layers[i].merge(other.layers[i]) for i in sorted(self.layers)}
+        return ExpertStats(dict(self.config), self.model_type, self.num_experts, self.top_k, layers)
+
+    # ---- serialisation ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat `layers.<i>.<field>` → tensor for every layer (see LayerStats.state_dict)."""
+        return {
+            f"layers.{i}.{name}": tensor
+            for i in sorted(self.layers)
+            for name, tensor in self.layers[i].state_dict().items()
+        }
+
+    def metadata(self) -> dict:
+        """The JSON-serialisable description (everything except the tensors)."""
+        return {
+            "schema_version": STATS_SCHEMA_VERSION,
+            "model_type": self.model_type,
+            "num_experts": self.num_experts,
+            "top_k": self.top_k,
+            "layers": sorted(self.layers),
+            "config": self.config,
+        }
+
+    def digest(self) -> str:
+        """sha256 of the content: canonical metadata JSON, then every tensor (name, dtype, shape, bytes)
+        in sorted name order. Independent of file format, device and insertion order."""
+        h = hashlib.sha256(_canonical_json(self.metadata()).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(f"\n{name}|{t.dtype}|{list(t.shape)}|".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+    def save(self, directory: str | Path) -> str:
+        """Write `stats.safetensors` + `stats.json` into `directory` (created if needed); returns digest()."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        digest = self.digest()
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in self.state_dict().items()}
+        tensors_path = directory / TENSORS_FILE
+        with _atomic_path(tensors_path) as tmp:
+            save_file(tensors, str(tmp))
+        metadata = {**self.metadata(), "tensors_sha256": file_sha256(tensors_path), "digest": digest}
+        with _atomic_path(directory / METADATA_FILE) as tmp:
+            tmp.write_text(json.dumps(metadata, indent=1, sort_keys=True))
+        return digest
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ExpertStats:
+        """Read a folder written by `save`; checks schema version, file sha256, layer set and shapes."""
+        directory = Path(directory)
+        meta_path, tensors_path = directory / METADATA_FILE, directory / TENSORS_FILE
+        for path in (meta_path, tensors_path):
+            if not path.is_file():
+                raise StatsError(f"{path}: missing (not an ExpertStats folder written by ExpertStats.save)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StatsError(f"{meta_path}: does not parse: {exc}") from None
+        keys = ("schema_version", "model_type", "num_experts", "top_k", "layers", "config", "tensors_sha256")
+        missing = [k for k in keys if k not in meta]
+        if missing:
+            raise StatsError(f"{meta_path}: missing fields {missing}")
+        if meta["schema_version"] != STATS_SCHEMA_VERSION:
+            raise StatsError(
+                f"{meta_path}: schema_version {meta['schema_version']} is not supported (expected {STATS_SCHEMA_VERSION})"
+            )
+        if file_sha256(tensors_path) != meta["tensors_sha256"]:
+            raise StatsError(
+                f"{tensors_path}: sha256 does not match tensors_sha256 in {meta_path} (corrupt or replaced)"
+            )
+        flat = load_file(str(tensors_path))
+        layers = {}
+        for i in meta["layers"]:
+            prefix = f"layers.{i}."
+            layer = LayerStats.from_state_dict(
+                {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+            )
+            if (layer.layer, layer.num_experts, layer.top_k) != (i, meta["num_experts"], meta["top_k"]):
+                raise StatsError(
+                    f"{tensors_path}: layer {i} holds (layer, E, k) = {(layer.layer, layer.num_experts, layer.top_k)}, "
+                    f"metadata says ({i}, {meta['num_experts']}, {meta['top_k']})"
+                )
+            layers[i] = layer
+        unexpected = sorted({k.split(".")[1] for k in flat} - {str(i) for i in meta["layers"]})
+        if unexpected:
+            raise StatsError(f"{tensors_path}: tensors of layers {unexpected} not listed in {meta_path}")
+        return cls(meta["config"], meta["model_type"], meta["num_experts"], meta["top_k"], layers)
+
+
+def _canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class _atomic_path:
+    """Context manager yielding a temp path beside `target`; on success os.replace(temp, target), else delete."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.target)
+        else:
+            self.tmp.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""LayerStats: the float64 calibration accumulators of one MoE layer (METHOD.md step 1).
+"""LayerStats: the float64 calibration accumulators of one MoE layer (METHOD.md step 1) [paper].
 
 Notation: N calibration tokens; p(t) [E] router probabilities over all experts (spec.router_probs);
 T(t) the teacher's selected top-k set; w_e(t) the applied routing weight (0 if e ∉ T(t));
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from moe2dense_core.errors import Moe2DenseError
+
 SUM_FIELDS = (
     "num_tokens",
     "counts",
@@ -39,10 +41,16 @@ SUM_FIELDS = (
     "router_prob_gram",
     "shared_gate_sum",
 )
+ID_FIELDS = ("layer", "num_experts", "top_k")
+"""Integer identity of a LayerStats, stored as 0-d int64 tensors in `state_dict()`."""
+
+
+class StatsError(Moe2DenseError, ValueError):
+    """Calibration input or statistics that do not fit (shapes, layers, expert counts, token ids)."""
 
 
 def _zeros(*shape: int) -> torch.Tensor:
-    return torch.zeros(*shape, dtype=torch.float64)
+    return torch.zeros(shape, dtype=torch.float64)
 
 
 @dataclass
@@ -84,6 +92,123 @@ class LayerStats:
             if value is None:
                 setattr(self, name, _zeros(*shape))
             elif tuple(value.shape) != shape:
-                raise ValueError(f"LayerStats.{name} of layer {self.layer}: shape {tuple(value.shape)}, expected {shape}")
+                raise ValueError(
+                    f"LayerStats.{name} of layer {self.layer}: shape {tuple(value.shape)}, expected {shape}"
+                )
             else:
                 setattr(self, name, value.to(torch.float64))
+
+    # ---- accumulation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(
+        self,
+        probs: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_indices: torch.Tensor,
+        expert_outputs: torch.Tensor,
+        shared_gate: torch.Tensor | None = None,
+    ) -> None:
+        """Add T tokens to every accumulator (in place; reduced in float64 on the outputs' device).
+
+        probs [T, E] p(t); topk_weights [T, k] w over T(t); topk_indices [T, k] T(t) (distinct per token);
+        expert_outputs [E, T, H] f_e(x_t) for every expert and token; shared_gate [T] sigmoid gate or None.
+        With S [T, E] the selection mask and W [T, E] the applied weights scattered from the top-k:
+        counts += Σ_t S, prob_sums += Σ_t p, prob_sums_selected += Σ_t p⊙S, weight_sums += Σ_t W,
+        ν [E, T] = ‖f_e(x_t)‖: output_sq_norm_sums += Σ_t ν², routed_norm_sums += Σ_t νᵀ⊙S,
+        routed_weighted_norm_sums += Σ_t νᵀ⊙W, gram += F Fᵀ with F = outputs as [E, T·H],
+        router_prob_gram += pᵀp, shared_gate_sum += Σ_t gate.
+        """
+        self._check_update_shapes(probs, topk_weights, topk_indices, expert_outputs, shared_gate)
+        device = expert_outputs.device  # reduce where the outputs live, then add to the accumulators
+        p = probs.to(device=device, dtype=torch.float64)
+        idx = topk_indices.to(device=device, dtype=torch.long)
+        w = topk_weights.to(device=device, dtype=torch.float64)
+        out = expert_outputs.to(torch.float64)
+        t = p.shape[0]
+
+        selected = torch.zeros(t, self.num_experts, dtype=torch.float64, device=device).scatter_(1, idx, 1.0)
+        if t and not bool((selected.sum(dim=1) == self.top_k).all()):
+            raise StatsError(f"layer {self.layer}: topk_indices repeat an expert within a token")
+        applied = torch.zeros(t, self.num_experts, dtype=torch.float64, device=device).scatter_(1, idx, w)
+        norms = out.norm(dim=-1)  # [E, T]
+        flat = out.reshape(self.num_experts, -1)  # [E, T·H]
+
+        sums = {
+            "num_tokens": torch.tensor(float(t), dtype=torch.float64),
+            "counts": selected.sum(dim=0),
+            "prob_sums": p.sum(dim=0),
+            "prob_sums_selected": (p * selected).sum(dim=0),
+            "weight_sums": applied.sum(dim=0),
+            "output_sq_norm_sums": norms.square().sum(dim=1),
+            "gram": flat @ flat.T,
+            "routed_norm_sums": (norms.T * selected).sum(dim=0),
+            "routed_weighted_norm_sums": (norms.T * applied).sum(dim=0),
+            "router_prob_gram": p.T @ p,
+        }
+        if shared_gate is not None:
+            sums["shared_gate_sum"] = shared_gate.to(device=device, dtype=torch.float64).sum()
+        for name, value in sums.items():
+            accumulator = getattr(self, name)
+            accumulator += value.to(accumulator.device)
+
+    def _check_update_shapes(
+        self,
+        probs: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_indices: torch.Tensor,
+        expert_outputs: torch.Tensor,
+        shared_gate: torch.Tensor | None,
+    ) -> None:
+        e, k = self.num_experts, self.top_k
+        where = f"LayerStats.update (layer {self.layer}, E={e}, k={k})"
+        if probs.dim() != 2 or probs.shape[1] != e:
+            raise StatsError(f"{where}: probs has shape {tuple(probs.shape)}, expected [T, {e}]")
+        t = probs.shape[0]
+        for name, tensor in (("topk_weights", topk_weights), ("topk_indices", topk_indices)):
+            if tuple(tensor.shape) != (t, k):
+                raise StatsError(f"{where}: {name} has shape {tuple(tensor.shape)}, expected [{t}, {k}]")
+        if expert_outputs.dim() != 3 or tuple(expert_outputs.shape[:2]) != (e, t):
+            raise StatsError(
+                f"{where}: expert_outputs has shape {tuple(expert_outputs.shape)}, expected [{e}, {t}, H]"
+            )
+        if shared_gate is not None and tuple(shared_gate.shape) != (t,):
+            raise StatsError(f"{where}: shared_gate has shape {tuple(shared_gate.shape)}, expected [{t}]")
+        if topk_indices.is_floating_point() or topk_indices.is_complex():
+            raise StatsError(f"{where}: topk_indices must be integer, got {topk_indices.dtype}")
+        if t and (int(topk_indices.min()) < 0 or int(topk_indices.max()) >= e):
+            raise StatsError(
+                f"{where}: topk_indices range [{int(topk_indices.min())}, {int(topk_indices.max())}] "
+                f"is outside [0, {e - 1}]"
+            )
+
+    # ---- combination and serialisation ------------------------------------------------------------
+    def merge(self, other: LayerStats) -> LayerStats:
+        """A new LayerStats holding the statistics of both token sets (field-wise sum; inputs untouched)."""
+        mine = (self.layer, self.num_experts, self.top_k)
+        theirs = (other.layer, other.num_experts, other.top_k)
+        if mine != theirs:
+            raise StatsError(f"LayerStats.merge: (layer, num_experts, top_k) differ: {mine} vs {theirs}")
+        summed = {
+            name: getattr(self, name) + getattr(other, name).to(getattr(self, name).device)
+            for name in SUM_FIELDS
+        }
+        return LayerStats(self.layer, self.num_experts, self.top_k, **summed)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every accumulator (float64) plus `layer`, `num_experts`, `top_k` as 0-d int64 tensors."""
+        state = {name: torch.tensor(getattr(self, name), dtype=torch.int64) for name in ID_FIELDS}
+        state.update({name: getattr(self, name).detach().clone() for name in SUM_FIELDS})
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> LayerStats:
+        """Inverse of `state_dict()`; the error names missing, unexpected or misshapen entries."""
+        expected = set(ID_FIELDS) | set(SUM_FIELDS)
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise StatsError(f"LayerStats state dict: missing {missing}, unexpected {unexpected}")
+        ids = {name: int(state[name]) for name in ID_FIELDS}
+        try:
+            return cls(**ids, **{name: state[name] for name in SUM_FIELDS})
+        except ValueError as exc:
+            raise StatsError(f"LayerStats state dict: {exc}") from None

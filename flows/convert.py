@@ -1,0 +1,122 @@
+"""Flow `convert`: one MoE → dense conversion end to end, from ONE validated Recipe parameter.
+
+Read top to bottom. Each stage is a cached Prefect task (tasks/<stage>.py) with URIs in and out; the
+flow opens the MLflow parent run, each task its nested stage run.
+
+    source      resolve + validate + digest the teacher snapshot
+    (check)     the plan request fits the teacher (K ≥ k, K ≤ E, …) — refused before calibration
+    calibrate   expert statistics on calibration text            (the expensive read of the teacher)
+    plan        scores → kept experts → groups → scales          (cheap; pure)
+    assemble    the dense Hugging Face checkpoint
+    evaluate    teacher and assembled student (pre-distillation perplexity)
+    distill     KD from the teacher, then evaluate the distilled student      (when enabled)
+    report      HTML + plots; register the final model with lineage tags     (when a name is set)
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from moe2dense_core.plan import validate_plan_config
+from tasks.assemble import CheckpointResult, assemble_task
+from tasks.calibrate import CalibrationResult, calibrate_task
+from tasks.distill import distill_task
+from tasks.evaluate import EvalTarget, EvaluationResult, evaluate_task
+from tasks.plan import PlanResult, plan_task
+from tasks.recipe import Recipe
+from tasks.report import ReportInputs, register_task, report_task
+from tasks.runtime import Runtime
+from tasks.source import SourceResult, source_task
+from tasks.tracking import parent_run
+
+
+class ConvertResult(BaseModel):
+    """Everything a conversion produced: small values and URIs (no tensors)."""
+
+    recipe_name: str
+    mlflow_run_id: str
+    source: SourceResult
+    calibration: CalibrationResult
+    plan: PlanResult
+    assembled: CheckpointResult
+    final: CheckpointResult
+    evaluations: list[EvaluationResult]
+    report_uri: str
+    registered_model: str | None = None
+
+
+@flow(name="convert", log_prints=True)
+def convert_flow(recipe: Recipe) -> ConvertResult:
+    runtime = Runtime.from_environment()
+    with parent_run(
+        runtime.client,
+        recipe,
+        runtime.redactor,
+        artifact_location=runtime.settings.resolved_mlflow_artifact_location,
+        flow_run_id=flow_run.id,
+        flow_run_url=flow_run.ui_url,
+    ) as parent:
+        link_mlflow_run(runtime, parent.run_id)
+        source = source_task(recipe.source)
+        validate_plan_config(recipe.plan, source.num_experts, source.top_k)
+        calibration = calibrate_task(source, recipe.calibration, recipe.statistics, parent.run_id)
+        plan = plan_task(source, calibration, recipe.plan, parent.run_id)
+        assembled = assemble_task(source, plan, recipe.storage, parent.run_id)
+
+        teacher = EvalTarget(label="teacher", checkpoint_digest=source.snapshot_digest, location=source.local_path)
+        evaluations = [
+            evaluate_task(teacher, recipe.evaluation, parent.run_id),
+            evaluate_task(target(assembled, "assembled"), recipe.evaluation, parent.run_id),
+        ]
+        final, distill_run_id = assembled, None
+        if recipe.distillation is not None and recipe.distillation.enabled:
+            final = distill_task(source, assembled, recipe.distillation, parent.run_id)
+            distill_run_id = final.mlflow_run_id
+            evaluations.append(evaluate_task(target(final, "distilled"), recipe.evaluation, parent.run_id))
+
+        inputs = ReportInputs(recipe_name=recipe.name, source=source, plan=plan, checkpoint=final,
+                              evaluations=evaluations, distill_run_id=distill_run_id)
+        report_uri = report_task(inputs, recipe.digest(), parent.run_id)
+        registered = None
+        if recipe.tracking.registered_model:
+            registered = register_task(source, plan, final, recipe.tracking.registered_model, flow_run.id, parent.run_id)
+        if recipe.storage.export_dir is not None:
+            export(runtime, final, recipe.storage.export_dir)
+        for evaluation in evaluations:
+            print(f"{evaluation.label}: held-out perplexity {evaluation.perplexity:.2f}")
+        print(f"report: {report_uri}")
+        return ConvertResult(
+            recipe_name=recipe.name, mlflow_run_id=parent.run_id, source=source, calibration=calibration, plan=plan,
+            assembled=assembled, final=final, evaluations=evaluations, report_uri=report_uri,
+            registered_model=registered,
+        )
+
+
+def target(checkpoint: CheckpointResult, label: str) -> EvalTarget:
+    return EvalTarget(label=label, checkpoint_digest=checkpoint.checkpoint_digest, location=checkpoint.checkpoint_uri)
+
+
+def link_mlflow_run(runtime: Runtime, run_id: str) -> None:
+    """A Prefect artifact on the flow run naming the MLflow run (tracking URI with no credentials)."""
+    uri = runtime.redactor.redact(runtime.settings.resolved_mlflow_tracking_uri)
+    create_markdown_artifact(
+        key="mlflow-run",
+        markdown=f"MLflow parent run `{run_id}` on `{uri}`",
+        description="Where this flow run's lineage, metrics and artifacts are recorded",
+    )
+
+
+def export(runtime: Runtime, checkpoint: CheckpointResult, export_dir: Path) -> None:
+    """Copy the final checkpoint to a plain local folder (replaced only once the copy is complete)."""
+    staging = export_dir.with_name(f".{export_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(runtime.fetch_uri(checkpoint.checkpoint_uri), staging)
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    staging.rename(export_dir)

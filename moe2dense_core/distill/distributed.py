@@ -1,0 +1,82 @@
+"""Running the same loop on one process or many (`torchrun` / `accelerate launch`, DDP).
+
+A launcher sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `setup_distributed` then
+joins the process group (NCCL with CUDA, gloo on CPU) unless the caller already did. Each process
+takes its own slice of every global batch (see `moe2dense_core.distill.sampling`), and DDP averages
+gradients, so N processes compute the gradient of the same global batch as one process would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(default_device: torch.device) -> DistributedContext:
+    """Join the launcher's process group if there is one; single process otherwise.
+
+    Device: cuda:LOCAL_RANK under a multi-process CUDA launch, else `default_device` (the student's).
+    """
+    world_size = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext(rank=0, world_size=1, device=default_device)
+    use_cuda = torch.cuda.is_available() and default_device.type != "cpu"
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+
+
+def wrap_student(student: nn.Module, ctx: DistributedContext) -> nn.Module:
+    """DDP-wrapped student when more than one process runs, the student itself otherwise."""
+    if not ctx.active:
+        return student
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(student, device_ids=device_ids)
+
+
+def all_reduce_sum(values: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """Σ over processes of `values` (a float64 tensor); identity on one process."""
+    if ctx.active:
+        values = values.to(ctx.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values.cpu()
+
+
+def gather_objects(obj: object, ctx: DistributedContext) -> list[object]:
+    """[obj of rank 0, obj of rank 1, …] on every process; [obj] on one process."""
+    if not ctx.active:
+        return [obj]
+    out: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: DistributedContext) -> None:
+    if ctx.active:
+        dist.barrier()

@@ -1,0 +1,266 @@
+"""The distillation loop: `distill(student, teacher_or_cache, data, config)`.
+
+Per optimizer step s (G = global rows per step, L = sequence length, w = config.ce_weight, T = temperature):
+  loss_s = (1 − w) · T² · (1 / (G·L)) Σ_{rows, positions} D(p ‖ q)  +  w · (1 / (G·(L−1))) Σ CE(next token)
+with D the configured divergence (forward KL: the paper's Eq. 5). Every process accumulates its share
+of the sums over its micro-batches (see `sampling`), scaled by world_size because DDP averages gradients,
+so the gradient equals the single-process gradient of the same global batch. Then: clip the global grad
+norm, AdamW step (fp32 master weights; forward under bf16 autocast where supported), warmup-cosine lr.
+
+Metrics logged every `log_every` steps (rank 0): loss, kl (mean forward KL per token at temperature T,
+no T² factor; over the k + 1 buckets in cached mode), ce (when w > 0), lr, grad_norm, tokens_per_s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from moe2dense_core.distill.checkpointing import (
+    TrainerPosition,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
+from moe2dense_core.distill.config import DistillConfig
+from moe2dense_core.distill.data import tokens_digest
+from moe2dense_core.distill.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    setup_distributed,
+    wrap_student,
+)
+from moe2dense_core.distill.errors import DistillError
+from moe2dense_core.distill.expanded_routing import check_teacher_top_k
+from moe2dense_core.distill.losses import divergence_per_token, forward_kl_per_token, next_token_ce_sum
+from moe2dense_core.distill.precision import autocast, resolve_precision
+from moe2dense_core.distill.sampling import step_micro_batches
+from moe2dense_core.distill.schedule import warmup_cosine_scheduler
+from moe2dense_core.distill.targets import CachedTeacher, OnlineTeacher, TeacherSource
+from moe2dense_core.distill.topk_cache import TopKCache
+from moe2dense_core.logging import MetricLogger, NullLogger
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    """What a run ended with: steps done, training tokens seen (global), the last logged metrics."""
+
+    steps: int
+    tokens_seen: int
+    final_metrics: dict[str, float]
+    checkpoint_path: Path | None
+    precision: str
+    world_size: int = 1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _validate_data(data: torch.Tensor, config: DistillConfig, world_size: int, vocab_size: int) -> None:
+    if not isinstance(data, torch.Tensor) or data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
+        raise DistillError(f"data must be an int tensor of packed rows [N, L]; got {getattr(data, 'shape', data)!r}")
+    if data.shape[1] < 2:
+        raise DistillError(f"data rows need at least 2 tokens, got L={data.shape[1]}")
+    needed = config.sequences_per_step(world_size)
+    if data.shape[0] < needed:
+        raise DistillError(
+            f"data has {data.shape[0]} rows, fewer than one global batch of {needed} "
+            f"(micro_batch_size × grad_accum_steps × world_size)"
+        )
+    if int(data.min()) < 0 or int(data.max()) >= vocab_size:
+        raise DistillError(f"data token ids must lie in [0, {vocab_size}); got [{int(data.min())}, {int(data.max())}]")
+
+
+def _teacher_source(
+    teacher_or_cache: nn.Module | TopKCache | str | Path,
+    data: torch.Tensor,
+    config: DistillConfig,
+    precision: str,
+    device: torch.device,
+) -> TeacherSource:
+    if isinstance(teacher_or_cache, nn.Module):
+        if config.teacher_top_k is not None:
+            check_teacher_top_k(teacher_or_cache, config.teacher_top_k)
+        return OnlineTeacher(teacher_or_cache, precision=precision, device=device, top_k=config.teacher_top_k)
+    cache = teacher_or_cache if isinstance(teacher_or_cache, TopKCache) else TopKCache.open(teacher_or_cache)
+    m = cache.manifest
+    if m.data_digest != tokens_digest(data):
+        raise DistillError(f"top-k cache {cache.directory} was written for other data (data_digest differs)")
+    if m.temperature != config.temperature:
+        raise DistillError(f"top-k cache {cache.directory} has temperature {m.temperature}, config {config.temperature}")
+    if config.teacher_top_k is not None and config.teacher_top_k != m.teacher_top_k:
+        raise DistillError(
+            f"config.teacher_top_k={config.teacher_top_k} but cache {cache.directory} was written with "
+            f"teacher_top_k={m.teacher_top_k}"
+        )
+    return CachedTeacher(cache, device)
+
+
+def micro_step(
+    model: nn.Module,
+    source: TeacherSource,
+    rows: torch.Tensor,
+    input_ids: torch.Tensor,
+    config: DistillConfig,
+    *,
+    precision: str,
+    device: torch.device,
+    kd_tokens: int,
+    ce_tokens: int,
+    world_size: int,
+) -> torch.Tensor:
+    """Forward + backward of one micro-batch; returns its detached sums [loss, kl, ce] (float64).
+
+    rows [B] index the data, input_ids [B, L] are those rows on `device`; kd_tokens = G·L and
+    ce_tokens = G·(L−1) are the global normalisers of the whole optimizer step.
+    """
+    with autocast(precision, device):
+        student_logits = model(input_ids=input_ids, use_cache=False).logits
+    teacher_logp, student_logp = source.logprob_pair(rows, input_ids, student_logits, config.temperature)
+    per_token = divergence_per_token(config.loss, teacher_logp, student_logp, jsd_beta=config.jsd_beta)
+    kd_sum = per_token.sum()
+    loss = (1.0 - config.ce_weight) * config.temperature**2 * kd_sum / kd_tokens
+    ce_sum = torch.zeros((), device=device)
+    if config.ce_weight > 0:
+        ce_sum, _ = next_token_ce_sum(student_logits, input_ids)
+        loss = loss + config.ce_weight * ce_sum / ce_tokens
+    (loss * world_size).backward()
+    with torch.no_grad():
+        kl_sum = kd_sum if config.loss == "forward_kl" else forward_kl_per_token(teacher_logp, student_logp).sum()
+    return torch.stack([loss.detach(), kl_sum.detach(), ce_sum.detach()]).double().cpu()
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    source: TeacherSource,
+    data: torch.Tensor,
+    micro_rows: list[torch.Tensor],
+    config: DistillConfig,
+    *,
+    precision: str,
+    ctx: DistributedContext,
+) -> torch.Tensor:
+    """Backward of one optimizer step's micro-batches (this process's rows); returns sums [loss, kl, ce].
+
+    Gradients are synchronised across processes (DDP) on the last micro-batch only. After the call,
+    every process holds the gradient of the global-batch loss (module docstring).
+    """
+    global_rows = len(micro_rows) * len(micro_rows[0]) * ctx.world_size
+    seq_len = data.shape[1]
+    sums = torch.zeros(3, dtype=torch.float64)
+    for m, rows in enumerate(micro_rows):
+        last = m == len(micro_rows) - 1
+        sync = contextlib.nullcontext() if (last or not ctx.active) else model.no_sync()
+        with sync:
+            sums += micro_step(model, source, rows, data[rows].to(ctx.device), config, precision=precision,
+                               device=ctx.device, kd_tokens=global_rows * seq_len,
+                               ce_tokens=global_rows * (seq_len - 1), world_size=ctx.world_size)
+    return sums
+
+
+def distill(
+    student: nn.Module,
+    teacher_or_cache: nn.Module | TopKCache | str | Path,
+    data: torch.Tensor,
+    config: DistillConfig,
+    *,
+    logger: MetricLogger | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> DistillResult:
+    """Distill `student` (a causal LM returning `.logits`) from a teacher model or a top-k cache.
+
+    data: packed training rows [N, L] (int64, see `data.prepare_token_splits`; never the held-out rows).
+    teacher_or_cache: the MoE teacher (run online) or a `TopKCache` / its directory (`write_topk_cache`
+    on the same `data`). Checkpoints go to `checkpoint_dir` every `config.checkpoint_every` steps and at
+    the end; resume=True continues from the newest one there exactly. Works unchanged under
+    torchrun / accelerate launch (DDP; see `distributed`). Trains `student` in place.
+    """
+    logger = logger or NullLogger()
+    if resume and checkpoint_dir is None:
+        raise DistillError("resume=True needs checkpoint_dir")
+    if config.checkpoint_every is not None and checkpoint_dir is None:
+        raise DistillError("config.checkpoint_every is set but no checkpoint_dir was given")
+    ctx: DistributedContext = setup_distributed(next(student.parameters()).device)
+    vocab_size = int(student.config.vocab_size)
+    _validate_data(data, config, ctx.world_size, vocab_size)
+    precision = resolve_precision(config.precision, ctx.device)
+    source = _teacher_source(teacher_or_cache, data, config, precision, ctx.device)
+    if source.vocab_size != vocab_size:
+        raise DistillError(f"student vocab_size {vocab_size} != teacher vocab_size {source.vocab_size}")
+
+    student.to(ctx.device).train()
+    if config.gradient_checkpointing:
+        if not hasattr(student, "gradient_checkpointing_enable"):
+            raise DistillError(f"{type(student).__name__} has no gradient_checkpointing_enable()")
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = wrap_student(student, ctx)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
+    scheduler = warmup_cosine_scheduler(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
+
+    position = TrainerPosition(step=0, data_position=0)
+    if resume:
+        found = latest_checkpoint(checkpoint_dir)
+        if found is not None:
+            position = load_checkpoint(found, model=student, optimizer=optimizer, scheduler=scheduler,
+                                       rank=ctx.rank, world_size=ctx.world_size)
+    if ctx.is_main:
+        logger.log_params({f"distill.{k}": v for k, v in config.model_dump().items()}
+                          | {"distill.resolved_precision": precision, "distill.world_size": ctx.world_size})
+
+    num_rows, seq_len = data.shape
+    global_rows = config.sequences_per_step(ctx.world_size)
+    history: list[dict[str, float]] = []
+    metrics: dict[str, float] = {}
+    saved: Path | None = None
+    window_start, window_tokens = time.perf_counter(), 0
+    while position.step < config.max_steps:
+        micro_rows = step_micro_batches(
+            position.data_position, num_rows=num_rows, micro_batch=config.micro_batch_size,
+            accumulation=config.grad_accum_steps, world_size=ctx.world_size, rank=ctx.rank,
+            seed=config.seed, shuffle=config.shuffle,
+        )
+        lr = scheduler.get_last_lr()[0]
+        optimizer.zero_grad(set_to_none=True)
+        sums = accumulate_gradients(model, source, data, micro_rows, config, precision=precision, ctx=ctx)
+        max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        optimizer.step()
+        scheduler.step()
+        position = TrainerPosition(position.step + 1, position.data_position + global_rows)
+        window_tokens += global_rows * seq_len
+
+        if position.step % config.log_every == 0 or position.step == config.max_steps:
+            loss_sum, kl_sum, ce_sum = all_reduce_sum(sums, ctx).tolist()
+            elapsed = time.perf_counter() - window_start
+            metrics = {"loss": loss_sum, "kl": kl_sum / (global_rows * seq_len), "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            if config.ce_weight > 0:
+                metrics["ce"] = ce_sum / (global_rows * (seq_len - 1))
+            history.append({"step": float(position.step), **metrics})
+            if ctx.is_main:
+                logger.log_metrics(metrics, step=position.step)
+            window_start, window_tokens = time.perf_counter(), 0
+
+        at_interval = config.checkpoint_every is not None and position.step % config.checkpoint_every == 0
+        if checkpoint_dir is not None and (at_interval or position.step == config.max_steps):
+            rng_states = gather_objects(rng_state(), ctx)
+            if ctx.is_main:
+                saved = save_checkpoint(checkpoint_dir, model=student, optimizer=optimizer, scheduler=scheduler,
+                                        position=position, rng_states=rng_states, keep=config.keep_checkpoints)
+            barrier(ctx)
+    if checkpoint_dir is not None and saved is None:
+        saved = latest_checkpoint(checkpoint_dir)
+    return DistillResult(
+        steps=position.step, tokens_seen=position.data_position * seq_len, final_metrics=metrics,
+        checkpoint_path=saved, precision=precision, world_size=ctx.world_size, history=history,
+    )

@@ -1,0 +1,229 @@
+"""Offline teacher: the teacher's top-k log-probabilities per token in sharded safetensors files.
+
+`write_topk_cache(teacher, data, out_dir, k)` runs the teacher once over the packed rows `data`
+[N, L] and writes, per row-shard `shard_00000.safetensors`:
+  input_ids      int32   [n, L]      the tokens (row i of the shard is row first_row + i of data)
+  topk_ids       int32   [n, L, k]   the k most probable next-token ids, most probable first
+  topk_logprobs  float32 [n, L, k]   log p_v = log softmax(z / T)_v at those ids
+  tail_logprob   float32 [n, L]      log r, r = Σ_{v ∉ top-k} p_v, from the full logits (−inf if k = V)
+and `manifest.json` (k, V, L, N, T, teacher_top_k, sha256 of the data and of each shard).
+`TopKCache.open(out_dir)` reads rows back by index, so distillation never holds the teacher in memory.
+How the tail mass enters the loss: `moe2dense_core.distill.losses.topk_bucket_logprobs` [defined here].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from moe2dense_core.distill.data import tokens_digest
+from moe2dense_core.distill.errors import DistillError
+from moe2dense_core.distill.expanded_routing import expanded_teacher_routing
+from moe2dense_core.distill.precision import autocast, resolve_precision
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class CacheShard(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    first_row: int
+    num_rows: int
+    sha256: str
+
+
+class TopKCacheManifest(BaseModel):
+    """What a cache holds and how it was made; `data_digest` ties it to one packed token tensor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    k: int
+    vocab_size: int
+    seq_len: int
+    num_sequences: int
+    temperature: float
+    teacher_top_k: int | None
+    precision: str
+    data_digest: str
+    shards: tuple[CacheShard, ...]
+
+
+@dataclass(frozen=True)
+class TeacherTopK:
+    """Cached teacher targets for a batch of rows: ids [B, L, k], logprobs [B, L, k], tail [B, L]."""
+
+    input_ids: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_logprobs: torch.Tensor
+    tail_logprob: torch.Tensor
+
+    def to(self, device: torch.device) -> TeacherTopK:
+        return TeacherTopK(*(t.to(device, non_blocking=True) for t in
+                             (self.input_ids, self.topk_ids, self.topk_logprobs, self.tail_logprob)))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def teacher_topk(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, ...]:
+    """[B, L, V] logits → (topk_ids int32 [B, L, k], topk_logprobs f32 [B, L, k], tail_logprob f32 [B, L])."""
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    values, ids = logprobs.topk(k, dim=-1)
+    if k == logprobs.shape[-1]:
+        tail = torch.full(logprobs.shape[:-1], float("-inf"), device=logprobs.device)
+    else:
+        tail = torch.logsumexp(logprobs.scatter(-1, ids, float("-inf")), dim=-1)
+    return ids.to(torch.int32), values, tail
+
+
+@torch.no_grad()
+def write_topk_cache(
+    teacher: nn.Module,
+    data: torch.Tensor,
+    out_dir: str | Path,
+    k: int,
+    *,
+    temperature: float = 1.0,
+    teacher_top_k: int | None = None,
+    batch_size: int = 8,
+    rows_per_shard: int = 1024,
+    precision: str = "auto",
+) -> TopKCacheManifest:
+    """Run `teacher` over `data` [N, L] (int) and write its top-k log-probabilities to `out_dir`.
+
+    k: kept ids per token (1 ≤ k ≤ V); temperature: T of p = softmax(z / T) (distillation must use
+    the same T); teacher_top_k: expanded routing k' (paper Eq. 6). The teacher runs on its own device.
+    Returns the manifest, also written last (atomically) as `out_dir/manifest.json`.
+    """
+    if data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
+        raise DistillError(f"data must be an int tensor [N, L], got {tuple(data.shape)} {data.dtype}")
+    vocab_size = int(teacher.config.vocab_size)
+    if not 1 <= k <= vocab_size:
+        raise DistillError(f"top-k cache k={k} must lie in [1, vocab_size={vocab_size}]")
+    if batch_size < 1 or rows_per_shard < batch_size:
+        raise DistillError(f"need 1 ≤ batch_size ({batch_size}) ≤ rows_per_shard ({rows_per_shard})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(teacher.parameters()).device
+    resolved = resolve_precision(precision, device)
+    was_training = teacher.training
+    teacher.eval()
+    shards: list[CacheShard] = []
+    try:
+        with expanded_teacher_routing(teacher, teacher_top_k):
+            for first in range(0, data.shape[0], rows_per_shard):
+                rows = data[first : first + rows_per_shard]
+                parts: list[tuple[torch.Tensor, ...]] = []
+                for b in range(0, rows.shape[0], batch_size):
+                    batch = rows[b : b + batch_size].to(device)
+                    with autocast(resolved, device):
+                        logits = teacher(input_ids=batch, use_cache=False).logits
+                    if logits.shape[-1] != vocab_size:
+                        raise DistillError(f"teacher logits width {logits.shape[-1]} != vocab_size {vocab_size}")
+                    parts.append(tuple(t.cpu() for t in teacher_topk(logits, k, temperature)))
+                tensors = {
+                    "input_ids": rows.to(torch.int32).contiguous(),
+                    "topk_ids": torch.cat([p[0] for p in parts]).contiguous(),
+                    "topk_logprobs": torch.cat([p[1] for p in parts]).contiguous(),
+                    "tail_logprob": torch.cat([p[2] for p in parts]).contiguous(),
+                }
+                name = f"shard_{len(shards):05d}.safetensors"
+                fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+                os.close(fd)
+                try:
+                    save_file(tensors, tmp, metadata={"first_row": str(first)})
+                    os.replace(tmp, out / name)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+                shards.append(CacheShard(file=name, first_row=first, num_rows=rows.shape[0],
+                                         sha256=_sha256_file(out / name)))
+    finally:
+        teacher.train(was_training)
+    manifest = TopKCacheManifest(
+        k=k, vocab_size=vocab_size, seq_len=data.shape[1], num_sequences=data.shape[0], temperature=temperature,
+        teacher_top_k=teacher_top_k, precision=resolved, data_digest=tokens_digest(data), shards=tuple(shards),
+    )
+    _atomic_write_bytes(out / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+    return manifest
+
+
+class TopKCache:
+    """Read access to a cache written by `write_topk_cache`: rows by index, memory-mapped."""
+
+    def __init__(self, directory: Path, manifest: TopKCacheManifest) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self._starts = torch.tensor([s.first_row for s in manifest.shards])
+
+    @classmethod
+    def open(cls, directory: str | Path, *, verify: bool = False) -> TopKCache:
+        """Open `directory`; verify=True also checks every shard's sha256 (reads all bytes)."""
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise DistillError(f"{manifest_path} is missing: not a finished top-k cache")
+        try:
+            manifest = TopKCacheManifest.model_validate(json.loads(manifest_path.read_text()))
+        except ValueError as err:
+            raise DistillError(f"{manifest_path} is not a valid top-k cache manifest: {err}") from err
+        if manifest.schema_version != SCHEMA_VERSION:
+            raise DistillError(f"{manifest_path}: schema_version {manifest.schema_version} != {SCHEMA_VERSION}")
+        for shard in manifest.shards:
+            path = directory / shard.file
+            if not path.is_file():
+                raise DistillError(f"top-k cache shard {path} is missing")
+            if verify and _sha256_file(path) != shard.sha256:
+                raise DistillError(f"top-k cache shard {path} does not match its sha256 in the manifest")
+        return cls(directory, manifest)
+
+    def rows(self, indices: torch.Tensor) -> TeacherTopK:
+        """Cached targets of rows `indices` [B] (positions in the packed data), in that order."""
+        fields = ("input_ids", "topk_ids", "topk_logprobs", "tail_logprob")
+        bad = indices[(indices < 0) | (indices >= self.manifest.num_sequences)]
+        if bad.numel():
+            raise DistillError(f"row {int(bad[0])} outside the cache's {self.manifest.num_sequences} sequences")
+        shard_of = torch.searchsorted(self._starts, indices, right=True) - 1
+        picked: dict[int, dict[str, torch.Tensor]] = {}
+        for shard_idx in shard_of.unique().tolist():
+            shard = self.manifest.shards[shard_idx]
+            with safe_open(self.directory / shard.file, framework="pt") as f:
+                for row in indices[shard_of == shard_idx].tolist():
+                    local = row - shard.first_row
+                    picked[row] = {name: f.get_slice(name)[local : local + 1] for name in fields}
+        rows = indices.tolist()
+        return TeacherTopK(
+            input_ids=torch.cat([picked[r]["input_ids"] for r in rows]).long(),
+            topk_ids=torch.cat([picked[r]["topk_ids"] for r in rows]),
+            topk_logprobs=torch.cat([picked[r]["topk_logprobs"] for r in rows]),
+            tail_logprob=torch.cat([picked[r]["tail_logprob"] for r in rows]),
+        )

@@ -1,0 +1,25 @@
+"""`output_cluster` — clustering by expert outputs [defined here, HC-SMoE style].
+
+Similarity of two experts = cosine of their outputs over all N calibration tokens:
+
+    cos_ij = G_ij / sqrt(G_ii G_jj),   G_ij = Σ_t ⟨f_i(x_t), f_j(x_t)⟩   (LayerStats.gram; 0 if a norm is 0)
+
+then seeded assignment (seeded_assignment.py): the k highest-scoring kept experts seed the groups,
+every other kept expert joins its most similar seed; merged score-weighted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe2dense_core.grouping.registry import register_grouper
+from moe2dense_core.grouping.request import GroupingRequest
+from moe2dense_core.grouping.seeded_assignment import assign_to_seeds, cosine_from_gram
+
+
+@register_grouper("output_cluster")
+def output_cluster(request: GroupingRequest) -> list[list[int]]:
+    """Seeded groups by output cosine similarity (see module docstring)."""
+    kept = torch.as_tensor(request.ranked, dtype=torch.long)
+    gram = request.stats.gram[kept][:, kept]
+    return assign_to_seeds(request.ranked, request.num_groups, cosine_from_gram((gram + gram.T) / 2))

@@ -1,0 +1,28 @@
+"""`router_cluster` — clustering by router-probability profiles [defined here, MC-SMoE style].
+
+Similarity of two experts = cosine of their router-probability profiles (p_i(t))_t over the N
+calibration tokens:
+
+    cos_ij = P_ij / sqrt(P_ii P_jj),   P_ij = Σ_t p_i(t) p_j(t)   (LayerStats.router_prob_gram; 0 if a norm is 0)
+
+then seeded assignment (seeded_assignment.py): the k highest-scoring kept experts seed the groups,
+every other kept expert joins its most similar seed; merged score-weighted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe2dense_core.grouping.registry import register_grouper
+from moe2dense_core.grouping.request import GroupingRequest
+from moe2dense_core.grouping.seeded_assignment import assign_to_seeds, cosine_from_gram
+
+
+@register_grouper("router_cluster")
+def router_cluster(request: GroupingRequest) -> list[list[int]]:
+    """Seeded groups by router-profile cosine similarity (see module docstring)."""
+    kept = torch.as_tensor(request.ranked, dtype=torch.long)
+    profile_gram = request.stats.router_prob_gram[kept][:, kept]
+    return assign_to_seeds(
+        request.ranked, request.num_groups, cosine_from_gram((profile_gram + profile_gram.T) / 2)
+    )

@@ -1,0 +1,20 @@
+"""`sf` — selection frequency [paper].
+
+    sf_e = n_e / N,   n_e = Σ_t 1[e ∈ T(t)]   (LayerStats.counts), N calibration tokens.
+
+The fraction of tokens whose top-k set contains expert e.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe2dense_core.scoring.ratios import token_count
+from moe2dense_core.scoring.registry import register_scorer
+from moe2dense_core.stats.layer_stats import LayerStats
+
+
+@register_scorer("sf")
+def selection_frequency(stats: LayerStats) -> torch.Tensor:
+    """sf [E] float64 (see module docstring)."""
+    return stats.counts / token_count(stats)

@@ -1,0 +1,87 @@
+"""Stage `calibrate`: the teacher's expert statistics on calibration text (METHOD.md step 1).
+
+rows = train-side text packed into sequences of `seq_len` tokens (tasks.corpus.token_rows); the first
+⌊num_tokens / seq_len⌋ rows of a seeded permutation are run in batches of `batch_size` through
+`moe2dense_core.collect_stats`. The ExpertStats folder (stats.safetensors + stats.json) goes to the
+artifact store (kind `stats`) and to the stage's MLflow run; the calibration tokens are logged as an
+MLflow input with their digest. The expensive read of the teacher: cached on snapshot digest, data
+spec and collection config, so a sweep over plans calibrates once.
+"""
+
+from __future__ import annotations
+
+import torch
+from prefect import task
+from pydantic import BaseModel, ConfigDict
+from transformers import AutoTokenizer
+
+from moe2dense_core.distill.data import tokens_digest
+from moe2dense_core.stats.collect import collect_stats
+from tasks.caching import calibrate_key
+from tasks.corpus import token_rows
+from tasks.recipe import CalibrationConfig, StatisticsConfig
+from tasks.runtime import Runtime
+from tasks.source import SourceResult
+from tasks.tracking import log_dataset
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CalibrationResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    stats_uri: str
+    stats_digest: str
+    data_digest: str
+    num_tokens: int
+    mlflow_run_id: str
+
+
+def calibration_rows(source: SourceResult, calibration: CalibrationConfig) -> torch.Tensor:
+    """[⌊num_tokens/seq_len⌋, seq_len] token ids: a seeded sample of the train-side rows."""
+    tokenizer = AutoTokenizer.from_pretrained(source.local_path)
+    rows = token_rows(calibration.data, tokenizer, calibration.seq_len, "train")
+    wanted = calibration.num_tokens // calibration.seq_len
+    if rows.shape[0] < wanted:
+        raise ValueError(
+            f"calibration.num_tokens={calibration.num_tokens} needs {wanted} rows of {calibration.seq_len} tokens; "
+            f"the calibration data gives only {rows.shape[0]}"
+        )
+    order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(calibration.seed))
+    return rows[order[:wanted]]
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+@task(name="calibrate", cache_key_fn=calibrate_key, persist_result=True)
+def calibrate_task(
+    source: SourceResult, calibration: CalibrationConfig, statistics: StatisticsConfig, parent_run_id: str
+) -> CalibrationResult:
+    runtime = Runtime.from_environment()
+    rows = calibration_rows(source, calibration)
+    data_digest = tokens_digest(rows)
+    with runtime.stage(parent_run_id, "calibrate", {"calibration": calibration, "statistics": statistics}) as run:
+        log_dataset(run, name="calibration", source_uri=str(calibration.data.source), digest=data_digest,
+                    context="calibration", profile={"num_tokens": rows.numel(), "seq_len": calibration.seq_len})
+        stats = collect_stats(
+            source.local_path,
+            list(rows.split(calibration.batch_size)),
+            mode=statistics.mode,
+            dtype=DTYPES[statistics.dtype],
+            device=resolve_device(statistics.device),
+        )
+        with runtime.scratch("stats") as scratch:
+            stats_digest = stats.save(scratch / "stats")
+            ref = runtime.store.put_dir(scratch / "stats", kind="stats")
+            run.log_artifact(scratch / "stats")
+        run.set_tags({"moe2dense.stats_digest": stats_digest})
+        run.log_metrics({"calibration/tokens": float(rows.numel())})
+        return CalibrationResult(
+            stats_uri=runtime.store.uri_for(ref),
+            stats_digest=stats_digest,
+            data_digest=data_digest,
+            num_tokens=rows.numel(),
+            mlflow_run_id=run.run_id,
+        )

@@ -1,0 +1,66 @@
+"""Stage `distill`: knowledge distillation of the assembled student from the MoE teacher (METHOD.md step 6).
+
+The teacher runs online from the snapshot; data = train-side text of `distillation.data` packed into
+rows of `distillation.seq_len` (tasks.corpus.token_rows; never held-out text). The core loop logs its
+curves (loss, KL, lr, grad norm, tokens/s) as step metrics on the stage's MLflow run. The distilled
+student is saved with `save_pretrained` next to its tokenizer and the assembly's model card and
+provenance, stored in the artifact store (kind `distilled-model`) and logged to MLflow.
+Cached on student digest + teacher snapshot digest + distillation config (data spec included).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import task
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from moe2dense_core.distill import distill, tokens_digest
+from moe2dense_core.io.digests import file_sha256, snapshot_sha256
+from tasks.assemble import CheckpointResult
+from tasks.caching import distill_key
+from tasks.corpus import token_rows
+from tasks.recipe import DistillationConfig
+from tasks.runtime import Runtime
+from tasks.source import SourceResult
+from tasks.tracking import log_dataset
+
+PROVENANCE_FILES = ("README.md", "moe2dense.json")
+
+
+@task(name="distill", cache_key_fn=distill_key, persist_result=True)
+def distill_task(
+    source: SourceResult, student: CheckpointResult, distillation: DistillationConfig, parent_run_id: str
+) -> CheckpointResult:
+    runtime = Runtime.from_environment()
+    student_dir = runtime.fetch_uri(student.checkpoint_uri)
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    rows = token_rows(distillation.data, tokenizer, distillation.seq_len, "train")
+    with runtime.stage(parent_run_id, "distill", {"distillation": distillation}) as run, runtime.scratch("distill") as scratch:
+        log_dataset(run, name="distillation", source_uri=str(distillation.data.source), digest=tokens_digest(rows),
+                    context="distillation", profile={"num_tokens": rows.numel(), "seq_len": distillation.seq_len})
+        model = AutoModelForCausalLM.from_pretrained(student_dir)
+        teacher = AutoModelForCausalLM.from_pretrained(source.local_path)
+        outcome = distill(model, teacher, rows, distillation.train, logger=run, checkpoint_dir=scratch / "checkpoints")
+        out_dir = scratch / "distilled_model"
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        for name in PROVENANCE_FILES:
+            if (Path(student_dir) / name).is_file():
+                shutil.copy2(Path(student_dir) / name, out_dir / name)
+        shards = {p.name: file_sha256(p) for p in sorted(out_dir.glob("*.safetensors"))}
+        digest = snapshot_sha256(shards)
+        ref = runtime.store.put_dir(out_dir, kind="distilled-model", name="distilled_model")
+        run.log_artifact(out_dir)
+        run.set_tags({"moe2dense.checkpoint_digest": digest, "moe2dense.student_digest": student.checkpoint_digest})
+        run.log_metrics({"distill/steps": float(outcome.steps), "distill/tokens_seen": float(outcome.tokens_seen)})
+        return CheckpointResult(
+            checkpoint_uri=runtime.store.uri_for(ref),
+            checkpoint_digest=digest,
+            shard_digests=shards,
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            plan_digest=student.plan_digest,
+            mlflow_run_id=run.run_id,
+            stage="distill",
+        )

@@ -1,0 +1,208 @@
+"""LocalArtifactStore: content-addressed artifacts in a local folder (the embedded default).
+
+Writes are atomic: the payload is copied (hashing while copying, one pass) into `<root>/.staging/<uuid>/`,
+moved into place with one `os.replace`/`os.rename` (a single file or a whole folder), and the manifest is
+written last through a temporary file and `os.replace`. A failure at any point leaves no manifest, so
+the artifact does not exist; the staging copy is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from tasks.artifact_manifest import (
+    ArtifactManifest,
+    ArtifactNotFoundError,
+    ArtifactRef,
+    ManifestFile,
+    StorageError,
+    check_kind,
+    check_name,
+    iter_chunks,
+    list_directory,
+    verify_against,
+)
+
+
+def copy_hashing(source: BinaryIO, target: Path) -> tuple[int, str]:
+    """Stream `source` into a new file `target` (fsynced); return (size, sha256) of what was written."""
+    digest, size = hashlib.sha256(), 0
+    with open(target, "xb") as out:
+        for chunk in iter_chunks(source):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary sibling and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LocalArtifactStore:
+    """Artifacts under `root` (see tasks/artifact_manifest.py for the layout)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def put_file(self, path: Path | str, kind: str, name: str | None = None) -> ArtifactRef:
+        path = Path(path)
+        if not path.is_file():
+            raise StorageError(f"put_file: {path} is not a file")
+        name, kind = check_name(name or path.name), check_kind(kind)
+        with self._staging() as staging, open(path, "rb") as source:
+            size, sha = copy_hashing(source, staging / name)
+            manifest = ArtifactManifest.build(kind, name, "file", [ManifestFile(path=name, size=size, sha256=sha)])
+            self._commit(staging / name, manifest)
+        return manifest.ref
+
+    def put_bytes(self, data: bytes, kind: str, name: str) -> ArtifactRef:
+        name, kind = check_name(name), check_kind(kind)
+        with self._staging() as staging:
+            write_bytes_atomic(staging / name, data)
+            sha = hashlib.sha256(data).hexdigest()
+            manifest = ArtifactManifest.build(kind, name, "file", [ManifestFile(path=name, size=len(data), sha256=sha)])
+            self._commit(staging / name, manifest)
+        return manifest.ref
+
+    def put_dir(self, path: Path | str, kind: str, name: str | None = None) -> ArtifactRef:
+        path = Path(path)
+        name = check_name(name or path.name)
+        check_kind(kind)
+        sources = list_directory(path)
+        with self._staging() as staging:
+            entries = []
+            for source_path in sources:
+                relative = source_path.relative_to(path).as_posix()
+                target = staging / name / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(source_path, "rb") as source:
+                    size, sha = copy_hashing(source, target)
+                entries.append(ManifestFile(path=relative, size=size, sha256=sha))
+            manifest = ArtifactManifest.build(kind, name, "dir", entries)
+            self._commit(staging / name, manifest)
+        return manifest.ref
+
+    @contextmanager
+    def _staging(self) -> Iterator[Path]:
+        staging = self.root / ".staging" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _commit(self, staged_payload: Path, manifest: ArtifactManifest) -> None:
+        """Move the payload into place (unless an identical one is there), then write the manifest."""
+        final = self._path(manifest.ref)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.exists():
+            try:
+                os.rename(staged_payload, final)
+            except OSError:
+                if not final.exists():  # lost a race to an identical writer: its payload is as good
+                    raise
+        manifest_path = self._manifest_path(manifest.ref)
+        if not manifest_path.exists():
+            write_bytes_atomic(manifest_path, manifest.to_bytes())
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def exists(self, ref: ArtifactRef) -> bool:
+        return self._manifest_path(ref).is_file()
+
+    def manifest(self, ref: ArtifactRef) -> ArtifactManifest:
+        path = self._manifest_path(ref)
+        if not path.is_file():
+            raise ArtifactNotFoundError(f"artifact {ref.key} not found in {self.root}")
+        return ArtifactManifest.model_validate_json(path.read_bytes())
+
+    def uri_for(self, ref: ArtifactRef) -> str:
+        return self._path(ref).as_uri()
+
+    def ref_from_uri(self, uri: str) -> ArtifactRef:
+        prefix = self.root.as_uri() + "/"
+        if not uri.startswith(prefix):
+            raise StorageError(f"URI {uri!r} is not inside this store ({prefix})")
+        ref = ArtifactRef.from_key(uri[len(prefix):])
+        self.manifest(ref)
+        return ref
+
+    @contextmanager
+    def open(self, ref: ArtifactRef, path: str | None = None) -> Iterator[BinaryIO]:
+        """A binary stream of the payload file (a folder artifact needs `path`, relative inside it)."""
+        manifest = self.manifest(ref)
+        entry = manifest.file_entry(path)
+        payload = self._path(ref)
+        with open(payload if manifest.layout == "file" else payload / entry.path, "rb") as stream:
+            yield stream
+
+    def fetch(self, ref: ArtifactRef, verify: bool = False) -> Path:
+        """The local path of the payload, in place (no copy); `verify` re-hashes it against the manifest."""
+        manifest = self.manifest(ref)
+        if verify:
+            self.verify(ref, manifest)
+        return self._path(ref)
+
+    def get(self, ref: ArtifactRef, dest: Path | str) -> Path:
+        """Copy the payload to `dest` (a new file or folder path), verifying every file's sha256."""
+        dest = Path(dest)
+        if dest.exists():
+            raise StorageError(f"get {ref.key}: destination {dest} already exists")
+        manifest = self.manifest(ref)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial"
+        try:
+            for entry in manifest.files:
+                target = staging if manifest.layout == "file" else staging / entry.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with self.open(ref, None if manifest.layout == "file" else entry.path) as source:
+                    size, sha = copy_hashing(source, target)
+                verify_against(manifest, entry, size, sha, str(self._path(ref)))
+            os.rename(staging, dest)
+        finally:
+            if staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+            elif staging.exists():
+                staging.unlink()
+        return dest
+
+    def verify(self, ref: ArtifactRef, manifest: ArtifactManifest | None = None) -> None:
+        """Re-hash every payload file; raise ArtifactIntegrityError on any mismatch."""
+        manifest = manifest or self.manifest(ref)
+        for entry in manifest.files:
+            with self.open(ref, None if manifest.layout == "file" else entry.path) as stream:
+                digest, size = hashlib.sha256(), 0
+                for chunk in iter_chunks(stream):
+                    digest.update(chunk)
+                    size += len(chunk)
+            verify_against(manifest, entry, size, digest.hexdigest(), str(self._path(ref)))
+
+    # ---- paths -----------------------------------------------------------------------------------
+    def _path(self, ref: ArtifactRef) -> Path:
+        return self.root / ref.key
+
+    def _manifest_path(self, ref: ArtifactRef) -> Path:
+        return self.root / ref.manifest_key

@@ -1,0 +1,209 @@
+"""Recipe: the whole conversion pipeline as one frozen, strict, validated value (read from YAML).
+
+A recipe says WHAT to compute (source model, calibration data, statistics, plan, distillation,
+evaluation) and how to name it in MLflow; `tasks/settings.py` says WHERE things are stored. Nothing in a
+recipe is a credential or an endpoint, so a recipe can be committed, logged and shared as is.
+
+Every section is `frozen=True, extra="forbid"`: a misspelt key is an error, not a silent default.
+`parse_recipe` turns pydantic's errors into one `RecipeError` whose lines name the dotted field path,
+e.g. `calibration.num_tokens: Input should be greater than 0 (got -5)`.
+
+Stage configs of the core are reused as field types: `PlanConfig` (moe2dense_core.plan),
+`DistillConfig` (moe2dense_core.distill.config) and `EvalConfig` (moe2dense_core.evaluate.config);
+text sources reuse `CorpusSpec` (tasks/corpus.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moe2dense_core.distill.config import DistillConfig
+from moe2dense_core.errors import Moe2DenseError
+from moe2dense_core.evaluate.config import EvalConfig
+from moe2dense_core.plan import PlanConfig
+from tasks.corpus import CorpusSpec
+
+RECIPE_SCHEMA_VERSION = 1
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class RecipeError(Moe2DenseError):
+    """A recipe (file, override or value) is invalid; every line names the dotted field path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Section):
+    """The teacher MoE: a local checkpoint folder or a model-hub id pinned to a revision.
+
+    trust_remote_code / allow_pickle exist only to be refused: moe2dense never runs a checkpoint's own
+    Python code and never unpickles weights (safetensors only), so a recipe asking for either fails here.
+    """
+
+    model: str = Field(..., min_length=1, description="Local checkpoint folder, or a hub id `org/name`.")
+    revision: str | None = Field(
+        None, description="Hub revision (commit sha, tag or branch); required for hub ids, unused for paths."
+    )
+    trust_remote_code: Literal[False] = False
+    allow_pickle: Literal[False] = False
+
+    @property
+    def is_local(self) -> bool:
+        """A path (starting with `/`, `.` or `~`, or an existing folder) rather than a hub id."""
+        return self.model.startswith(("/", ".", "~")) or Path(self.model).expanduser().exists()
+
+    @model_validator(mode="after")
+    def _hub_ids_are_pinned(self) -> SourceConfig:
+        if self.is_local:
+            return self
+        if not HUB_ID_PATTERN.match(self.model):
+            raise ValueError(f"model {self.model!r} is neither an existing local path nor a hub id `org/name`")
+        if self.revision is None:
+            raise ValueError(f"hub model {self.model!r} needs a revision (commit sha, tag or branch)")
+        return self
+
+
+class CalibrationConfig(_Section):
+    """Calibration text for the statistics pass (METHOD.md step 1) [defined here: size and source].
+
+    num_tokens: total tokens fed to the teacher, cut into sequences of `seq_len` tokens and batches of
+    `batch_size` sequences; seed: which sequences are drawn from the corpus.
+    """
+
+    data: CorpusSpec = Field(default_factory=CorpusSpec)
+    num_tokens: int = Field(262_144, gt=0)
+    seq_len: int = Field(512, gt=0)
+    batch_size: int = Field(8, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _at_least_one_sequence(self) -> CalibrationConfig:
+        if self.num_tokens < self.seq_len:
+            raise ValueError(f"num_tokens ({self.num_tokens}) is smaller than one sequence (seq_len {self.seq_len})")
+        return self
+
+
+class StatisticsConfig(_Section):
+    """How the statistics pass runs.
+
+    mode: `in_memory` loads the whole teacher; `layer_by_layer` streams one decoder layer at a time
+    from the safetensors shards (teachers larger than memory). dtype: compute dtype of the teacher's
+    forward; the accumulators are always float64.
+    """
+
+    mode: Literal["in_memory", "layer_by_layer"] = "in_memory"
+    dtype: Dtype = "bfloat16"
+    device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
+
+
+class DistillationConfig(_Section):
+    """Knowledge distillation of the assembled student from the teacher (METHOD.md step 6).
+
+    enabled=false stops after assembly (pre-distillation evaluation only). `train` is the core's
+    DistillConfig; `data` its training text; `seq_len` the training sequence length.
+    """
+
+    enabled: bool = True
+    data: CorpusSpec = Field(default_factory=CorpusSpec)
+    seq_len: int = Field(512, gt=0)
+    train: DistillConfig
+
+
+class EvaluationConfig(_Section):
+    """Perplexity on held-out text and downstream accuracies (METHOD.md step 7).
+
+    perplexity_tokens: held-out tokens scored in windows of `seq_len`, `batch_size` windows at a time.
+    downstream: the core's EvalConfig (lm-eval tasks: hub names or local jsonl files); its default is the
+    paper's suite, whose unweighted mean accuracy is the headline number [paper]. None: perplexity only.
+    """
+
+    perplexity_data: CorpusSpec = Field(default_factory=CorpusSpec)
+    perplexity_tokens: int = Field(65_536, gt=0)
+    seq_len: int = Field(512, gt=0)
+    batch_size: int = Field(8, gt=0)
+    downstream: EvalConfig | None = None
+
+
+class TrackingConfig(_Section):
+    """Names in MLflow: the experiment of the runs and the registered model of the dense result."""
+
+    experiment: str = Field("moe2dense", min_length=1)
+    registered_model: str | None = Field(None, min_length=1, description="None: do not register.")
+    run_name: str | None = None
+
+
+class StorageConfig(_Section):
+    """How the dense checkpoint is written: dtype, shard size, and an optional local export copy."""
+
+    checkpoint_dtype: Dtype = "bfloat16"
+    max_shard_size_mb: int = Field(5_000, gt=0)
+    export_dir: Path | None = Field(None, description="Also copy the final dense model to this folder.")
+
+
+class Recipe(_Section):
+    """One conversion: every stage's configuration, validated before any task runs."""
+
+    schema_version: Literal[1] = RECIPE_SCHEMA_VERSION
+    name: str = Field(..., min_length=1, pattern=r"^[\w.-]+$", description="Short id used in run names.")
+    description: str = ""
+    source: SourceConfig
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    statistics: StatisticsConfig = Field(default_factory=StatisticsConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    distillation: DistillationConfig | None = None
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    def digest(self) -> str:
+        """sha256 of the canonical (sorted-key, compact) JSON of the recipe."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def format_validation_error(error: ValidationError, origin: str) -> str:
+    """One line per error: `<dotted.path>: <message> (got <input>)`, headed by where the values came from."""
+    lines = [f"invalid recipe {origin}:"]
+    for item in error.errors(include_url=False):
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"]
+        if item["type"] not in ("missing", "extra_forbidden") and not isinstance(item.get("input"), dict):
+            message += f" (got {item.get('input')!r})"
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_recipe(data: Any, origin: str = "<value>") -> Recipe:
+    """Validate a plain mapping into a Recipe; raises RecipeError naming every bad field path."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"invalid recipe {origin}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(format_validation_error(error, origin)) from None
+
+
+__all__ = [
+    "RECIPE_SCHEMA_VERSION",
+    "CalibrationConfig",
+    "DistillationConfig",
+    "EvaluationConfig",
+    "Recipe",
+    "RecipeError",
+    "SourceConfig",
+    "StatisticsConfig",
+    "StorageConfig",
+    "TrackingConfig",
+    "format_validation_error",
+    "parse_recipe",
+]

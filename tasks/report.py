@@ -1,0 +1,135 @@
+"""Stage `report`: one HTML page (+ PNG plots) summarising a conversion, and model registration.
+
+The report shows where the model came from (source id, revision, snapshot / stats / plan / checkpoint
+digests), the plan (kept experts per layer, target width), the evaluation table (teacher, assembled
+student before distillation, distilled student: held-out perplexity and downstream accuracy), and
+the distillation loss curve read back from the distill stage's MLflow run. Stored in the artifact
+store (kind `report`) and on the parent MLflow run under `report/`.
+
+`register_task` registers the final checkpoint in the MLflow Model Registry with lineage tags
+(tasks.tracking.register_dense_model); a checkpoint already registered under that name is not
+registered twice.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel, ConfigDict
+
+from tasks.assemble import CheckpointResult
+from tasks.caching import cache_key, report_key
+from tasks.evaluate import EvaluationResult
+from tasks.plan import PlanResult
+from tasks.runtime import Runtime
+from tasks.source import SourceResult
+from tasks.tracking import TAG_CHECKPOINT_DIGEST, Lineage, register_dense_model
+
+
+class ReportInputs(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    recipe_name: str
+    source: SourceResult
+    plan: PlanResult
+    checkpoint: CheckpointResult
+    evaluations: list[EvaluationResult]
+    distill_run_id: str | None = None
+
+
+def loss_curve_png(runtime: Runtime, run_id: str, path: Path) -> bool:
+    """Plot the distill run's `loss` history to `path`; False when there is no such metric."""
+    history = runtime.client.get_metric_history(run_id, "loss")
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(6, 3.5))
+    points = sorted((m.step, m.value) for m in history)
+    axis.plot([s for s, _ in points], [v for _, v in points])
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("distillation loss")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return True
+
+
+def report_html(inputs: ReportInputs, has_curve: bool) -> str:
+    e = html.escape
+    source, plan = inputs.source, inputs.plan
+    rows = "".join(
+        f"<tr><td>{e(r.label)}</td><td>{r.perplexity:.3f}</td>"
+        f"<td>{'' if r.downstream_mean_acc is None else f'{r.downstream_mean_acc:.4f}'}</td>"
+        f"<td><code>{e(r.checkpoint_digest[:16])}</code></td></tr>"
+        for r in inputs.evaluations
+    )
+    kept = "".join(f"<tr><td>{layer}</td><td>{e(str(experts))}</td></tr>" for layer, experts in plan.kept_experts.items())
+    curve = '<h2>Distillation</h2><img src="loss_curve.png" alt="distillation loss">' if has_curve else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>moe2dense: {e(inputs.recipe_name)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style>
+</head><body><h1>moe2dense report: {e(inputs.recipe_name)}</h1>
+<h2>Lineage</h2><table>
+<tr><th>source</th><td>{e(source.model)} @ {e(str(source.revision))} ({e(source.model_type)}, E={source.num_experts}, k={source.top_k})</td></tr>
+<tr><th>snapshot digest</th><td><code>{e(source.snapshot_digest)}</code></td></tr>
+<tr><th>stats digest</th><td><code>{e(plan.stats_digest)}</code></td></tr>
+<tr><th>plan digest</th><td><code>{e(plan.plan_digest)}</code></td></tr>
+<tr><th>checkpoint digest</th><td><code>{e(inputs.checkpoint.checkpoint_digest)}</code></td></tr>
+<tr><th>checkpoint</th><td><code>{e(inputs.checkpoint.checkpoint_uri)}</code></td></tr>
+</table>
+<h2>Plan</h2><p>{e(plan.config.model_dump_json())}; dense FFN width {plan.target_width}</p>
+<table><tr><th>layer</th><th>kept experts</th></tr>{kept}</table>
+<h2>Evaluation</h2><table><tr><th>model</th><th>held-out perplexity</th><th>mean accuracy</th><th>digest</th></tr>{rows}</table>
+{curve}</body></html>"""
+
+
+@task(name="report", cache_key_fn=report_key, persist_result=True)
+def report_task(results: ReportInputs, recipe_digest: str, parent_run_id: str) -> str:
+    """Write the report; returns its artifact URI."""
+    runtime = Runtime.from_environment()
+    with runtime.scratch("report") as scratch:
+        folder = scratch / "report"
+        folder.mkdir()
+        has_curve = bool(results.distill_run_id) and loss_curve_png(runtime, results.distill_run_id, folder / "loss_curve.png")
+        (folder / "index.html").write_text(report_html(results, has_curve), encoding="utf-8")
+        ref = runtime.store.put_dir(folder, kind="report", name="report")
+        runtime.client.log_artifacts(parent_run_id, str(folder), "report")
+    return runtime.store.uri_for(ref)
+
+
+register_key = cache_key("register", lambda p: [p["checkpoint"].checkpoint_digest, p["model_name"]])
+
+
+@task(name="register", cache_key_fn=register_key, persist_result=True)
+def register_task(
+    source: SourceResult, plan: PlanResult, checkpoint: CheckpointResult, model_name: str, flow_run_id: str | None,
+    parent_run_id: str,
+) -> str:
+    """Register the checkpoint as a new version of `model_name` (or return the existing one): 'name/version'."""
+    runtime = Runtime.from_environment()
+    existing = runtime.client.search_model_versions(
+        f"name = '{model_name}' and tags.`{TAG_CHECKPOINT_DIGEST}` = '{checkpoint.checkpoint_digest}'"
+    )
+    if existing:
+        return f"{model_name}/{existing[0].version}"
+    lineage = Lineage(
+        source_model=source.model,
+        source_revision=source.revision or source.snapshot_digest,
+        shard_digests=source.file_digests,
+        stats_digest=plan.stats_digest,
+        plan_digest=plan.plan_digest,
+        checkpoint_digest=checkpoint.checkpoint_digest,
+        checkpoint_uri=checkpoint.checkpoint_uri,
+        flow_run_id=flow_run_id,
+    )
+    with runtime.stage(parent_run_id, "register") as run:
+        model_dir = runtime.fetch_uri(checkpoint.checkpoint_uri)
+        run.log_artifact(model_dir, "registered")
+        version = register_dense_model(run, f"registered/{model_dir.name}", model_name, lineage,
+                                       description=f"moe2dense conversion of {source.model}")
+    return f"{model_name}/{version.version}"

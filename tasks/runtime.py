@@ -1,0 +1,65 @@
+"""What every stage task needs at run time: settings, artifact store, MLflow client, redactor, stage runs.
+
+Built from the environment in each task (`Runtime.from_environment()`), so a task behaves the same in
+the flow's process and on a remote worker: the settings (env / settings file) decide local or S3,
+SQLite or server. `stage(parent_run_id, name)` opens the stage's MLflow run nested under the flow's
+parent run; `fetch_uri` turns an artifact URI from an upstream result into a local path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+
+from tasks.redaction import Redactor
+from tasks.settings import Settings
+from tasks.storage import ArtifactStore, open_artifact_store
+from tasks.tracking import MLflowLogger, stage_run, tracking_client
+from tasks.transient import is_transient
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    store: ArtifactStore
+    client: MlflowClient
+    redactor: Redactor
+
+    @classmethod
+    def from_environment(cls) -> Runtime:
+        settings = Settings()
+        return cls(settings, open_artifact_store(settings), tracking_client(settings), Redactor.from_environment(settings))
+
+    @contextmanager
+    def stage(self, parent_run_id: str, name: str, params: dict[str, Any] | None = None) -> Iterator[MLflowLogger]:
+        """The nested MLflow run of one stage (FINISHED on success, FAILED on error)."""
+        with stage_run(self.client, parent_run_id, name, self.redactor, params=params) as logger:
+            yield logger
+
+    def fetch_uri(self, uri: str) -> Path:
+        """Local path of an artifact URI (a verified cached download for S3)."""
+        return self.store.fetch(self.store.ref_from_uri(uri))
+
+    @contextmanager
+    def scratch(self, prefix: str) -> Iterator[Path]:
+        """A temporary folder under the local home, removed afterwards."""
+        root = self.settings.home / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=root, prefix=f"{prefix}-"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry only when the failure is transient (connection, 5xx, throttling)."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and (is_transient(error) or getattr(error, "transient", False) is True)

@@ -1,0 +1,272 @@
+"""S3ArtifactStore: content-addressed artifacts in any S3-compatible bucket (AWS, MinIO, moto, …) via boto3.
+
+Writing (atomic, streamed):
+1. hash every payload file in one streamed local pass (8 MiB chunks) → the manifest and the key;
+2. if the manifest already exists, the identical artifact is there: nothing is uploaded;
+3. upload each file to its final key with boto3's managed transfer — multipart above
+   `multipart_threshold`, in parts of `multipart_chunksize`. S3 makes an object visible only when its
+   PUT or multipart-complete succeeds, so no half-written object is ever readable;
+4. check each uploaded object's size, then PUT the manifest LAST. An artifact exists iff its manifest
+   does: a crash between 3 and 4 leaves only invisible, complete objects that the next put rewrites.
+A source file rewritten between pass 1 and 3 with the same size is caught on the first read (below).
+
+Reading streams the object body to a temporary file, hashing as it goes, and renames it into place
+only when size and sha256 match the manifest (ArtifactIntegrityError otherwise).
+
+Retries: botocore retries single requests (standard mode, `s3_botocore_total_attempts`); `RetryPolicy`
+retries whole file transfers on transient errors (tasks/transient.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+from tasks.artifact_manifest import (
+    ArtifactManifest,
+    ArtifactNotFoundError,
+    ArtifactRef,
+    ManifestFile,
+    StorageError,
+    check_kind,
+    check_name,
+    file_sha256,
+    iter_chunks,
+    list_directory,
+    verify_against,
+)
+from tasks.local_store import LocalArtifactStore, write_bytes_atomic
+from tasks.settings import MIB, Settings
+from tasks.transient import RetryPolicy
+
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` → ("bucket", "some/prefix")."""
+    if not uri.startswith("s3://"):
+        raise StorageError(f"{uri!r} is not an s3:// URI")
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    if len(bucket) < 3:
+        raise StorageError(f"{uri!r}: bucket name {bucket!r} is too short (S3 needs at least 3 characters)")
+    return bucket, prefix.strip("/")
+
+
+def make_s3_client(settings: Settings) -> Any:
+    """A boto3 S3 client for the settings' endpoint and credentials, with botocore's standard retries."""
+    config = BotoConfig(
+        retries={"total_max_attempts": settings.s3_botocore_total_attempts, "mode": "standard"},
+        connect_timeout=settings.s3_connect_timeout_s,
+        read_timeout=settings.s3_read_timeout_s,
+        s3={"addressing_style": "path"},
+    )
+    return boto3.session.Session().client("s3", config=config, **settings.s3_client_kwargs())
+
+
+class S3ArtifactStore:
+    """Artifacts under `s3://<bucket>/<prefix>/` (layout: tasks/artifact_manifest.py)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        client: Any,
+        cache_dir: Path | str,
+        transfer: TransferConfig | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client
+        self.cache_dir = Path(cache_dir).expanduser().resolve()
+        self.transfer = transfer or TransferConfig()
+        self.retry = retry or RetryPolicy()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3ArtifactStore:
+        bucket, prefix = parse_s3_uri(settings.resolved_artifact_root)
+        transfer = TransferConfig(
+            multipart_threshold=settings.s3_multipart_threshold_mb * MIB,
+            multipart_chunksize=settings.s3_multipart_chunksize_mb * MIB,
+            max_concurrency=settings.s3_max_concurrency,
+        )
+        retry = RetryPolicy(settings.storage_max_attempts, settings.storage_backoff_s, settings.storage_backoff_max_s)
+        return cls(bucket, prefix, make_s3_client(settings), settings.resolved_cache_dir, transfer, retry)
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def put_file(self, path: Path | str, kind: str, name: str | None = None) -> ArtifactRef:
+        path = Path(path)
+        if not path.is_file():
+            raise StorageError(f"put_file: {path} is not a file")
+        name = check_name(name or path.name)
+        entry = file_sha256(path).model_copy(update={"path": name})
+        manifest = ArtifactManifest.build(check_kind(kind), name, "file", [entry])
+        return self._upload(manifest, {entry.path: path})
+
+    def put_dir(self, path: Path | str, kind: str, name: str | None = None) -> ArtifactRef:
+        path = Path(path)
+        name = check_name(name or path.name)
+        check_kind(kind)
+        sources = {p.relative_to(path).as_posix(): p for p in list_directory(path)}
+        entries = [file_sha256(p).model_copy(update={"path": rel}) for rel, p in sources.items()]
+        return self._upload(ArtifactManifest.build(kind, name, "dir", entries), sources)
+
+    def put_bytes(self, data: bytes, kind: str, name: str) -> ArtifactRef:
+        name = check_name(name)
+        entry = ManifestFile(path=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        manifest = ArtifactManifest.build(check_kind(kind), name, "file", [entry])
+        if not self.exists(manifest.ref):
+            self._put_object(self._payload_key(manifest, entry), data)
+            self._put_object(self._key(manifest.ref.manifest_key), manifest.to_bytes())
+        return manifest.ref
+
+    def _upload(self, manifest: ArtifactManifest, sources: dict[str, Path]) -> ArtifactRef:
+        if self.exists(manifest.ref):
+            return manifest.ref
+        for entry in manifest.files:
+            key = self._payload_key(manifest, entry)
+            self.retry.run(
+                lambda key=key, entry=entry: self.client.upload_file(
+                    str(sources[entry.path]), self.bucket, key, Config=self.transfer
+                ),
+                f"upload {sources[entry.path]} to {self._uri(key)}",
+            )
+            stored = self._call(lambda key=key: self.client.head_object(Bucket=self.bucket, Key=key), f"check {key}")
+            if stored["ContentLength"] != entry.size:
+                raise StorageError(
+                    f"upload to {self._uri(key)}: stored {stored['ContentLength']} bytes, expected {entry.size}"
+                )
+        self._put_object(self._key(manifest.ref.manifest_key), manifest.to_bytes())
+        return manifest.ref
+
+    def _put_object(self, key: str, data: bytes) -> None:
+        self._call(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data), f"write {self._uri(key)}")
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def exists(self, ref: ArtifactRef) -> bool:
+        key = self._key(ref.manifest_key)
+        try:
+            self._call(lambda: self.client.head_object(Bucket=self.bucket, Key=key), f"look up {self._uri(key)}")
+        except ArtifactNotFoundError:
+            return False
+        return True
+
+    def manifest(self, ref: ArtifactRef) -> ArtifactManifest:
+        key = self._key(ref.manifest_key)
+        body = self._call(
+            lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(), f"read {self._uri(key)}"
+        )
+        return ArtifactManifest.model_validate_json(body)
+
+    def uri_for(self, ref: ArtifactRef) -> str:
+        return self._uri(self._key(ref.key))
+
+    def ref_from_uri(self, uri: str) -> ArtifactRef:
+        root = self._uri(self._key("")).rstrip("/") + "/"
+        if not uri.startswith(root):
+            raise StorageError(f"URI {uri!r} is not inside this store ({root})")
+        ref = ArtifactRef.from_key(uri[len(root):])
+        self.manifest(ref)
+        return ref
+
+    @contextmanager
+    def open(self, ref: ArtifactRef, path: str | None = None) -> Iterator[BinaryIO]:
+        """The streaming body of the payload object (a folder artifact needs `path` inside it)."""
+        manifest = self.manifest(ref)
+        key = self._payload_key(manifest, manifest.file_entry(path))
+        body = self._call(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"], f"open {self._uri(key)}")
+        try:
+            yield body
+        finally:
+            body.close()
+
+    def get(self, ref: ArtifactRef, dest: Path | str) -> Path:
+        """Download the payload to `dest` (a new file or folder path), verifying every file's sha256."""
+        dest = Path(dest)
+        if dest.exists():
+            raise StorageError(f"get {ref.key}: destination {dest} already exists")
+        manifest = self.manifest(ref)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial"
+        try:
+            for entry in manifest.files:
+                target = staging if manifest.layout == "file" else staging / entry.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                key = self._payload_key(manifest, entry)
+                self.retry.run(
+                    lambda key=key, target=target, entry=entry: self._download(manifest, entry, key, target),
+                    f"download {self._uri(key)}",
+                )
+            os.rename(staging, dest)
+        finally:
+            if staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+            elif staging.exists():
+                staging.unlink()
+        return dest
+
+    def fetch(self, ref: ArtifactRef, verify: bool = False) -> Path:
+        """A verified local copy of the payload in the cache folder (downloaded once, then reused).
+
+        The cache is laid out as a LocalArtifactStore; `verify` re-hashes a cached copy before use."""
+        cache = LocalArtifactStore(self.cache_dir)
+        if cache.exists(ref):
+            return cache.fetch(ref, verify=verify)
+        local = self.cache_dir / ref.key
+        if local.is_dir():  # a payload whose manifest was never written (interrupted fetch)
+            shutil.rmtree(local)
+        elif local.exists():
+            local.unlink()
+        self.get(ref, local)
+        write_bytes_atomic(self.cache_dir / ref.manifest_key, self.manifest(ref).to_bytes())
+        return local
+
+    def _download(self, manifest: ArtifactManifest, entry: ManifestFile, key: str, target: Path) -> None:
+        target.unlink(missing_ok=True)
+        body = self._call(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"], f"open {self._uri(key)}")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(target, "xb") as out:
+                for chunk in iter_chunks(body):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            body.close()
+        verify_against(manifest, entry, size, digest.hexdigest(), self._uri(key))
+
+    # ---- keys and errors ---------------------------------------------------------------------------
+    def _key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def _payload_key(self, manifest: ArtifactManifest, entry: ManifestFile) -> str:
+        key = manifest.ref.key if manifest.layout == "file" else f"{manifest.ref.key}/{entry.path}"
+        return self._key(key)
+
+    def _uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _call(self, operation: Any, description: str) -> Any:
+        """Run one S3 call under the retry policy; not-found → ArtifactNotFoundError, other client
+        errors → StorageError naming `description`."""
+        try:
+            return self.retry.run(operation, description)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in NOT_FOUND_CODES:
+                raise ArtifactNotFoundError(f"{description}: not found") from None
+            raise StorageError(f"{description}: {code or type(error).__name__}: {error}") from error
+

@@ -1,0 +1,300 @@
+"""MLflow tracking and lineage: one parent run per flow run, a nested run per stage, registered models.
+
+Everything goes through `MlflowClient` with explicit run ids (no fluent "active run" state), so Prefect
+tasks in any thread or process can log to the run whose id they were given.
+
+    client = tracking_client(settings)
+    with parent_run(client, recipe, redactor, flow_run_id=...) as run:          # run: MLflowLogger
+        with stage_run(client, run.run_id, "calibrate", redactor) as stage:
+            stage.log_metrics({"tokens": 32768})
+            log_dataset(stage, name="calibration", source_uri=..., digest=..., context="calibration")
+    register_dense_model(client, run.run_id, "dense_model", "demo-dense", lineage)
+
+Lineage tag names are the constants below; every param, tag, artifact and metric key passes the
+Redactor (tasks/redaction.py) first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
+
+from tasks.recipe import Recipe
+from tasks.recipe_io import recipe_to_yaml
+from tasks.redaction import Redactor
+from tasks.settings import Settings
+
+TAG_PREFECT_FLOW_RUN = "prefect.flow_run_id"
+TAG_PREFECT_FLOW_RUN_URL = "prefect.flow_run_url"
+TAG_STAGE = "moe2dense.stage"
+TAG_RECIPE_NAME = "moe2dense.recipe_name"
+TAG_RECIPE_DIGEST = "moe2dense.recipe_digest"
+TAG_SOURCE_MODEL = "moe2dense.source_model"
+TAG_SOURCE_REVISION = "moe2dense.source_revision"
+TAG_SHARDS_DIGEST = "moe2dense.shards_digest"
+TAG_SHARD_DIGESTS = "moe2dense.shard_digests"
+TAG_STATS_DIGEST = "moe2dense.stats_digest"
+TAG_PLAN_DIGEST = "moe2dense.plan_digest"
+TAG_CHECKPOINT_DIGEST = "moe2dense.checkpoint_digest"
+TAG_CHECKPOINT_URI = "moe2dense.checkpoint_uri"
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+RECIPE_ARTIFACT = "recipe/recipe.yaml"
+
+
+def tracking_client(settings: Settings) -> MlflowClient:
+    """A client on the settings' tracking URI (local SQLite file by default)."""
+    uri = settings.resolved_mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created (with `artifact_location` if given) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created concurrently by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings → `a.b.c` keys; lists of mappings → `a.0.b`; other values as JSON text
+    (`true`, `null`, `[1, 2]`) except strings, which stay as they are."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        elif isinstance(value, list | tuple) and any(isinstance(item, Mapping) for item in value):
+            flat.update(flatten_params({str(i): item for i, item in enumerate(value)}, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat
+
+
+class MLflowLogger:
+    """`moe2dense_core.logging.MetricLogger` on one MLflow run; redacts everything it sends."""
+
+    def __init__(self, client: MlflowClient, run_id: str, redactor: Redactor) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.redactor = redactor
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Flattened, redacted; values longer than MLflow's limit are cut and end in `…`."""
+        items = [self.redactor.redact_item(k, v) for k, v in flatten_params(params).items()]
+        batch = [Param(k, v if len(v) <= MAX_PARAM_VAL_LENGTH else v[: MAX_PARAM_VAL_LENGTH - 1] + "…")
+                 for k, v in items]
+        for start in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=batch[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        timestamp = int(time.time() * 1000)
+        batch = [Metric(self.redactor.redact_name(k), float(v), timestamp, step or 0) for k, v in metrics.items()]
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or a folder (as `artifact_path/<name>`); refuses anything holding a credential."""
+        path = Path(path)
+        self.redactor.check_file(path)
+        if path.is_dir():
+            target = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            self.client.log_artifacts(self.run_id, str(path), target)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A text artifact at `artifact_file` (e.g. `eval/results.json`), secrets masked."""
+        self.client.log_text(self.run_id, self.redactor.redact(text), artifact_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        batch = []
+        for key, value in tags.items():
+            key, text = self.redactor.redact_item(key, value if isinstance(value, str) else json.dumps(value))
+            batch.append(RunTag(key, text[:MAX_TAG_VAL_LENGTH]))
+        for start in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=batch[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+def _start_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
+               redactor: Redactor) -> MLflowLogger:
+    run = client.create_run(experiment_id, run_name=redactor.redact_name(run_name))
+    logger = MLflowLogger(client, run.info.run_id, redactor)
+    logger.set_tags(tags)
+    return logger
+
+
+@contextmanager
+def _terminating(logger: MLflowLogger) -> Iterator[MLflowLogger]:
+    """Mark the run FINISHED on success, FAILED on any exception (then re-raise)."""
+    try:
+        yield logger
+    except BaseException:
+        logger.client.set_terminated(logger.run_id, status="FAILED")
+        raise
+    logger.client.set_terminated(logger.run_id, status="FINISHED")
+
+
+@contextmanager
+def parent_run(
+    client: MlflowClient,
+    recipe: Recipe,
+    redactor: Redactor,
+    *,
+    artifact_location: str | None = None,
+    flow_run_id: str | None = None,
+    flow_run_url: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+) -> Iterator[MLflowLogger]:
+    """The parent run of one flow run: the resolved recipe as flattened params and as `recipe/recipe.yaml`,
+    tags with the recipe name/digest and the Prefect flow-run id (and UI link when given)."""
+    experiment_id = ensure_experiment(client, recipe.tracking.experiment, artifact_location)
+    tags = {TAG_RECIPE_NAME: recipe.name, TAG_RECIPE_DIGEST: recipe.digest(), **(extra_tags or {})}
+    if flow_run_id:
+        tags[TAG_PREFECT_FLOW_RUN] = flow_run_id
+    if flow_run_url:
+        tags[TAG_PREFECT_FLOW_RUN_URL] = flow_run_url
+    logger = _start_run(client, experiment_id, recipe.tracking.run_name or recipe.name, tags, redactor)
+    with _terminating(logger):
+        logger.log_params(recipe.model_dump(mode="json"))
+        logger.log_text(recipe_to_yaml(recipe), RECIPE_ARTIFACT)
+        yield logger
+
+
+@contextmanager
+def stage_run(
+    client: MlflowClient,
+    parent_run_id: str,
+    stage: str,
+    redactor: Redactor,
+    *,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[MLflowLogger]:
+    """A run nested under `parent_run_id` for one stage, inheriting the parent's Prefect / recipe tags."""
+    parent = client.get_run(parent_run_id)
+    inherited = {k: v for k, v in parent.data.tags.items() if k.startswith(("prefect.", "moe2dense.recipe"))}
+    run_tags = {**inherited, MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_STAGE: stage, **(tags or {})}
+    logger = _start_run(client, parent.info.experiment_id, stage, run_tags, redactor)
+    with _terminating(logger):
+        if params:
+            logger.log_params(dict(params))
+        yield logger
+
+
+def log_dataset(
+    logger: MLflowLogger,
+    *,
+    name: str,
+    source_uri: str,
+    digest: str,
+    context: str,
+    source_type: str = "moe2dense",
+    profile: Mapping[str, Any] | None = None,
+) -> None:
+    """Record an input dataset on the run (MLflow's `log_input`): name, digest, source URI, context
+    (`calibration`, `distillation`, `evaluation`), and a small profile (e.g. token counts)."""
+    redact = logger.redactor.redact
+    dataset = Dataset(
+        name=redact(name),
+        digest=digest,
+        source_type=source_type,
+        source=redact(json.dumps({"uri": source_uri})),
+        profile=redact(json.dumps(dict(profile or {}))),
+    )
+    logger.client.log_inputs(logger.run_id, datasets=[DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, context)])])
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a dense model came from; becomes tags on the registered model version."""
+
+    source_model: str
+    source_revision: str | None
+    shard_digests: Mapping[str, str] = field(default_factory=dict)
+    stats_digest: str | None = None
+    plan_digest: str | None = None
+    checkpoint_digest: str | None = None
+    checkpoint_uri: str | None = None
+    flow_run_id: str | None = None
+
+    def shards_digest(self) -> str:
+        """sha256 over the sorted `name:sha256` lines of the shards: one tag even for 1000 shards."""
+        lines = "\n".join(f"{name}:{sha}" for name, sha in sorted(self.shard_digests.items()))
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def as_tags(self) -> dict[str, str]:
+        shard_json = json.dumps(dict(sorted(self.shard_digests.items())), separators=(",", ":"))
+        tags = {
+            TAG_SOURCE_MODEL: self.source_model,
+            TAG_SOURCE_REVISION: self.source_revision,
+            TAG_SHARDS_DIGEST: self.shards_digest(),
+            TAG_SHARD_DIGESTS: shard_json if len(shard_json) <= MAX_TAG_VAL_LENGTH else None,
+            TAG_STATS_DIGEST: self.stats_digest,
+            TAG_PLAN_DIGEST: self.plan_digest,
+            TAG_CHECKPOINT_DIGEST: self.checkpoint_digest,
+            TAG_CHECKPOINT_URI: self.checkpoint_uri,
+            TAG_PREFECT_FLOW_RUN: self.flow_run_id,
+        }
+        return {key: value for key, value in tags.items() if value is not None}
+
+
+def register_dense_model(
+    logger: MLflowLogger, artifact_path: str, model_name: str, lineage: Lineage, description: str = ""
+) -> ModelVersion:
+    """Register the run's artifact folder `artifact_path` (a plain HF checkpoint) as a new version of
+    `model_name`, tagged with the lineage; the full shard list is also logged as `lineage/shards.json`."""
+    client, redactor = logger.client, logger.redactor
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = Path(tmp) / "shards.json"
+        shards.write_text(json.dumps(dict(sorted(lineage.shard_digests.items())), indent=2))
+        logger.log_artifact(shards, "lineage")
+    tags = dict(redactor.redact_item(k, v) for k, v in lineage.as_tags().items())
+    logger.set_tags(tags)
+    source = f"{client.get_run(logger.run_id).info.artifact_uri}/{artifact_path}"
+    return client.create_model_version(
+        model_name, source, run_id=logger.run_id, tags=tags, description=redactor.redact(description)
+    )
+
+
+def run_url(ui_base_url: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run (for Prefect link artifacts): `<ui>/#/experiments/<id>/runs/<id>`."""
+    return f"{ui_base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def converted_versions(client: MlflowClient, source_model: str, source_revision: str | None) -> list[ModelVersion]:
+    """Registered model versions (of any name) converted from `source_model` at `source_revision`:
+    the test `watch` uses for "already converted"."""
+    model_filter = f"tags.`{TAG_SOURCE_MODEL}` = '{_quote(source_model)}'"
+    versions = client.search_model_versions(model_filter)
+    return [v for v in versions if v.tags.get(TAG_SOURCE_REVISION) == source_revision]
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")

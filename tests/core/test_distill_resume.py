@@ -1,0 +1,78 @@
+"""Exact resume: a run interrupted after its step-3 checkpoint and resumed ends bit-identical to an
+uninterrupted run (weights, optimizer moments, lr, logged losses), across an epoch boundary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from moe2dense_core.distill import DistillConfig, DistillError, distill, latest_checkpoint
+from tests.core.distill_tiny_models import dense_student_from_teacher, random_rows, tiny_teacher
+
+CONFIG = DistillConfig(
+    max_steps=6, micro_batch_size=2, grad_accum_steps=2, lr=3e-3, warmup_steps=2, ce_weight=0.2,
+    checkpoint_every=3, keep_checkpoints=2, seed=7,
+)
+
+
+class RecordingLogger:
+    def __init__(self, crash_at_step: int | None = None) -> None:
+        self.metrics: dict[int, dict[str, float]] = {}
+        self.crash_at_step = crash_at_step
+
+    def log_params(self, params: dict) -> None:
+        return None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if step == self.crash_at_step:
+            raise KeyboardInterrupt(f"simulated interruption at step {step}")
+        self.metrics[int(step)] = metrics
+
+    def log_artifact(self, path, artifact_path=None) -> None:
+        return None
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    teacher = tiny_teacher(seed=1)
+    data = random_rows(12, 16, seed=2)  # 4 rows per step: 3 steps per epoch, so 6 steps cross an epoch
+
+    straight = dense_student_from_teacher(teacher)
+    straight_log = RecordingLogger()
+    full = distill(straight, teacher, data, CONFIG, logger=straight_log, checkpoint_dir=tmp_path / "a")
+    assert full.steps == 6 and full.checkpoint_path == tmp_path / "a" / "step_00000006"
+
+    interrupted = dense_student_from_teacher(teacher)
+    with pytest.raises(KeyboardInterrupt):
+        distill(interrupted, teacher, data, CONFIG, logger=RecordingLogger(crash_at_step=5),
+                checkpoint_dir=tmp_path / "b")
+    assert latest_checkpoint(tmp_path / "b").name == "step_00000003"
+
+    resumed = dense_student_from_teacher(teacher)  # fresh weights: everything must come from the checkpoint
+    resumed_log = RecordingLogger()
+    result = distill(resumed, teacher, data, CONFIG, logger=resumed_log, checkpoint_dir=tmp_path / "b", resume=True)
+
+    assert result.steps == 6 and result.tokens_seen == full.tokens_seen == 6 * 4 * 16
+    assert sorted(resumed_log.metrics) == [4, 5, 6]
+    for step in (4, 5, 6):
+        for name in ("loss", "kl", "ce", "lr", "grad_norm"):
+            assert resumed_log.metrics[step][name] == straight_log.metrics[step][name], (step, name)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    final_a = torch.load(tmp_path / "a" / "step_00000006" / "trainer_state.pt", weights_only=True)
+    final_b = torch.load(tmp_path / "b" / "step_00000006" / "trainer_state.pt", weights_only=True)
+    for key, state in final_a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], final_b["optimizer"]["state"][key]["exp_avg_sq"])
+    assert final_a["scheduler"]["last_epoch"] == final_b["scheduler"]["last_epoch"] == 6
+
+
+def test_resume_refuses_without_a_directory_and_starts_fresh_in_an_empty_one(tmp_path: Path) -> None:
+    teacher = tiny_teacher(seed=1)
+    data = random_rows(4, 8, seed=2)
+    config = DistillConfig(max_steps=1, micro_batch_size=4)
+    with pytest.raises(DistillError, match="checkpoint_dir"):
+        distill(dense_student_from_teacher(teacher), teacher, data, config, resume=True)
+    result = distill(dense_student_from_teacher(teacher), teacher, data, config, checkpoint_dir=tmp_path, resume=True)
+    assert result.steps == 1 and (tmp_path / "step_00000001" / "model.safetensors").is_file()

@@ -1,0 +1,111 @@
+"""Top-k logit cache: k = V reproduces the online loss and training; small k is close (gap reported);
+the cache refuses data, temperature or routing it was not written for; shards round-trip by row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moe2dense_core.distill import (
+    DistillConfig,
+    DistillError,
+    TopKCache,
+    distill,
+    forward_kl_per_token,
+    write_topk_cache,
+)
+from moe2dense_core.distill.targets import CachedTeacher, OnlineTeacher
+from tests.core.distill_tiny_models import VOCAB, dense_student_from_teacher, peaked_teacher, random_rows
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    torch.set_num_threads(1)
+    teacher = peaked_teacher()
+    data = random_rows(8, 32, seed=5)
+    root = tmp_path_factory.mktemp("caches")
+    caches = {
+        k: write_topk_cache(teacher, data, root / f"k{k}", k, precision="fp32", batch_size=2, rows_per_shard=3)
+        for k in (VOCAB, 16)
+    }
+    return {"teacher": teacher, "data": data, "root": root, "manifests": caches}
+
+
+def _mean_kl(source, student, data: torch.Tensor) -> float:
+    with torch.no_grad():
+        logits = student(input_ids=data).logits
+        return float(forward_kl_per_token(*source.logprob_pair(torch.arange(len(data)), data, logits, 1.0)).mean())
+
+
+def test_cache_layout_and_rows_round_trip(setup: dict) -> None:
+    manifest = setup["manifests"][16]
+    assert [s.num_rows for s in manifest.shards] == [3, 3, 2]
+    assert manifest.k == 16 and manifest.vocab_size == VOCAB and manifest.seq_len == 32
+    cache = TopKCache.open(setup["root"] / "k16", verify=True)
+    rows = torch.tensor([7, 0, 4, 3])
+    got = cache.rows(rows)
+    assert torch.equal(got.input_ids, setup["data"][rows])
+    assert got.topk_ids.shape == (4, 32, 16) and got.tail_logprob.shape == (4, 32)
+    total = torch.logsumexp(torch.cat([got.topk_logprobs, got.tail_logprob.unsqueeze(-1)], -1), -1)
+    assert torch.allclose(total, torch.zeros_like(total), atol=1e-5)  # top-k mass + tail mass = 1
+    assert bool((got.topk_logprobs[..., :-1] >= got.topk_logprobs[..., 1:]).all())
+
+
+def test_full_vocabulary_cache_equals_online_loss_and_training(setup: dict) -> None:
+    teacher, data = setup["teacher"], setup["data"]
+    student = dense_student_from_teacher(teacher)
+    online = OnlineTeacher(teacher, precision="fp32", device=CPU, top_k=None)
+    cached = CachedTeacher(TopKCache.open(setup["root"] / f"k{VOCAB}"), CPU)
+    assert _mean_kl(cached, student, data) == pytest.approx(_mean_kl(online, student, data), rel=1e-5, abs=1e-7)
+
+    config = DistillConfig(max_steps=3, micro_batch_size=4, lr=1e-3, precision="fp32")
+    a, b = dense_student_from_teacher(teacher), dense_student_from_teacher(teacher)
+    run_a = distill(a, teacher, data, config)
+    run_b = distill(b, setup["root"] / f"k{VOCAB}", data, config)
+    for step_a, step_b in zip(run_a.history, run_b.history, strict=True):
+        assert step_b["loss"] == pytest.approx(step_a["loss"], rel=1e-5, abs=1e-7)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-5), name
+
+
+def test_small_k_cache_is_close_and_reports_the_gap(setup: dict, record_property) -> None:
+    teacher, data = setup["teacher"], setup["data"]
+    student = dense_student_from_teacher(teacher)
+    full = _mean_kl(OnlineTeacher(teacher, precision="fp32", device=CPU, top_k=None), student, data)
+    top16 = _mean_kl(CachedTeacher(TopKCache.open(setup["root"] / "k16"), CPU), student, data)
+    gap = (full - top16) / full
+    record_property("top16_relative_kl_gap", gap)
+    print(f"\nforward KL online {full:.6f}, top-16 cache {top16:.6f}, relative gap {gap:.4%}")
+    assert 0.0 <= gap < 0.05  # a lower bound (chain rule), within 5% for a peaked teacher
+
+
+def test_cache_refuses_other_data_temperature_and_routing(setup: dict) -> None:
+    teacher, data = setup["teacher"], setup["data"]
+    student = dense_student_from_teacher(teacher)
+    cache_dir = setup["root"] / "k16"
+    with pytest.raises(DistillError, match="other data"):
+        distill(student, cache_dir, random_rows(8, 32, seed=6), DistillConfig(max_steps=1, micro_batch_size=4))
+    with pytest.raises(DistillError, match="temperature"):
+        distill(student, cache_dir, data, DistillConfig(max_steps=1, micro_batch_size=4, temperature=2.0))
+    with pytest.raises(DistillError, match="teacher_top_k"):
+        distill(student, cache_dir, data, DistillConfig(max_steps=1, micro_batch_size=4, teacher_top_k=4))
+
+
+def test_open_rejects_incomplete_or_tampered_caches(setup: dict, tmp_path: Path) -> None:
+    with pytest.raises(DistillError, match="manifest.json is missing"):
+        TopKCache.open(tmp_path)
+    manifest = json.loads((setup["root"] / "k16" / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    for shard in manifest["shards"]:
+        (tmp_path / shard["file"]).write_bytes((setup["root"] / "k16" / shard["file"]).read_bytes())
+    TopKCache.open(tmp_path)  # structure is fine
+    with pytest.raises(DistillError, match="does not match its sha256"):
+        TopKCache.open(tmp_path, verify=True)
+    with pytest.raises(DistillError, match="vocab_size"):
+        write_topk_cache(setup["teacher"], setup["data"], tmp_path / "bad", VOCAB + 1)

@@ -1,0 +1,205 @@
+"""LocalArtifactStore and the storage building blocks (the S3 store: tests/integration/test_storage_s3.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+
+from tasks.artifact_manifest import MANIFEST_SUFFIX, ArtifactRef, ManifestFile, directory_digest
+from tasks.settings import Settings
+from tasks.storage import (
+    ArtifactIntegrityError,
+    ArtifactNotFoundError,
+    LocalArtifactStore,
+    StorageError,
+    open_artifact_store,
+)
+from tasks.transient import RetryPolicy, is_transient
+
+
+def make_folder(root: Path) -> Path:
+    (root / "ckpt" / "sub").mkdir(parents=True)
+    (root / "ckpt" / "config.json").write_text('{"hidden_size": 32}')
+    (root / "ckpt" / "sub" / "model.safetensors").write_bytes(bytes(range(256)) * 40)
+    return root / "ckpt"
+
+
+def test_settings_default_to_a_local_folder(tmp_path: Path) -> None:
+    store = open_artifact_store(Settings(home=tmp_path / "home"))
+    assert isinstance(store, LocalArtifactStore)
+    assert store.root == (tmp_path / "home" / "artifacts").resolve()
+
+
+def test_file_round_trip_is_content_addressed(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    source = tmp_path / "plan.json"
+    source.write_text('{"k": 8}')
+    ref = store.put_file(source, kind="plan")
+
+    assert ref == ArtifactRef("plan", hashlib.sha256(b'{"k": 8}').hexdigest(), "plan.json")
+    assert store.uri_for(ref) == (tmp_path / "store" / ref.key).resolve().as_uri()
+    assert store.ref_from_uri(store.uri_for(ref)) == ref
+    manifest = json.loads((tmp_path / "store" / ref.manifest_key).read_text())
+    assert manifest["files"] == [{"path": "plan.json", "size": 8, "sha256": ref.sha256}]
+    assert (manifest["schema_version"], manifest["kind"], manifest["layout"]) == (1, "plan", "file")
+    assert "created" in manifest
+    with store.open(ref) as stream:
+        assert stream.read() == b'{"k": 8}'
+    assert store.get(ref, tmp_path / "copy.json").read_bytes() == b'{"k": 8}'
+    assert store.put_bytes(b'{"k": 8}', kind="plan", name="plan.json") == ref  # same bytes, same artifact
+
+
+def test_folder_round_trip_and_digest_definition(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    source = make_folder(tmp_path)
+    ref = store.put_dir(source, kind="dense-model")
+
+    manifest = store.manifest(ref)
+    expected_files = [
+        ManifestFile(path="config.json", size=19, sha256=hashlib.sha256(b'{"hidden_size": 32}').hexdigest()),
+        ManifestFile(path="sub/model.safetensors", size=10240,
+                     sha256=hashlib.sha256(bytes(range(256)) * 40).hexdigest()),
+    ]
+    assert manifest.files == expected_files and manifest.total_size == 10259
+    assert ref.sha256 == directory_digest(expected_files)
+    copy = store.get(ref, tmp_path / "copy")
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()) == [
+        "config.json", "sub/model.safetensors"]
+    assert store.fetch(ref, verify=True) == tmp_path / "store" / ref.key
+    with store.open(ref, "config.json") as stream:
+        assert stream.read() == b'{"hidden_size": 32}'
+    with pytest.raises(StorageError, match="is a folder"), store.open(ref):
+        pass
+
+
+def test_changing_one_byte_or_moving_a_file_changes_the_digest(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    source = make_folder(tmp_path)
+    first = store.put_dir(source, kind="dense-model")
+    (source / "config.json").write_text('{"hidden_size": 33}')
+    second = store.put_dir(source, kind="dense-model")
+    (source / "config.json").rename(source / "sub" / "config.json")
+    third = store.put_dir(source, kind="dense-model")
+    assert len({first.sha256, second.sha256, third.sha256}) == 3
+
+
+def test_corruption_is_detected_on_get_and_verify(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    ref = store.put_dir(make_folder(tmp_path), kind="dense-model")
+    payload = tmp_path / "store" / ref.key / "sub" / "model.safetensors"
+    payload.write_bytes(b"\xff" + payload.read_bytes()[1:])
+
+    with pytest.raises(ArtifactIntegrityError, match="sub/model.safetensors"):
+        store.get(ref, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists() and not list(tmp_path.glob(".copy.*"))
+    with pytest.raises(ArtifactIntegrityError):
+        store.fetch(ref, verify=True)
+
+
+def test_failure_while_copying_leaves_nothing_visible(tmp_path: Path) -> None:
+    """A real read error on the last file (/proc/self/mem fails with EIO at offset 0) aborts put_dir
+    after the first file was copied: no artifact, no payload, no staging residue."""
+    source = make_folder(tmp_path)
+    os.symlink("/proc/self/mem", source / "z_unreadable.bin")
+    store = LocalArtifactStore(tmp_path / "store")
+
+    with pytest.raises(OSError):
+        store.put_dir(source, kind="dense-model")
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [".staging"]
+    assert list((tmp_path / "store" / ".staging").iterdir()) == []
+
+
+def test_payload_without_manifest_does_not_exist_and_is_completed_by_the_next_put(tmp_path: Path) -> None:
+    """A crash between moving the payload and writing the manifest: invisible until a put commits it."""
+    store = LocalArtifactStore(tmp_path / "store")
+    source = make_folder(tmp_path)
+    ref = store.put_dir(source, kind="dense-model")
+    (tmp_path / "store" / ref.manifest_key).unlink()
+
+    assert not store.exists(ref)
+    with pytest.raises(ArtifactNotFoundError, match=ref.key):
+        store.fetch(ref)
+    assert store.put_dir(source, kind="dense-model") == ref and store.exists(ref)
+
+
+def test_concurrent_identical_puts_agree(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    source = make_folder(tmp_path)
+    refs: list[ArtifactRef] = []
+    threads = [threading.Thread(target=lambda: refs.append(store.put_dir(source, kind="m"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(refs)) == 1 and store.exists(refs[0])
+    store.fetch(refs[0], verify=True)
+
+
+@pytest.mark.parametrize("kind, name", [("Dense", "x"), ("a/b", "x"), ("m", "../x"), ("m", "x" + MANIFEST_SUFFIX)])
+def test_bad_kind_or_name_is_refused_before_writing(tmp_path: Path, kind: str, name: str) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    with pytest.raises(StorageError, match="artifact (kind|name)"):
+        store.put_bytes(b"x", kind=kind, name=name)
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == []
+
+
+def test_empty_folder_and_foreign_uri_are_refused(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StorageError, match="holds no files"):
+        store.put_dir(tmp_path / "empty", kind="m")
+    with pytest.raises(StorageError, match="not inside this store"):
+        store.ref_from_uri("file:///elsewhere/m/" + "0" * 64 + "/x")
+
+
+def test_retry_policy_retries_transient_errors_only() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset by peer")
+        return "ok"
+
+    assert RetryPolicy(max_attempts=3, backoff_s=0.0).run(flaky, "op") == "ok" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(StorageError, match="op: still failing after 2 attempts"):
+        RetryPolicy(max_attempts=2, backoff_s=0.0).run(flaky, "op")
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("not transient")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=5, backoff_s=0.0).run(broken, "op")
+    assert len(calls) == 1
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    policy = RetryPolicy(max_attempts=6, backoff_s=0.5, backoff_max_s=3.0)
+    assert [policy.delay(i) for i in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_transient_detection_follows_the_cause_chain() -> None:
+    try:
+        try:
+            raise ConnectionResetError("reset")
+        except ConnectionResetError as inner:
+            raise RuntimeError("upload failed") from inner
+    except RuntimeError as outer:
+        assert is_transient(outer)
+    assert not is_transient(ArtifactIntegrityError("bad bytes"))
+
+
+def test_transient_errors_of_botocore_are_retryable() -> None:
+    assert is_transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert is_transient(ConnectionClosedError(endpoint_url="http://x"))
+    assert is_transient(ClientError({"Error": {"Code": "SlowDown"}}, "PutObject"))
+    assert not is_transient(ClientError({"Error": {"Code": "AccessDenied"}}, "PutObject"))

@@ -1,0 +1,108 @@
+"""Tracking building blocks without a server: params flattening, lineage tags, redaction.
+
+Runs, artifacts, inputs and the registry against a real `mlflow server` with S3 artifacts:
+tests/integration/test_tracking_mlflow.py.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pytest
+
+from tasks.artifact_manifest import HASH_CHUNK_BYTES
+from tasks.redaction import MASK, CredentialLeakError, Redactor, install_log_redaction
+from tasks.settings import Settings
+from tasks.tracking import (
+    TAG_SHARD_DIGESTS,
+    TAG_SHARDS_DIGEST,
+    TAG_SOURCE_MODEL,
+    Lineage,
+    flatten_params,
+    run_url,
+)
+
+
+def test_flatten_params_uses_dotted_paths_and_json_values() -> None:
+    params = {
+        "plan": {"scoring": "do_acp", "num_selected": None, "router_mass": False},
+        "distillation": {"train": {"lr": 1e-4, "adam_betas": [0.9, 0.95]}},
+        "evaluation": {"downstream": {"tasks": [{"name": "arc_easy", "num_fewshot": 25}]}},
+    }
+    assert flatten_params(params) == {
+        "plan.scoring": "do_acp",
+        "plan.num_selected": "null",
+        "plan.router_mass": "false",
+        "distillation.train.lr": "0.0001",
+        "distillation.train.adam_betas": "[0.9, 0.95]",
+        "evaluation.downstream.tasks.0.name": "arc_easy",
+        "evaluation.downstream.tasks.0.num_fewshot": "25",
+    }
+
+
+def test_lineage_tags_summarise_shards_and_drop_unknowns() -> None:
+    lineage = Lineage(source_model="org/moe", source_revision="abc", shard_digests={"b": "2", "a": "1"})
+    tags = lineage.as_tags()
+    assert tags[TAG_SOURCE_MODEL] == "org/moe"
+    assert tags[TAG_SHARD_DIGESTS] == '{"a":"1","b":"2"}'
+    assert tags[TAG_SHARDS_DIGEST] == Lineage("x", None, {"a": "1", "b": "2"}).shards_digest()
+    assert "moe2dense.plan_digest" not in tags
+    many = Lineage("org/moe", "abc", {f"model-{i:05d}.safetensors": "f" * 64 for i in range(200)}).as_tags()
+    assert TAG_SHARD_DIGESTS not in many and TAG_SHARDS_DIGEST in many  # too long for one tag
+
+
+def test_redactor_collects_settings_secrets_and_credential_named_environment() -> None:
+    settings = Settings(aws_secret_access_key="settings-secret-1", prefect_api_key="prefect-key-22")
+    environ = {"HF_TOKEN": "hf_abcdefgh", "GITHUB_TOKEN": "ghp_12345678", "MAX_TOKENS": "not-a-secret",
+               "PREFECT_API_KEY_FLAG": "true", "HOME": "/root/home-dir"}
+    redactor = Redactor.from_environment(settings, environ)
+    text = "a settings-secret-1 b prefect-key-22 c hf_abcdefgh d ghp_12345678 e not-a-secret f /root/home-dir g true"
+    assert redactor.redact(text) == f"a {MASK} b {MASK} c {MASK} d {MASK} e not-a-secret f /root/home-dir g true"
+
+
+def test_credential_named_keys_are_masked_whatever_their_value() -> None:
+    redactor = Redactor()
+    assert redactor.redact_item("storage.aws_secret_access_key", "anything") == ("storage.aws_secret_access_key", MASK)
+    assert redactor.redact_item("api-key", "x") == ("api-key", MASK)
+    assert redactor.redact_item("calibration.num_tokens", "32768") == ("calibration.num_tokens", "32768")
+    assert redactor.redact_item("tokenizer", "gpt2") == ("tokenizer", "gpt2")
+
+
+def test_names_get_a_mask_mlflow_accepts() -> None:
+    redactor = Redactor(["planted-secret-9"])
+    assert redactor.redact_name("loss_planted-secret-9") == "loss_redacted"
+
+
+def test_check_file_finds_a_secret_across_a_chunk_boundary(tmp_path: Path) -> None:
+    secret = "planted-secret-across"
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * (HASH_CHUNK_BYTES - 7) + secret.encode() + b"y" * 10)
+    with pytest.raises(CredentialLeakError, match="big.bin"):
+        Redactor([secret]).check_file(path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "clean.txt").write_text("nothing here")
+    Redactor([secret]).check_file(folder)
+
+
+def test_log_lines_are_redacted_on_handlers() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("moe2dense.test.redaction")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        install_log_redaction(Redactor(["planted-log-secret"]))
+        logger.info("key=%s done", "planted-log-secret")
+        install_log_redaction(Redactor(["second-log-secret"]))  # replaces the first filter
+        logger.info("key=%s", "second-log-secret")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == f"key={MASK} done\nkey={MASK}\n"
+
+
+def test_run_url_points_at_the_mlflow_ui_page() -> None:
+    assert run_url("http://mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
