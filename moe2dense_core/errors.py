@@ -15,3 +15,15 @@ class CheckpointError(Moe2DenseError):
 
 class PlanError(Moe2DenseError):
     """A plan request is impossible (e.g. K < k or K > E) or a plan does not fit the model."""
+
+
+class StatsError(Moe2DenseError, ValueError):
+    """Calibration input or statistics that do not fit (shapes, layers, expert counts, token ids)."""
+
+
+class OutputDirError(Moe2DenseError):
+    """The output folder cannot be used (exists and is not empty, is a file, or is the teacher's folder)."""
+
+
+class BudgetMismatchError(Moe2DenseError):
+    """Compared students differ in parameter count or token budget; the message names them with their numbers."""

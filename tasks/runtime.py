@@ -18,6 +18,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
+from tasks.caching import canonical
 from tasks.redaction import Redactor
 from tasks.settings import Settings
 from tasks.storage import ArtifactStore, open_artifact_store
@@ -39,8 +40,9 @@ class Runtime:
 
     @contextmanager
     def stage(self, parent_run_id: str, name: str, params: dict[str, Any] | None = None) -> Iterator[MLflowLogger]:
-        """The nested MLflow run of one stage (FINISHED on success, FAILED on error)."""
-        with stage_run(self.client, parent_run_id, name, self.redactor, params=params) as logger:
+        """The nested MLflow run of one stage (FINISHED on success, FAILED on error); params may hold models."""
+        plain = canonical(params) if params else None
+        with stage_run(self.client, parent_run_id, name, self.redactor, params=plain) as logger:
             yield logger
 
     def fetch_uri(self, uri: str) -> Path:

@@ -14,14 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from moe2dense_core.errors import Moe2DenseError
+from moe2dense_core.errors import OutputDirError
 
 FOLDER_MODE = 0o755
 """Permissions of the published folder (mkdtemp creates 0o700; a model folder is meant to be shared)."""
-
-
-class OutputDirError(Moe2DenseError):
-    """The output folder cannot be used (exists and is not empty, is a file, or is the teacher's folder)."""
 
 
 def check_output_dir(out_dir: str | Path, *, overwrite: bool, source_dir: str | Path) -> Path:

@@ -17,13 +17,9 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from moe2dense_core.errors import Moe2DenseError
+from moe2dense_core.errors import BudgetMismatchError
 
 DEFAULT_PARAM_REL_TOL = 0.01
-
-
-class BudgetMismatchError(Moe2DenseError):
-    """Compared students differ in parameter count or token budget; the message names them with their numbers."""
 
 
 class StudentBudget(BaseModel):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from moe2dense_core.errors import Moe2DenseError
+from moe2dense_core.errors import StatsError
 
 SUM_FIELDS = (
     "num_tokens",
@@ -43,10 +43,6 @@ SUM_FIELDS = (
 )
 ID_FIELDS = ("layer", "num_experts", "top_k")
 """Integer identity of a LayerStats, stored as 0-d int64 tensors in `state_dict()`."""
-
-
-class StatsError(Moe2DenseError, ValueError):
-    """Calibration input or statistics that do not fit (shapes, layers, expert counts, token ids)."""
 
 
 def _zeros(*shape: int) -> torch.Tensor:

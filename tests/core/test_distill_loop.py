@@ -11,7 +11,12 @@ from pydantic import ValidationError
 
 from moe2dense_core.distill import DistillConfig, DistillError, bf16_supported, distill, resolve_precision
 from moe2dense_core.distill.schedule import WarmupCosine
-from tests.core.distill_tiny_models import dense_student_from_teacher, peaked_teacher, random_rows, tiny_teacher
+from tests.core.distill_tiny_models import (
+    dense_student_from_teacher,
+    peaked_teacher,
+    random_rows,
+    tiny_teacher,
+)
 
 CPU = torch.device("cpu")
 
