@@ -69,7 +69,9 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
         plan = plan_task(source, calibration, recipe.plan, parent.run_id)
         assembled = assemble_task(source, plan, recipe.storage, parent.run_id)
 
-        teacher = EvalTarget(label="teacher", checkpoint_digest=source.snapshot_digest, location=source.local_path)
+        teacher = EvalTarget(
+            label="teacher", checkpoint_digest=source.snapshot_digest, location=source.local_path
+        )
         evaluations = [
             evaluate_task(teacher, recipe.evaluation, parent.run_id),
             evaluate_task(target(assembled, "assembled"), recipe.evaluation, parent.run_id),
@@ -80,26 +82,43 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
             distill_run_id = final.mlflow_run_id
             evaluations.append(evaluate_task(target(final, "distilled"), recipe.evaluation, parent.run_id))
 
-        inputs = ReportInputs(recipe_name=recipe.name, source=source, plan=plan, checkpoint=final,
-                              evaluations=evaluations, distill_run_id=distill_run_id)
+        inputs = ReportInputs(
+            recipe_name=recipe.name,
+            source=source,
+            plan=plan,
+            checkpoint=final,
+            evaluations=evaluations,
+            distill_run_id=distill_run_id,
+        )
         report_uri = report_task(inputs, recipe.digest(), parent.run_id)
         registered = None
         if recipe.tracking.registered_model:
-            registered = register_task(source, plan, final, recipe.tracking.registered_model, flow_run.id, parent.run_id)
+            registered = register_task(
+                source, plan, final, recipe.tracking.registered_model, flow_run.id, parent.run_id
+            )
         if recipe.storage.export_dir is not None:
             export(runtime, final, recipe.storage.export_dir)
         for evaluation in evaluations:
             print(f"{evaluation.label}: held-out perplexity {evaluation.perplexity:.2f}")
         print(f"report: {report_uri}")
         return ConvertResult(
-            recipe_name=recipe.name, mlflow_run_id=parent.run_id, source=source, calibration=calibration, plan=plan,
-            assembled=assembled, final=final, evaluations=evaluations, report_uri=report_uri,
+            recipe_name=recipe.name,
+            mlflow_run_id=parent.run_id,
+            source=source,
+            calibration=calibration,
+            plan=plan,
+            assembled=assembled,
+            final=final,
+            evaluations=evaluations,
+            report_uri=report_uri,
             registered_model=registered,
         )
 
 
 def target(checkpoint: CheckpointResult, label: str) -> EvalTarget:
-    return EvalTarget(label=label, checkpoint_digest=checkpoint.checkpoint_digest, location=checkpoint.checkpoint_uri)
+    return EvalTarget(
+        label=label, checkpoint_digest=checkpoint.checkpoint_digest, location=checkpoint.checkpoint_uri
+    )
 
 
 def link_mlflow_run(runtime: Runtime, run_id: str) -> None:

@@ -32,6 +32,7 @@ class TeacherRecipe(BaseModel):
     model: TeacherModelConfig = TeacherModelConfig()
     train_dense: bool = False
     output_dir: Path = Path(".moe2dense/teachers")
+    show_progress: bool = False
 
 
 class TeacherFlowResult(BaseModel):
@@ -51,11 +52,15 @@ DEFAULT_TEACHER_RECIPE = TeacherRecipe()
 def teacher_flow(recipe: TeacherRecipe = DEFAULT_TEACHER_RECIPE) -> TeacherFlowResult:
     root = str(recipe.output_dir)
     corpus = prepare_corpus_task(recipe.corpus, root)
-    moe = train_teacher_task(corpus, recipe.model.model_copy(update={"kind": "moe"}), root)
+    moe = train_teacher_task(
+        corpus, recipe.model.model_copy(update={"kind": "moe"}), root, recipe.show_progress
+    )
     print(f"MoE teacher: {moe.path} (held-out perplexity {moe.heldout_perplexity:.1f}, reused={moe.reused})")
     dense = None
     if recipe.train_dense:
-        dense = train_teacher_task(corpus, recipe.model.model_copy(update={"kind": "dense"}), root)
+        dense = train_teacher_task(
+            corpus, recipe.model.model_copy(update={"kind": "dense"}), root, recipe.show_progress
+        )
         print(f"dense teacher: {dense.path} (held-out perplexity {dense.heldout_perplexity:.1f})")
     return TeacherFlowResult(
         moe=moe,

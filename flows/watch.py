@@ -31,9 +31,10 @@ from prefect.deployments import run_deployment
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from moe2dense_core.arch import supported_model_types
-from tasks.hub import DEFAULT_HUB_URL, HubClient, HubError, HubModel
+from tasks.hub import DEFAULT_HUB_URL, HubClient, HubModel
 from tasks.recipe import Recipe
 from tasks.recipe_io import load_recipe
+from tasks.runtime import transient_failure
 from tasks.settings import Settings
 from tasks.tracking import converted_versions, tracking_client
 
@@ -50,7 +51,9 @@ class WatchConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hub_url: str = DEFAULT_HUB_URL
-    organisations: tuple[str, ...] = Field(default=("Qwen", "deepseek-ai", "openai", "mistralai", "allenai"), min_length=1)
+    organisations: tuple[str, ...] = Field(
+        default=("Qwen", "deepseek-ai", "openai", "mistralai", "allenai"), min_length=1
+    )
     name_pattern: str = ".*"
     model_types: tuple[str, ...] | None = None
     revision: str = "main"
@@ -91,12 +94,13 @@ def release_tag(release: HubModel) -> str:
     return f"moe2dense.source={release.id}@{release.sha}"
 
 
-def _transient_hub_error(task, task_run, state) -> bool:
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, HubError) and error.transient
-
-
-@task(name="find-releases", cache_policy=NONE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_transient_hub_error)
+@task(
+    name="find-releases",
+    cache_policy=NONE,
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=transient_failure,
+)
 def find_releases(config: WatchConfig) -> list[HubModel]:
     """Supported MoE models of the organisations whose id matches the pattern, at `config.revision`."""
     wanted_types = set(config.model_types or supported_model_types())
@@ -161,7 +165,9 @@ def watch_flow(config: WatchConfig = DEFAULT_WATCH_CONFIG) -> WatchReport:
     candidates = [release for release in releases if release not in converted]
     in_flight = [release for release in candidates if is_in_flight(release)]
     new = [release for release in candidates if release not in in_flight]
-    recipes = {release: conversion_recipe(release, config) for release in new}  # all validated before any trigger
+    recipes = {
+        release: conversion_recipe(release, config) for release in new
+    }  # all validated before any trigger
     triggered = {}
     for release in new:
         if config.dry_run:

@@ -45,19 +45,18 @@ def convert(
     """
     plan_config = plan_config or PlanConfig()
     source_dir = resolve_model(model_dir, revision=revision)
-    reader = CheckpointReader(source_dir)
-    spec = get_spec(reader.model_type)
-    dims = validate_checkpoint(reader, spec)
-    validate_plan_config(plan_config, dims.num_experts, dims.top_k)
-    check_output_dir(out_dir, overwrite=overwrite, source_dir=source_dir)
+    with CheckpointReader(source_dir) as reader:
+        spec = get_spec(reader.model_type)
+        dims = validate_checkpoint(reader, spec)
+        validate_plan_config(plan_config, dims.num_experts, dims.top_k)
+        check_output_dir(out_dir, overwrite=overwrite, source_dir=source_dir)
 
-    stats = collect_stats(source_dir, batches)
+        stats = collect_stats(source_dir, batches)
 
-    def all_experts(layer: int) -> ExpertWeights:
-        return spec.read_experts(reader, layer, list(range(dims.num_experts)))
+        def all_experts(layer: int) -> ExpertWeights:
+            return spec.read_experts(reader, layer, list(range(dims.num_experts)))
 
-    plan = build_plan(stats, plan_config, expert_weights=all_experts)
-    reader.close()
+        plan = build_plan(stats, plan_config, expert_weights=all_experts)
     return assemble(
         model_dir,
         plan,

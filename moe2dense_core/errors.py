@@ -27,3 +27,12 @@ class OutputDirError(Moe2DenseError):
 
 class BudgetMismatchError(Moe2DenseError):
     """Compared students differ in parameter count or token budget; the message names them with their numbers."""
+
+
+class DistillError(Moe2DenseError):
+    """A distillation request is impossible: mismatched vocabularies, too little data, a cache that
+    does not belong to the data, an unreachable teacher top-k, a checkpoint that does not fit."""
+
+
+class DataError(Moe2DenseError):
+    """A text data spec names no usable text: missing files, an unknown format or column, no tokens."""

@@ -81,7 +81,9 @@ class ConversionPlan(BaseModel):
     """The whole conversion: teacher identity, sizes, config used and one LayerPlan per MoE layer.
 
     target_width: the dense FFN width of every student layer (k·I + shared width, or larger where a
-    teacher dense layer is wider; narrower blocks are zero-padded, which is exact).
+    teacher dense layer is wider; narrower blocks are zero-padded, which is exact);
+    stats_digest: ExpertStats.digest() of the statistics the plan was built from (None for a plan
+    written by hand).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -97,10 +99,12 @@ class ConversionPlan(BaseModel):
     stats_digest: str | None = None
 
     def to_json(self) -> str:
+        """The plan as indented JSON (what `from_json` reads back)."""
         return self.model_dump_json(indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> ConversionPlan:
+        """Parse and validate a plan written by `to_json`."""
         return cls.model_validate_json(text)
 
     def digest(self) -> str:
@@ -175,7 +179,6 @@ def build_plan(
         )
         for index in sorted(stats.layers)
     ]
-    digest = getattr(stats, "digest", None)
     return ConversionPlan(
         model_type=stats.model_type,
         num_experts=stats.num_experts,
@@ -184,7 +187,7 @@ def build_plan(
         target_width=max(sizes.num_groups * dims.expert_width + dims.shared_width, dims.dense_width),
         config=config,
         layers=layers,
-        stats_digest=digest() if callable(digest) else None,
+        stats_digest=stats.digest(),
     )
 
 

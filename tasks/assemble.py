@@ -38,10 +38,15 @@ class CheckpointResult(BaseModel):
 
 
 @task(name="assemble", cache_key_fn=assemble_key, persist_result=True)
-def assemble_task(source: SourceResult, plan: PlanResult, storage: StorageConfig, parent_run_id: str) -> CheckpointResult:
+def assemble_task(
+    source: SourceResult, plan: PlanResult, storage: StorageConfig, parent_run_id: str
+) -> CheckpointResult:
     runtime = Runtime.from_environment()
     conversion = ConversionPlan.from_json(runtime.fetch_uri(plan.plan_uri).read_text())
-    with runtime.stage(parent_run_id, "assemble", {"storage": storage}) as run, runtime.scratch("assemble") as scratch:
+    with (
+        runtime.stage(parent_run_id, "assemble", {"storage": storage}) as run,
+        runtime.scratch("assemble") as scratch,
+    ):
         result = assemble(
             source.local_path,
             conversion,

@@ -5,7 +5,7 @@ depends on] — content digests, never paths or run ids:
 
 | stage     | key parts                                                          |
 |-----------|--------------------------------------------------------------------|
-| source    | hub id, revision (hub ids pinned to a revision only; local folders are re-hashed every run) |
+| source    | hub id + revision; local folder: path + every file's (name, size, mtime)  |
 | calibrate | snapshot digest, calibration data spec + sizes, statistics config   |
 | plan      | stats digest, PlanConfig                                             |
 | assemble  | plan digest, snapshot digest, storage dtype / shard size            |
@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -65,9 +66,15 @@ def cache_key(stage: str, parts: Callable[[dict[str, Any]], list[Any] | None]) -
     return key_fn
 
 
-def _source_parts(p: dict[str, Any]) -> list[Any] | None:
+def _source_parts(p: dict[str, Any]) -> list[Any]:
+    """Hub: id + revision. Local folder [defined here]: its absolute path + (name, size, mtime_ns) of
+    every file, so an unchanged folder is not re-hashed and any edit re-runs the stage."""
     source = p["source"]
-    return None if source.is_local else [source.model, source.revision]
+    if not source.is_local:
+        return [source.model, source.revision]
+    folder = Path(source.model).expanduser().resolve()
+    files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+    return [str(folder), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
 
 
 source_key = cache_key("source", _source_parts)
@@ -75,7 +82,9 @@ calibrate_key = cache_key(
     "calibrate", lambda p: [p["source"].snapshot_digest, p["calibration"], p["statistics"]]
 )
 plan_key = cache_key("plan", lambda p: [p["calibration"].stats_digest, p["plan"]])
-assemble_key = cache_key("assemble", lambda p: [p["plan"].plan_digest, p["source"].snapshot_digest, p["storage"]])
+assemble_key = cache_key(
+    "assemble", lambda p: [p["plan"].plan_digest, p["source"].snapshot_digest, p["storage"]]
+)
 distill_key = cache_key(
     "distill", lambda p: [p["student"].checkpoint_digest, p["source"].snapshot_digest, p["distillation"]]
 )

@@ -20,9 +20,8 @@ from moe2dense_core.stats.collect import collect_stats
 from tasks.caching import calibrate_key
 from tasks.corpus import token_rows
 from tasks.recipe import CalibrationConfig, StatisticsConfig
-from tasks.runtime import Runtime
+from tasks.runtime import Runtime, log_token_input
 from tasks.source import SourceResult
-from tasks.tracking import log_dataset
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,8 +43,8 @@ def calibration_rows(source: SourceResult, calibration: CalibrationConfig) -> to
     wanted = calibration.num_tokens // calibration.seq_len
     if rows.shape[0] < wanted:
         raise ValueError(
-            f"calibration.num_tokens={calibration.num_tokens} needs {wanted} rows of {calibration.seq_len} tokens; "
-            f"the calibration data gives only {rows.shape[0]}"
+            f"calibration.num_tokens={calibration.num_tokens} needs {wanted} rows of "
+            f"{calibration.seq_len} tokens; the calibration data gives only {rows.shape[0]}"
         )
     order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(calibration.seed))
     return rows[order[:wanted]]
@@ -62,9 +61,16 @@ def calibrate_task(
     runtime = Runtime.from_environment()
     rows = calibration_rows(source, calibration)
     data_digest = tokens_digest(rows)
-    with runtime.stage(parent_run_id, "calibrate", {"calibration": calibration, "statistics": statistics}) as run:
-        log_dataset(run, name="calibration", source_uri=str(calibration.data.source), digest=data_digest,
-                    context="calibration", profile={"num_tokens": rows.numel(), "seq_len": calibration.seq_len})
+    with runtime.stage(
+        parent_run_id, "calibrate", {"calibration": calibration, "statistics": statistics}
+    ) as run:
+        log_token_input(
+            run,
+            context="calibration",
+            source=str(calibration.data.source),
+            digest=data_digest,
+            num_tokens=rows.numel(),
+        )
         stats = collect_stats(
             source.local_path,
             list(rows.split(calibration.batch_size)),

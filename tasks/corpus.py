@@ -13,8 +13,8 @@ record.
 Documents are split into train / held-out by a stable hash of their text (the core's rule,
 `moe2dense_core.distill.data.is_heldout`: sha256("0\\x00" + text) / 2⁶⁴ < fraction; never position or
 `random`), so adding documents never moves one across the split, and the teacher, the calibration,
-the distillation and the evaluation all agree on which text is held out. `write_corpus` writes `train.txt` and `heldout.txt` (documents separated by one blank
-line) atomically; the core's data loaders read those local files.
+the distillation and the evaluation all agree on which text is held out. `write_corpus` writes
+`train.txt` and `heldout.txt` (documents separated by one blank line) atomically.
 """
 
 from __future__ import annotations
@@ -39,7 +39,17 @@ from moe2dense_core.errors import Moe2DenseError
 
 MIN_DOCSTRING_CHARS = 200
 EXCLUDED_STDLIB_PACKAGES = frozenset(
-    {"site-packages", "dist-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip"}
+    {
+        "site-packages",
+        "dist-packages",
+        "test",
+        "tests",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "lib2to3",
+        "ensurepip",
+    }
 )
 DOCUMENT_SEPARATOR = "\n\n"
 
@@ -150,7 +160,9 @@ def hub_documents(dataset: str, dataset_config: str | None, split: str, text_fie
 
     rows = datasets.load_dataset(dataset, dataset_config, split=split)
     if text_field not in rows.column_names:
-        raise CorpusError(f"corpus.text_field: {dataset!r} has no column {text_field!r} ({rows.column_names})")
+        raise CorpusError(
+            f"corpus.text_field: {dataset!r} has no column {text_field!r} ({rows.column_names})"
+        )
     documents = [text.strip() for text in rows[text_field] if text and text.strip()]
     if not documents:
         raise CorpusError(f"corpus.dataset: {dataset!r} split {split!r} has no text in {text_field!r}")
@@ -183,7 +195,9 @@ def write_corpus(spec: CorpusSpec, out_dir: Path) -> CorpusFiles:
     digest = hashlib.sha256()
     for text in (train_text, heldout_text):
         digest.update(hashlib.sha256(text.encode("utf-8")).digest())
-    return CorpusFiles(out_dir / "train.txt", out_dir / "heldout.txt", digest.hexdigest(), len(train), len(heldout))
+    return CorpusFiles(
+        out_dir / "train.txt", out_dir / "heldout.txt", digest.hexdigest(), len(train), len(heldout)
+    )
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -217,5 +231,7 @@ def token_rows(spec: CorpusSpec, tokenizer, seq_len: int, side: Literal["train",
     """
     from moe2dense_core.distill.data import prepare_token_splits
 
-    splits = prepare_token_splits(load_documents(spec), tokenizer, seq_len, heldout_fraction=spec.heldout_fraction)
+    splits = prepare_token_splits(
+        load_documents(spec), tokenizer, seq_len, heldout_fraction=spec.heldout_fraction
+    )
     return splits.train if side == "train" else splits.heldout

@@ -22,9 +22,8 @@ from tasks.assemble import CheckpointResult
 from tasks.caching import distill_key
 from tasks.corpus import token_rows
 from tasks.recipe import DistillationConfig
-from tasks.runtime import Runtime
+from tasks.runtime import Runtime, log_token_input
 from tasks.source import SourceResult
-from tasks.tracking import log_dataset
 
 PROVENANCE_FILES = ("README.md", "moe2dense.json")
 
@@ -37,12 +36,22 @@ def distill_task(
     student_dir = runtime.fetch_uri(student.checkpoint_uri)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     rows = token_rows(distillation.data, tokenizer, distillation.seq_len, "train")
-    with runtime.stage(parent_run_id, "distill", {"distillation": distillation}) as run, runtime.scratch("distill") as scratch:
-        log_dataset(run, name="distillation", source_uri=str(distillation.data.source), digest=tokens_digest(rows),
-                    context="distillation", profile={"num_tokens": rows.numel(), "seq_len": distillation.seq_len})
+    with (
+        runtime.stage(parent_run_id, "distill", {"distillation": distillation}) as run,
+        runtime.scratch("distill") as scratch,
+    ):
+        log_token_input(
+            run,
+            context="distillation",
+            source=str(distillation.data.source),
+            digest=tokens_digest(rows),
+            num_tokens=rows.numel(),
+        )
         model = AutoModelForCausalLM.from_pretrained(student_dir)
         teacher = AutoModelForCausalLM.from_pretrained(source.local_path)
-        outcome = distill(model, teacher, rows, distillation.train, logger=run, checkpoint_dir=scratch / "checkpoints")
+        outcome = distill(
+            model, teacher, rows, distillation.train, logger=run, checkpoint_dir=scratch / "checkpoints"
+        )
         out_dir = scratch / "distilled_model"
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
@@ -53,8 +62,12 @@ def distill_task(
         digest = snapshot_sha256(shards)
         ref = runtime.store.put_dir(out_dir, kind="distilled-model", name="distilled_model")
         run.log_artifact(out_dir)
-        run.set_tags({"moe2dense.checkpoint_digest": digest, "moe2dense.student_digest": student.checkpoint_digest})
-        run.log_metrics({"distill/steps": float(outcome.steps), "distill/tokens_seen": float(outcome.tokens_seen)})
+        run.set_tags(
+            {"moe2dense.checkpoint_digest": digest, "moe2dense.student_digest": student.checkpoint_digest}
+        )
+        run.log_metrics(
+            {"distill/steps": float(outcome.steps), "distill/tokens_seen": float(outcome.tokens_seen)}
+        )
         return CheckpointResult(
             checkpoint_uri=runtime.store.uri_for(ref),
             checkpoint_digest=digest,

@@ -3,8 +3,9 @@
 Perplexity: the first `perplexity_tokens` tokens of the held-out rows of `evaluation.perplexity_data`,
 scored with a sliding window of `seq_len` and stride seq_len/2 (moe2dense_core.evaluate.perplexity).
 Downstream (when `evaluation.downstream` is set): the core's EvalConfig through lm-eval with the
-model in memory (local jsonl tasks offline, hub task names online). The JSON document (kind `eval`) goes to the artifact store and MLflow; the numbers ride in
-the result. Cached on checkpoint digest + evaluation config.
+model in memory (local jsonl tasks offline, hub task names online). The JSON document (kind
+`eval`) goes to the artifact store and MLflow; the numbers ride in the result. Cached on checkpoint
+digest + evaluation config.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from moe2dense_core.evaluate import evaluate_downstream, perplexity
 from tasks.caching import evaluate_key
 from tasks.corpus import token_rows
 from tasks.recipe import EvaluationConfig
-from tasks.runtime import Runtime
-from tasks.tracking import log_dataset
+from tasks.runtime import Runtime, log_token_input
 
 EVAL_SCHEMA_VERSION = 1
 
@@ -53,21 +53,33 @@ def evaluate_model(model: Any, tokenizer: Any, evaluation: EvaluationConfig) -> 
     """{"perplexity": {...}, "heldout_digest", "downstream": {task: summary}} for an in-memory model."""
     rows = token_rows(evaluation.perplexity_data, tokenizer, evaluation.seq_len, "heldout")
     stream = rows.reshape(-1)[: evaluation.perplexity_tokens]
-    ppl = perplexity(model, stream, window=evaluation.seq_len, stride=max(1, evaluation.seq_len // 2),
-                     batch_size=evaluation.batch_size)
+    ppl = perplexity(
+        model,
+        stream,
+        window=evaluation.seq_len,
+        stride=max(1, evaluation.seq_len // 2),
+        batch_size=evaluation.batch_size,
+    )
     downstream = {}
     if evaluation.downstream is not None:
         downstream = evaluate_downstream(model, tokenizer, evaluation.downstream)["tasks"]
     return {
-        "perplexity": {"value": ppl.perplexity, "mean_nll": ppl.mean_nll, "tokens": ppl.num_scored_tokens,
-                       "window": ppl.window, "stride": ppl.stride},
+        "perplexity": {
+            "value": ppl.perplexity,
+            "mean_nll": ppl.mean_nll,
+            "tokens": ppl.num_scored_tokens,
+            "window": ppl.window,
+            "stride": ppl.stride,
+        },
         "heldout_digest": tokens_digest(stream.unsqueeze(0)),
         "downstream": downstream,
     }
 
 
 @task(name="evaluate", cache_key_fn=evaluate_key, persist_result=True)
-def evaluate_task(checkpoint: EvalTarget, evaluation: EvaluationConfig, parent_run_id: str) -> EvaluationResult:
+def evaluate_task(
+    checkpoint: EvalTarget, evaluation: EvaluationConfig, parent_run_id: str
+) -> EvaluationResult:
     runtime = Runtime.from_environment()
     location = checkpoint.location
     model_dir = runtime.fetch_uri(location) if "://" in location else location
@@ -75,12 +87,20 @@ def evaluate_task(checkpoint: EvalTarget, evaluation: EvaluationConfig, parent_r
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         numbers = evaluate_model(model, tokenizer, evaluation)
-        log_dataset(run, name="evaluation", source_uri=str(evaluation.perplexity_data.source),
-                    digest=numbers["heldout_digest"], context="evaluation",
-                    profile={"num_tokens": numbers["perplexity"]["tokens"]})
-        document = {"schema_version": EVAL_SCHEMA_VERSION, "label": checkpoint.label,
-                    "checkpoint_digest": checkpoint.checkpoint_digest,
-                    "config": evaluation.model_dump(mode="json"), **numbers}
+        log_token_input(
+            run,
+            context="evaluation",
+            source=str(evaluation.perplexity_data.source),
+            digest=numbers["heldout_digest"],
+            num_tokens=numbers["perplexity"]["tokens"],
+        )
+        document = {
+            "schema_version": EVAL_SCHEMA_VERSION,
+            "label": checkpoint.label,
+            "checkpoint_digest": checkpoint.checkpoint_digest,
+            "config": evaluation.model_dump(mode="json"),
+            **numbers,
+        }
         text = json.dumps(document, indent=2, sort_keys=True, default=str)
         ref = runtime.store.put_bytes(text.encode(), kind="eval", name=f"eval_{checkpoint.label}.json")
         run.log_text(text, f"eval/eval_{checkpoint.label}.json")

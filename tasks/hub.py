@@ -44,10 +44,14 @@ class HubModel(BaseModel):
 class HubClient:
     """List models by author / search text and read one model's info at a revision."""
 
-    def __init__(self, endpoint: str = DEFAULT_HUB_URL, token: SecretStr | None = None, timeout_s: float = 30.0):
+    def __init__(
+        self, endpoint: str = DEFAULT_HUB_URL, token: SecretStr | None = None, timeout_s: float = 30.0
+    ):
         headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
         self.endpoint = endpoint.rstrip("/")
-        self._http = httpx.Client(base_url=self.endpoint, headers=headers, timeout=timeout_s, follow_redirects=True)
+        self._http = httpx.Client(
+            base_url=self.endpoint, headers=headers, timeout=timeout_s, follow_redirects=True
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -58,7 +62,9 @@ class HubClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def list_model_ids(self, author: str | None = None, search: str | None = None, limit: int = 100) -> list[str]:
+    def list_model_ids(
+        self, author: str | None = None, search: str | None = None, limit: int = 100
+    ) -> list[str]:
         """Ids of the newest `limit` models of `author` whose name contains `search`."""
         params: dict[str, str | int] = {"limit": limit, "sort": "createdAt", "direction": -1}
         if author:
@@ -89,7 +95,9 @@ class HubClient:
         try:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as error:
-            raise HubError(f"{self.endpoint}{path}: {type(error).__name__}: {error}", transient=True) from error
+            raise HubError(
+                f"{self.endpoint}{path}: {type(error).__name__}: {error}", transient=True
+            ) from error
         if response.status_code != 200:
             transient = response.status_code == 429 or response.status_code >= 500
             message = f"{self.endpoint}{path}: HTTP {response.status_code}: {response.text[:200]}"

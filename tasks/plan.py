@@ -33,21 +33,27 @@ class PlanResult(BaseModel):
     mlflow_run_id: str
 
 
-def make_plan(source: SourceResult, calibration: CalibrationResult, config: PlanConfig, runtime: Runtime) -> ConversionPlan:
+def make_plan(
+    source: SourceResult, calibration: CalibrationResult, config: PlanConfig, runtime: Runtime
+) -> ConversionPlan:
     """build_plan on the stored statistics (expert weights streamed from the snapshot when needed)."""
     stats = ExpertStats.load(runtime.fetch_uri(calibration.stats_uri))
     reader = CheckpointReader(source.local_path)
     spec = get_spec(source.model_type)
     try:
         return build_plan(
-            stats, config, expert_weights=lambda layer: spec.read_experts(reader, layer, list(range(source.num_experts)))
+            stats,
+            config,
+            expert_weights=lambda layer: spec.read_experts(reader, layer, list(range(source.num_experts))),
         )
     finally:
         reader.close()
 
 
 @task(name="plan", cache_key_fn=plan_key, persist_result=True)
-def plan_task(source: SourceResult, calibration: CalibrationResult, plan: PlanConfig, parent_run_id: str) -> PlanResult:
+def plan_task(
+    source: SourceResult, calibration: CalibrationResult, plan: PlanConfig, parent_run_id: str
+) -> PlanResult:
     runtime = Runtime.from_environment()
     with runtime.stage(parent_run_id, "plan", {"plan": plan}) as run:
         conversion = make_plan(source, calibration, plan, runtime)

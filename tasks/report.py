@@ -69,7 +69,9 @@ def report_html(inputs: ReportInputs, has_curve: bool) -> str:
         f"<td><code>{e(r.checkpoint_digest[:16])}</code></td></tr>"
         for r in inputs.evaluations
     )
-    kept = "".join(f"<tr><td>{layer}</td><td>{e(str(experts))}</td></tr>" for layer, experts in plan.kept_experts.items())
+    kept = "".join(
+        f"<tr><td>{layer}</td><td>{e(str(experts))}</td></tr>" for layer, experts in plan.kept_experts.items()
+    )
     curve = '<h2>Distillation</h2><img src="loss_curve.png" alt="distillation loss">' if has_curve else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>moe2dense: {e(inputs.recipe_name)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style>
@@ -95,7 +97,9 @@ def report_task(results: ReportInputs, recipe_digest: str, parent_run_id: str) -
     with runtime.scratch("report") as scratch:
         folder = scratch / "report"
         folder.mkdir()
-        has_curve = bool(results.distill_run_id) and loss_curve_png(runtime, results.distill_run_id, folder / "loss_curve.png")
+        has_curve = bool(results.distill_run_id) and loss_curve_png(
+            runtime, results.distill_run_id, folder / "loss_curve.png"
+        )
         (folder / "index.html").write_text(report_html(results, has_curve), encoding="utf-8")
         ref = runtime.store.put_dir(folder, kind="report", name="report")
         runtime.client.log_artifacts(parent_run_id, str(folder), "report")
@@ -107,7 +111,11 @@ register_key = cache_key("register", lambda p: [p["checkpoint"].checkpoint_diges
 
 @task(name="register", cache_key_fn=register_key, persist_result=True)
 def register_task(
-    source: SourceResult, plan: PlanResult, checkpoint: CheckpointResult, model_name: str, flow_run_id: str | None,
+    source: SourceResult,
+    plan: PlanResult,
+    checkpoint: CheckpointResult,
+    model_name: str,
+    flow_run_id: str | None,
     parent_run_id: str,
 ) -> str:
     """Register the checkpoint as a new version of `model_name` (or return the existing one): 'name/version'."""
@@ -130,6 +138,11 @@ def register_task(
     with runtime.stage(parent_run_id, "register") as run:
         model_dir = runtime.fetch_uri(checkpoint.checkpoint_uri)
         run.log_artifact(model_dir, "registered")
-        version = register_dense_model(run, f"registered/{model_dir.name}", model_name, lineage,
-                                       description=f"moe2dense conversion of {source.model}")
+        version = register_dense_model(
+            run,
+            f"registered/{model_dir.name}",
+            model_name,
+            lineage,
+            description=f"moe2dense conversion of {source.model}",
+        )
     return f"{model_name}/{version.version}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from tasks.caching import canonical
 from tasks.redaction import Redactor
 from tasks.settings import Settings
 from tasks.storage import ArtifactStore, open_artifact_store
-from tasks.tracking import MLflowLogger, stage_run, tracking_client
+from tasks.tracking import MLflowLogger, log_dataset, stage_run, tracking_client
 from tasks.transient import is_transient
+
+_FETCH_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -36,18 +39,27 @@ class Runtime:
     @classmethod
     def from_environment(cls) -> Runtime:
         settings = Settings()
-        return cls(settings, open_artifact_store(settings), tracking_client(settings), Redactor.from_environment(settings))
+        return cls(
+            settings,
+            open_artifact_store(settings),
+            tracking_client(settings),
+            Redactor.from_environment(settings),
+        )
 
     @contextmanager
-    def stage(self, parent_run_id: str, name: str, params: dict[str, Any] | None = None) -> Iterator[MLflowLogger]:
+    def stage(
+        self, parent_run_id: str, name: str, params: dict[str, Any] | None = None
+    ) -> Iterator[MLflowLogger]:
         """The nested MLflow run of one stage (FINISHED on success, FAILED on error); params may hold models."""
         plain = canonical(params) if params else None
         with stage_run(self.client, parent_run_id, name, self.redactor, params=plain) as logger:
             yield logger
 
     def fetch_uri(self, uri: str) -> Path:
-        """Local path of an artifact URI (a verified cached download for S3)."""
-        return self.store.fetch(self.store.ref_from_uri(uri))
+        """Local path of an artifact URI (a verified cached download for S3). One fetch at a time per
+        process: concurrent task runs of a sweep fetch the same statistics into the same cache folder."""
+        with _FETCH_LOCK:
+            return self.store.fetch(self.store.ref_from_uri(uri))
 
     @contextmanager
     def scratch(self, prefix: str) -> Iterator[Path]:
@@ -64,4 +76,22 @@ class Runtime:
 def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect `retry_condition_fn`: retry only when the failure is transient (connection, 5xx, throttling)."""
     error = state.result(raise_on_failure=False)
-    return isinstance(error, BaseException) and (is_transient(error) or getattr(error, "transient", False) is True)
+    return isinstance(error, BaseException) and (
+        is_transient(error) or getattr(error, "transient", False) is True
+    )
+
+
+MLFLOW_DATASET_DIGEST_CHARS = 36
+
+
+def log_token_input(run: MLflowLogger, *, context: str, source: str, digest: str, num_tokens: int) -> None:
+    """`mlflow.log_input` of a token set. MLflow keeps at most 36 digest characters; the full
+    sha256 goes in the dataset profile."""
+    log_dataset(
+        run,
+        name=context,
+        source_uri=source,
+        digest=digest[:MLFLOW_DATASET_DIGEST_CHARS],
+        context=context,
+        profile={"sha256": digest, "num_tokens": num_tokens},
+    )

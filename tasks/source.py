@@ -3,8 +3,9 @@
 Output (no copy: the snapshot stays where it is): the local folder, `config.model_type`, E and k,
 sha256 of every weight/config file and the snapshot digest = sha256 of their canonical JSON. The
 checkpoint is validated from headers (model_type supported, config vs tensors) before anything
-downstream spends time on it. Cached on (hub id, revision) for hub models; local folders are
-re-hashed on every run, so an edited folder is never mistaken for the old one.
+downstream spends time on it. Cached on (hub id, revision) for hub models, and for local folders on
+the path plus every file's size and modification time (tasks/caching.py), so an edited folder is
+hashed again while an untouched one is not.
 """
 
 from __future__ import annotations
@@ -64,7 +65,13 @@ def resolve_source(source: SourceConfig) -> SourceResult:
     )
 
 
-@task(name="source", cache_key_fn=source_key, persist_result=True, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=transient_failure)
+@task(
+    name="source",
+    cache_key_fn=source_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=transient_failure,
+)
 def source_task(source: SourceConfig) -> SourceResult:
     return resolve_source(source)

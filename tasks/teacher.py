@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,7 +49,9 @@ class TeacherResult:
 
 def teacher_key(config: TeacherModelConfig, corpus_digest: str) -> str:
     """sha256 over the canonical model-config JSON and the corpus digest."""
-    canonical = json.dumps({"config": config.model_dump(mode="json"), "corpus": corpus_digest}, sort_keys=True)
+    canonical = json.dumps(
+        {"config": config.model_dump(mode="json"), "corpus": corpus_digest}, sort_keys=True
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -58,7 +61,7 @@ def train_or_reuse_teacher(
     out_root: Path,
     *,
     logger: MetricLogger | None = None,
-    on_step=None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> TeacherResult:
     """Train a teacher on `corpus.train` (tokenizer included) unless an identical one is already saved."""
     key = teacher_key(config, corpus.digest)
@@ -108,6 +111,28 @@ def train_or_reuse_teacher(
 
 
 @task(name="teacher", cache_policy=NONE, persist_result=False)
-def train_teacher_task(corpus: CorpusFiles, config: TeacherModelConfig, out_root: str) -> TeacherResult:
-    """Prefect adapter of `train_or_reuse_teacher` (the folder key is the cache: see module docstring)."""
-    return train_or_reuse_teacher(corpus, config, Path(out_root))
+def train_teacher_task(
+    corpus: CorpusFiles, config: TeacherModelConfig, out_root: str, show_progress: bool = False
+) -> TeacherResult:
+    """Prefect adapter of `train_or_reuse_teacher` (the folder key is the cache: see module docstring);
+    `show_progress` draws a rich progress bar of the training steps on the console."""
+    if not show_progress:
+        return train_or_reuse_teacher(corpus, config, Path(out_root))
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as progress:
+        bar = progress.add_task(f"training the {config.kind} teacher", total=config.steps, loss=float("nan"))
+        return train_or_reuse_teacher(
+            corpus,
+            config,
+            Path(out_root),
+            on_step=lambda step, loss: progress.update(bar, completed=step + 1, loss=loss),
+        )

@@ -71,7 +71,9 @@ class TeacherModelConfig(BaseModel):
     @model_validator(mode="after")
     def _heads_and_topk(self) -> TeacherModelConfig:
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"teacher.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+            raise ValueError(
+                f"teacher.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
         if self.top_k > self.num_experts:
             raise ValueError(f"teacher.top_k={self.top_k} exceeds num_experts={self.num_experts}")
         return self
@@ -133,7 +135,9 @@ def build_teacher(config: TeacherModelConfig, vocab_size: int) -> nn.Module:
         pad_token_id=0,
     )
     if config.kind == "dense":
-        return Qwen3ForCausalLM(Qwen3Config(intermediate_size=config.num_experts * config.expert_width, **shared))
+        return Qwen3ForCausalLM(
+            Qwen3Config(intermediate_size=config.num_experts * config.expert_width, **shared)
+        )
     moe = Qwen3MoeConfig(
         intermediate_size=config.num_experts * config.expert_width,
         moe_intermediate_size=config.expert_width,
@@ -194,7 +198,9 @@ def train_teacher_model(
     window = config.seq_len + 1
     for name, ids in (("train", train_ids), ("held-out", heldout_ids)):
         if ids.numel() < window:
-            raise ValueError(f"teacher: the {name} stream has {ids.numel()} tokens, fewer than seq_len+1={window}")
+            raise ValueError(
+                f"teacher: the {name} stream has {ids.numel()} tokens, fewer than seq_len+1={window}"
+            )
     device = next(model.parameters()).device
     use_bf16 = config.bf16 and bf16_autocast_works(device)
     generator = torch.Generator().manual_seed(config.seed)

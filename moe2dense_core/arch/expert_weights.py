@@ -41,7 +41,9 @@ class Activation:
             g = gate_pre.clamp(max=self.limit)
             u = up_pre.clamp(min=-self.limit, max=self.limit)
             return (u + 1) * (g * torch.sigmoid(self.alpha * g))
-        raise ValueError(f"Activation.kind: unknown activation {self.kind!r} (expected 'swiglu' or 'clamped_swiglu')")
+        raise ValueError(
+            f"Activation.kind: unknown activation {self.kind!r} (expected 'swiglu' or 'clamped_swiglu')"
+        )
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class FusedSwigluMoESpec(MoEArchSpec):
 
     # ---- on-disk names ------------------------------------------------------------------------------
     def block_prefix(self, layer: int) -> str:
+        """On-disk name prefix of the MoE block of decoder layer `layer` (e.g. `model.layers.3.mlp.`)."""
         return f"model.layers.{layer}.{self.disk_block}."
 
     def router_tensor_names(self, layer: int) -> dict[str, str]:

@@ -151,6 +151,7 @@ def register_spec(spec_cls: type[MoEArchSpec]) -> type[MoEArchSpec]:
 
 
 def supported_model_types() -> list[str]:
+    """Every registered `config.model_type`, sorted."""
     return sorted(_REGISTRY)
 
 

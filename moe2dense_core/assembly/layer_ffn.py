@@ -4,10 +4,12 @@ MoE layer (METHOD.md steps 3-5): read ONLY the K kept experts of the layer (spec
 each group score-weighted (merge.py), concatenate the k group blocks scaled by c_g plus the shared
 experts scaled by s (concatenate.py), zero-pad to the plan's uniform target width:
 
-    dense_ℓ(x) = Σ_g c_g · f_g(x)  (+ s · f_shared(x)),    f_g = expert with W_g = Σ_{e∈g} m_e W_e.
+    dense_ℓ(x) = Σ_g c_g · f_g(x)  (+ s · f_shared(x)),    f_g = expert with W_g = Σ_{e∈g} m_e W_e
+    [paper, Eq. 2 and the score-weighted merge of METHOD.md step 3].
 
 Teacher dense layer (DeepSeek's first_k_dense_replace, Qwen's mlp_only_layers): its MLP unchanged,
-zero-padded to the target width (exact), so every student layer has the same FFN width.
+zero-padded to the target width (exact), so every student layer has the same FFN width and the student
+is a stock config [defined here].
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Structured width pruning of a Llama-style dense model, in place: keep chosen FFN or hidden channels.
 
+The mechanics of the dense→dense baseline [defined here, Minitron-style; METHOD.md "Baselines"]; which
+channels to keep comes from channel_importance.py.
+
 FFN channels (per layer l, kept set K_l, |K_l| = w):  W_gate, W_up rows K_l; W_down columns K_l.
   Exact: the result equals the original with W_down's other columns zeroed.
 Hidden channels (kept set K, shared by every layer): the embedding and LM-head columns K, every

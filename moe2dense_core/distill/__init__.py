@@ -5,7 +5,7 @@
     result = distill(student, teacher, splits.train, DistillConfig(max_steps=1000))
 """
 
-from moe2dense_core.distill.checkpointing import latest_checkpoint
+from moe2dense_core.distill.checkpointing import full_training_state, latest_checkpoint
 from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.distill.data import (
     TextDataSpec,
@@ -17,10 +17,11 @@ from moe2dense_core.distill.data import (
     tokenize_documents,
     tokens_digest,
 )
-from moe2dense_core.distill.errors import DataError, DistillError
 from moe2dense_core.distill.expanded_routing import expanded_teacher_routing
 from moe2dense_core.distill.loop import DistillResult, distill
 from moe2dense_core.distill.losses import (
+    divergence_per_token,
+    divergence_sum,
     forward_kl_per_token,
     jsd_per_token,
     kd_loss,
@@ -31,6 +32,7 @@ from moe2dense_core.distill.losses import (
 )
 from moe2dense_core.distill.precision import bf16_supported, resolve_precision
 from moe2dense_core.distill.topk_cache import TopKCache, TopKCacheManifest, write_topk_cache
+from moe2dense_core.errors import DataError, DistillError
 
 __all__ = [
     "DataError",
@@ -43,8 +45,11 @@ __all__ = [
     "TopKCacheManifest",
     "bf16_supported",
     "distill",
+    "divergence_per_token",
+    "divergence_sum",
     "expanded_teacher_routing",
     "forward_kl_per_token",
+    "full_training_state",
     "jsd_per_token",
     "kd_loss",
     "latest_checkpoint",

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 LossName = Literal["forward_kl", "reverse_kl", "jsd"]
 Precision = Literal["auto", "bf16", "fp32"]
-Parallelism = Literal["ddp"]
+Parallelism = Literal["ddp", "fsdp"]
 
 
 class DistillConfig(BaseModel):
@@ -52,7 +52,7 @@ class DistillConfig(BaseModel):
     )
     gradient_checkpointing: bool = False
     parallelism: Parallelism = Field(
-        "ddp", description="How the student is wrapped when torch.distributed runs with world size > 1."
+        "ddp", description="With world size > 1: ddp (replicas) or fsdp (sharded, for students too big for one GPU)."
     )
 
     # ---- bookkeeping ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from moe2dense_core.distill.errors import DataError
+from moe2dense_core.errors import DataError
 
 _LOCAL_BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -59,7 +59,8 @@ def _local_files(source: str) -> list[str] | None:
             raise DataError(f"directory {path} holds no .txt, .jsonl, .json or .parquet file")
         return files
     matches = sorted(glob.glob(str(path)))
-    if any(ch in source for ch in "*?[") or source.startswith(("/", ".", "~")):
+    looks_local = any(ch in source for ch in "*?[") or source.startswith(("/", ".", "~"))
+    if looks_local or Path(source).suffix in _LOCAL_BUILDERS:
         if not matches:
             raise DataError(f"text data source {source!r} matches no file")
         return matches

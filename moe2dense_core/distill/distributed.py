@@ -1,20 +1,27 @@
-"""Running the same loop on one process or many (`torchrun` / `accelerate launch`, DDP).
+"""Running the same loop on one process or many (`torchrun` / `accelerate launch`; DDP or FSDP).
 
 A launcher sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `setup_distributed` then
 joins the process group (NCCL with CUDA, gloo on CPU) unless the caller already did. Each process
-takes its own slice of every global batch (see `moe2dense_core.distill.sampling`), and DDP averages
-gradients, so N processes compute the gradient of the same global batch as one process would.
+takes its own slice of every global batch (see `moe2dense_core.distill.sampling`), and DDP / FSDP
+average gradients, so N processes compute the gradient of the same global batch as one process would.
+FSDP (`parallelism="fsdp"`, PyTorch's `fully_shard`) shards parameters, gradients and optimizer states
+across processes, one unit per decoder layer (the model's `_no_split_modules`) plus the root, for
+students too big for one GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from moe2dense_core.errors import DistillError
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,53 @@ def setup_distributed(default_device: torch.device) -> DistributedContext:
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
-def wrap_student(student: nn.Module, ctx: DistributedContext) -> nn.Module:
-    """DDP-wrapped student when more than one process runs, the student itself otherwise."""
+def wrap_student(student: nn.Module, ctx: DistributedContext, parallelism: str = "ddp") -> nn.Module:
+    """The module to run forward/backward on: DDP wrapper, or the student sharded in place (FSDP),
+    when more than one process runs; the student itself otherwise."""
     if not ctx.active:
         return student
-    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(student, device_ids=device_ids)
+    if parallelism == "ddp":
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return DistributedDataParallel(student, device_ids=device_ids)
+    if parallelism == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        unit_names = set(getattr(student, "_no_split_modules", None) or ())
+        units = [m for m in student.modules() if type(m).__name__ in unit_names]
+        if not units:
+            raise DistillError(
+                f"parallelism='fsdp' needs the student's decoder-layer classes in `_no_split_modules`; "
+                f"{type(student).__name__} lists {sorted(unit_names)}"
+            )
+        for unit in units:
+            fully_shard(unit)
+        fully_shard(student)
+        return student
+    raise DistillError(f"unknown parallelism {parallelism!r}; choose ddp or fsdp")
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Within the block, backward passes all-reduce gradients only if `enabled` (accumulation steps skip it)."""
+    if enabled:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def as_float(value: torch.Tensor) -> float:
+    """A scalar tensor (possibly a DTensor under FSDP) as a Python float."""
+    full = value.full_tensor() if hasattr(value, "full_tensor") else value
+    return float(full)
 
 
 def all_reduce_sum(values: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:

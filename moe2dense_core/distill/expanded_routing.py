@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from moe2dense_core.distill.errors import DistillError
+from moe2dense_core.errors import DistillError
 
 _TOP_K_ATTRS = ("top_k", "num_experts_per_tok")
 _NUM_EXPERTS_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts")

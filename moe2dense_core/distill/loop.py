@@ -4,7 +4,7 @@ Per optimizer step s (G = global rows per step, L = sequence length, w = config.
   loss_s = (1 − w) · T² · (1 / (G·L)) Σ_{rows, positions} D(p ‖ q)  +  w · (1 / (G·(L−1))) Σ CE(next token)
 with D the configured divergence (forward KL: the paper's Eq. 5). Every process accumulates its share
 of the sums over its micro-batches (see `sampling`), scaled by world_size because DDP averages gradients,
-so the gradient equals the single-process gradient of the same global batch. Then: clip the global grad
+so the gradient equals the single-process gradient of the same global batch (DDP and FSDP alike). Then: clip the global grad
 norm, AdamW step (fp32 master weights; forward under bf16 autocast where supported), warmup-cosine lr.
 
 Metrics logged every `log_every` steps (rank 0): loss, kl (mean forward KL per token at temperature T,
@@ -13,7 +13,6 @@ no T² factor; over the k + 1 buckets in cached mode), ce (when w > 0), lr, grad
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from moe2dense_core.distill.checkpointing import (
     TrainerPosition,
+    full_training_state,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -33,19 +33,21 @@ from moe2dense_core.distill.data import tokens_digest
 from moe2dense_core.distill.distributed import (
     DistributedContext,
     all_reduce_sum,
+    as_float,
     barrier,
     gather_objects,
+    gradient_sync,
     setup_distributed,
     wrap_student,
 )
-from moe2dense_core.distill.errors import DistillError
 from moe2dense_core.distill.expanded_routing import check_teacher_top_k
-from moe2dense_core.distill.losses import divergence_per_token, forward_kl_per_token, next_token_ce_sum
+from moe2dense_core.distill.losses import divergence_sum, next_token_ce_sum
 from moe2dense_core.distill.precision import autocast, resolve_precision
 from moe2dense_core.distill.sampling import step_micro_batches
 from moe2dense_core.distill.schedule import warmup_cosine_scheduler
 from moe2dense_core.distill.targets import CachedTeacher, OnlineTeacher, TeacherSource
 from moe2dense_core.distill.topk_cache import TopKCache
+from moe2dense_core.errors import DistillError
 from moe2dense_core.logging import MetricLogger, NullLogger
 
 
@@ -60,6 +62,17 @@ class DistillResult:
     precision: str
     world_size: int = 1
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def enable_activation_checkpointing(student: nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward (transformers ≥ 5.x name, older fallback)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(student, "activation_checkpointing_enable"):
+        student.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(student, "gradient_checkpointing_enable"):
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise DistillError(f"{type(student).__name__} supports no activation (gradient) checkpointing")
 
 
 def _validate_data(data: torch.Tensor, config: DistillConfig, world_size: int, vocab_size: int) -> None:
@@ -123,8 +136,7 @@ def micro_step(
     with autocast(precision, device):
         student_logits = model(input_ids=input_ids, use_cache=False).logits
     teacher_logp, student_logp = source.logprob_pair(rows, input_ids, student_logits, config.temperature)
-    per_token = divergence_per_token(config.loss, teacher_logp, student_logp, jsd_beta=config.jsd_beta)
-    kd_sum = per_token.sum()
+    kd_sum = divergence_sum(config.loss, teacher_logp, student_logp, jsd_beta=config.jsd_beta)
     loss = (1.0 - config.ce_weight) * config.temperature**2 * kd_sum / kd_tokens
     ce_sum = torch.zeros((), device=device)
     if config.ce_weight > 0:
@@ -132,7 +144,7 @@ def micro_step(
         loss = loss + config.ce_weight * ce_sum / ce_tokens
     (loss * world_size).backward()
     with torch.no_grad():
-        kl_sum = kd_sum if config.loss == "forward_kl" else forward_kl_per_token(teacher_logp, student_logp).sum()
+        kl_sum = kd_sum if config.loss == "forward_kl" else divergence_sum("forward_kl", teacher_logp, student_logp)
     return torch.stack([loss.detach(), kl_sum.detach(), ce_sum.detach()]).double().cpu()
 
 
@@ -148,7 +160,7 @@ def accumulate_gradients(
 ) -> torch.Tensor:
     """Backward of one optimizer step's micro-batches (this process's rows); returns sums [loss, kl, ce].
 
-    Gradients are synchronised across processes (DDP) on the last micro-batch only. After the call,
+    Gradients are synchronised across processes (DDP / FSDP) on the last micro-batch only. After the call,
     every process holds the gradient of the global-batch loss (module docstring).
     """
     global_rows = len(micro_rows) * len(micro_rows[0]) * ctx.world_size
@@ -156,8 +168,7 @@ def accumulate_gradients(
     sums = torch.zeros(3, dtype=torch.float64)
     for m, rows in enumerate(micro_rows):
         last = m == len(micro_rows) - 1
-        sync = contextlib.nullcontext() if (last or not ctx.active) else model.no_sync()
-        with sync:
+        with gradient_sync(model, enabled=last or not ctx.active):
             sums += micro_step(model, source, rows, data[rows].to(ctx.device), config, precision=precision,
                                device=ctx.device, kd_tokens=global_rows * seq_len,
                                ce_tokens=global_rows * (seq_len - 1), world_size=ctx.world_size)
@@ -178,9 +189,11 @@ def distill(
 
     data: packed training rows [N, L] (int64, see `data.prepare_token_splits`; never the held-out rows).
     teacher_or_cache: the MoE teacher (run online) or a `TopKCache` / its directory (`write_topk_cache`
-    on the same `data`). Checkpoints go to `checkpoint_dir` every `config.checkpoint_every` steps and at
+    on the same `data`; an online teacher is moved to the student's device and put in eval mode).
+    Checkpoints go to `checkpoint_dir` every `config.checkpoint_every` steps and at
     the end; resume=True continues from the newest one there exactly. Works unchanged under
-    torchrun / accelerate launch (DDP; see `distributed`). Trains `student` in place.
+    torchrun / accelerate launch (config.parallelism: DDP or FSDP; see `distributed`). Trains `student`
+    in place (under FSDP its parameters become shards; gather them with `full_training_state`).
     """
     logger = logger or NullLogger()
     if resume and checkpoint_dir is None:
@@ -197,10 +210,8 @@ def distill(
 
     student.to(ctx.device).train()
     if config.gradient_checkpointing:
-        if not hasattr(student, "gradient_checkpointing_enable"):
-            raise DistillError(f"{type(student).__name__} has no gradient_checkpointing_enable()")
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = wrap_student(student, ctx)
+        enable_activation_checkpointing(student)
+    model = wrap_student(student, ctx, config.parallelism)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay
@@ -233,7 +244,7 @@ def distill(
         optimizer.zero_grad(set_to_none=True)
         sums = accumulate_gradients(model, source, data, micro_rows, config, precision=precision, ctx=ctx)
         max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         optimizer.step()
         scheduler.step()
         position = TrainerPosition(position.step + 1, position.data_position + global_rows)
@@ -253,10 +264,12 @@ def distill(
 
         at_interval = config.checkpoint_every is not None and position.step % config.checkpoint_every == 0
         if checkpoint_dir is not None and (at_interval or position.step == config.max_steps):
+            model_state, optimizer_state = full_training_state(student, optimizer)
             rng_states = gather_objects(rng_state(), ctx)
             if ctx.is_main:
-                saved = save_checkpoint(checkpoint_dir, model=student, optimizer=optimizer, scheduler=scheduler,
-                                        position=position, rng_states=rng_states, keep=config.keep_checkpoints)
+                saved = save_checkpoint(checkpoint_dir, model_state=model_state, optimizer_state=optimizer_state,
+                                        scheduler=scheduler, position=position, rng_states=rng_states,
+                                        keep=config.keep_checkpoints)
             barrier(ctx)
     if checkpoint_dir is not None and saved is None:
         saved = latest_checkpoint(checkpoint_dir)

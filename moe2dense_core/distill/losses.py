@@ -27,15 +27,29 @@ LossName = Literal["forward_kl", "reverse_kl", "jsd"]
 
 def temperature_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(z / T) in float32: [..., V] logits (any float dtype) → [..., V] float32."""
-    return F.log_softmax(logits.float() / temperature, dim=-1)
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return F.log_softmax(scaled, dim=-1)
+
+
+def _finite(log_probs: torch.Tensor) -> torch.Tensor:
+    """−inf → the lowest finite float, for tensors outside autograd (teacher side, cached targets).
+
+    Log-probabilities that require grad (the student's, from log_softmax of finite logits, or its
+    buckets) are finite by construction and are passed through untouched: no extra autograd op.
+    """
+    if log_probs.requires_grad:
+        return log_probs
+    return log_probs.clamp(min=torch.finfo(log_probs.dtype).min)
 
 
 def _kl_terms(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """Σ_v a_v (log a_v − log b_v) over the last dim, with 0·log 0 = 0: [..., V] → [...]."""
-    finite = torch.isfinite(log_a)
-    safe_a = torch.where(finite, log_a, torch.zeros_like(log_a))
-    terms = torch.where(finite, safe_a.exp() * (safe_a - log_b), torch.zeros_like(log_a))
-    return terms.sum(dim=-1)
+    """Σ_v a_v (log a_v − log b_v) over the last dim, with 0·log 0 = 0: [..., V] → [...].
+
+    −inf entries (a zero probability) are clamped to the lowest finite float f, so exp(f) = 0 makes
+    their term exactly 0 instead of NaN (also where both sides are −inf); a_v > 0 against
+    log b_v = −inf gives a huge finite term instead of +inf.
+    """
+    return F.kl_div(_finite(log_b), _finite(log_a), reduction="none", log_target=True).sum(dim=-1)
 
 
 def forward_kl_per_token(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor) -> torch.Tensor:
@@ -69,6 +83,26 @@ def divergence_per_token(
     if name == "jsd":
         return jsd_per_token(teacher_logprobs, student_logprobs, jsd_beta)
     raise ValueError(f"unknown distillation loss {name!r}; choose forward_kl, reverse_kl or jsd")
+
+
+def divergence_sum(
+    name: LossName, teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor, *, jsd_beta: float = 0.5
+) -> torch.Tensor:
+    """Σ over every token of `divergence_per_token` (no mask), without a per-element temporary.
+
+    The training loop's fast path: needs finite teacher log-probabilities (the teacher sources clamp
+    −inf to the lowest float in place); equals `divergence_per_token(...).sum()` on finite inputs.
+    """
+    if name == "forward_kl":
+        return F.kl_div(student_logprobs, teacher_logprobs, reduction="sum", log_target=True)
+    if name == "reverse_kl":
+        return F.kl_div(teacher_logprobs, student_logprobs, reduction="sum", log_target=True)
+    return divergence_per_token(name, teacher_logprobs, student_logprobs, jsd_beta=jsd_beta).sum()
+
+
+def finite_logprobs_(log_probs: torch.Tensor) -> torch.Tensor:
+    """In place: −inf → the lowest finite float (a zero probability stays exactly 0 after exp)."""
+    return log_probs.clamp_(min=torch.finfo(log_probs.dtype).min)
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from moe2dense_core.distill.errors import DistillError
+from moe2dense_core.errors import DistillError
 
 
 def bf16_supported(device: torch.device) -> bool:

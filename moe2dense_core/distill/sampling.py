@@ -10,11 +10,14 @@ processes together, and resuming at a saved position continues the same stream.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
+@functools.lru_cache(maxsize=2)
 def epoch_order(num_rows: int, epoch: int, seed: int, shuffle: bool) -> torch.Tensor:
-    """Row indices [N] of epoch `epoch`."""
+    """Row indices [N] of epoch `epoch` (cached: one permutation per epoch, not per step; do not modify)."""
     if not shuffle:
         return torch.arange(num_rows)
     generator = torch.Generator().manual_seed(seed + epoch)

@@ -2,7 +2,8 @@
 
 Both give, for a micro-batch of rows, the pair (log p, log q) over one support, ready for any
 divergence in `losses`: the full vocabulary online; the teacher's top-k ids plus one tail bucket
-from a cache (`losses.topk_bucket_logprobs`, [defined here]).
+from a cache (`losses.topk_bucket_logprobs`, [defined here]). The teacher side is always finite
+(−inf clamped to the lowest float), as `losses.divergence_sum` needs.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from moe2dense_core.distill.errors import DistillError
 from moe2dense_core.distill.expanded_routing import expanded_teacher_routing
-from moe2dense_core.distill.losses import temperature_logprobs, topk_bucket_logprobs
+from moe2dense_core.distill.losses import finite_logprobs_, temperature_logprobs, topk_bucket_logprobs
 from moe2dense_core.distill.precision import autocast
 from moe2dense_core.distill.topk_cache import TopKCache
+from moe2dense_core.errors import DistillError
 
 
 class TeacherSource(Protocol):
@@ -48,7 +49,7 @@ class OnlineTeacher:
     def logprob_pair(
         self, rows: torch.Tensor, input_ids: torch.Tensor, student_logits: torch.Tensor, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        teacher_logp = temperature_logprobs(self.logits(input_ids), temperature)
+        teacher_logp = finite_logprobs_(temperature_logprobs(self.logits(input_ids), temperature))
         return teacher_logp, temperature_logprobs(student_logits, temperature)
 
 
@@ -71,10 +72,11 @@ class CachedTeacher:
         cached = self.cache.rows(rows).to(self.device)
         if not torch.equal(cached.input_ids, input_ids):
             raise DistillError(f"cache {self.cache.directory} rows {rows.tolist()[:4]}… hold other tokens")
-        return topk_bucket_logprobs(
+        teacher_logp, student_logp = topk_bucket_logprobs(
             temperature_logprobs(student_logits, temperature),
             cached.topk_ids,
             cached.topk_logprobs,
             cached.tail_logprob,
             self.vocab_size,
         )
+        return finite_logprobs_(teacher_logp), student_logp

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +25,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from moe2dense_core.distill.data import tokens_digest
-from moe2dense_core.distill.errors import DistillError
 from moe2dense_core.distill.expanded_routing import expanded_teacher_routing
 from moe2dense_core.distill.precision import autocast, resolve_precision
+from moe2dense_core.errors import DistillError
+from moe2dense_core.io.atomic import atomic_path, atomic_write_text
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -81,17 +80,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def teacher_topk(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, ...]:
@@ -157,14 +145,8 @@ def write_topk_cache(
                     "tail_logprob": torch.cat([p[2] for p in parts]).contiguous(),
                 }
                 name = f"shard_{len(shards):05d}.safetensors"
-                fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-                os.close(fd)
-                try:
+                with atomic_path(out / name) as tmp:
                     save_file(tensors, tmp, metadata={"first_row": str(first)})
-                    os.replace(tmp, out / name)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
                 shards.append(CacheShard(file=name, first_row=first, num_rows=rows.shape[0],
                                          sha256=_sha256_file(out / name)))
     finally:
@@ -173,7 +155,7 @@ def write_topk_cache(
         k=k, vocab_size=vocab_size, seq_len=data.shape[1], num_sequences=data.shape[0], temperature=temperature,
         teacher_top_k=teacher_top_k, precision=resolved, data_digest=tokens_digest(data), shards=tuple(shards),
     )
-    _atomic_write_bytes(out / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+    atomic_write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=2))
     return manifest
 
 

@@ -16,13 +16,7 @@ import torch
 
 from moe2dense_core.errors import Moe2DenseError
 from moe2dense_core.evaluate.model_io import eval_mode, model_device, output_vocab_size
-from moe2dense_core.evaluate.windows import (
-    as_token_stream,
-    batched,
-    scored_rows,
-    sliding_windows,
-    stack_inputs,
-)
+from moe2dense_core.evaluate.windows import as_token_stream, scored_predictions, window_batches
 
 
 @dataclass(frozen=True)
@@ -55,16 +49,14 @@ def teacher_student_kl(
             f"{teacher_vocab}; KL needs one shared vocabulary"
         )
     ids = as_token_stream(token_ids, vocab_size=student_vocab, name="token_ids")
-    windows = sliding_windows(ids.numel(), window=window, stride=stride)
     student_device, teacher_device = model_device(student), model_device(teacher)
+    batches = window_batches(ids, window=window, stride=stride, batch_size=batch_size, device=student_device)
     total_kl = 0.0
     count = 0
     with eval_mode(student), eval_mode(teacher), torch.inference_mode():
-        for group in batched(windows, batch_size):
-            student_inputs = stack_inputs(ids, group, student_device)
-            teacher_inputs = student_inputs.to(teacher_device)
-            student_logits, _ = scored_rows(student(input_ids=student_inputs).logits, student_inputs, group)
-            teacher_logits, _ = scored_rows(teacher(input_ids=teacher_inputs).logits, teacher_inputs, group)
+        for group, inputs in batches:
+            student_logits, _ = scored_predictions(student, inputs, group)
+            teacher_logits, _ = scored_predictions(teacher, inputs.to(teacher_device), group)
             student_logp = student_logits.log_softmax(-1)
             teacher_logp = teacher_logits.to(student_device).log_softmax(-1)
             per_token = torch.nn.functional.kl_div(

@@ -20,8 +20,6 @@ asked excluded (lm-eval's `fewshot_split` equal to the test split).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import yaml
 
 from moe2dense_core.errors import Moe2DenseError
 from moe2dense_core.evaluate.config import LocalFormat, TaskSpec
+from moe2dense_core.io.atomic import atomic_write_text
 from moe2dense_core.shared_data import shared_data_dir
 
 LOCAL_TASK_VERSION = 1.0
@@ -145,7 +144,7 @@ def write_task_yamls(
         if not spec.is_local:
             continue
         path = out / f"{registered_name(spec)}.yaml"
-        _atomic_write_text(
+        atomic_write_text(
             path, yaml.safe_dump(task_yaml(spec, datasets_cache=datasets_cache), sort_keys=False)
         )
         written.append(path)
@@ -222,14 +221,3 @@ def _check_row(row: dict[str, Any], fmt: LocalFormat, where: str) -> None:
         raise Moe2DenseError(
             f"{where}: field 'gold'={gold} is outside [0, {len(options)}) for {options_field!r}"
         )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -17,13 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from moe2dense_core.evaluate.model_io import eval_mode, model_device, output_vocab_size
-from moe2dense_core.evaluate.windows import (
-    as_token_stream,
-    batched,
-    scored_rows,
-    sliding_windows,
-    stack_inputs,
-)
+from moe2dense_core.evaluate.windows import as_token_stream, scored_predictions, window_batches
 
 
 @dataclass(frozen=True)
@@ -51,14 +45,14 @@ def perplexity(
     training mode is restored afterwards.
     """
     ids = as_token_stream(token_ids, vocab_size=output_vocab_size(model), name="token_ids")
-    windows = sliding_windows(ids.numel(), window=window, stride=stride)
-    device = model_device(model)
+    batches = window_batches(
+        ids, window=window, stride=stride, batch_size=batch_size, device=model_device(model)
+    )
     total_nll = 0.0
     count = 0
     with eval_mode(model), torch.inference_mode():
-        for group in batched(windows, batch_size):
-            inputs = stack_inputs(ids, group, device)
-            logits, targets = scored_rows(model(input_ids=inputs).logits, inputs, group)
+        for group, inputs in batches:
+            logits, targets = scored_predictions(model, inputs, group)
             nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
             total_nll += float(nll.double())
             count += targets.numel()

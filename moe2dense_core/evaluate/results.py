@@ -15,8 +15,6 @@ examples scored and data-file sha256, plus the unweighted means (see downstream.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +25,7 @@ from moe2dense_core.evaluate.config import EvalConfig
 from moe2dense_core.evaluate.downstream import evaluate_downstream
 from moe2dense_core.evaluate.kl import KLResult
 from moe2dense_core.evaluate.perplexity import PerplexityResult
+from moe2dense_core.io.atomic import atomic_write_text
 
 EVAL_SCHEMA_VERSION = 1
 
@@ -79,12 +78,5 @@ def write_eval_document(document: Mapping[str, Any], path: str | Path) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(document, indent=2, sort_keys=False, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, text + "\n")
     return target

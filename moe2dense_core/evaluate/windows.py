@@ -30,11 +30,8 @@ class Window:
 
     @property
     def length(self) -> int:
+        """Tokens in the window, end - begin."""
         return self.end - self.begin
-
-    @property
-    def num_scored(self) -> int:
-        return self.length - self.score_from
 
 
 def as_token_stream(token_ids: torch.Tensor | Sequence[int], *, vocab_size: int, name: str) -> torch.Tensor:
@@ -55,7 +52,11 @@ def as_token_stream(token_ids: torch.Tensor | Sequence[int], *, vocab_size: int,
 
 
 def sliding_windows(num_tokens: int, *, window: int, stride: int) -> list[Window]:
-    """Windows covering a stream of `num_tokens`; their num_scored sum to num_tokens - 1 when stride ≤ window."""
+    """Windows covering a stream of `num_tokens` (see module docstring).
+
+    With stride < window every token after the first is scored exactly once (num_tokens - 1 in all);
+    with stride == window the first token of every window is not scored.
+    """
     if window < 2:
         raise Moe2DenseError(f"window must be ≥ 2 tokens, got {window}")
     if not 1 <= stride <= window:
@@ -92,13 +93,25 @@ def stack_inputs(ids: torch.Tensor, group: list[Window], device: torch.device) -
     return torch.stack([ids[w.begin : w.end] for w in group]).to(device)
 
 
-def scored_rows(
-    logits: torch.Tensor, inputs: torch.Tensor, group: list[Window]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per scored token: the predicting logits [S, V] (float32) and the target ids [S].
+def window_batches(
+    ids: torch.Tensor, *, window: int, stride: int, batch_size: int, device: torch.device
+) -> Iterator[tuple[list[Window], torch.Tensor]]:
+    """(group, inputs [B, T] on `device`) for each `batched` group of the `sliding_windows` over ids [N].
 
-    logits: [B, T, V] for inputs [B, T]; the logits at position j - 1 predict token j.
+    The window and stride are checked now, before the first batch is asked for.
     """
+    windows = sliding_windows(ids.numel(), window=window, stride=stride)
+    return ((group, stack_inputs(ids, group, device)) for group in batched(windows, batch_size))
+
+
+def scored_predictions(
+    model: torch.nn.Module, inputs: torch.Tensor, group: list[Window]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` on inputs [B, T]; per scored token, the predicting logits [S, V] (float32) and target ids [S].
+
+    The model returns `.logits` [B, T, V]; the logits at position j - 1 predict token j.
+    """
+    logits = model(input_ids=inputs).logits
     rows, targets = [], []
     for b, w in enumerate(group):
         rows.append(logits[b, w.score_from - 1 : w.length - 1])

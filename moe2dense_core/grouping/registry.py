@@ -52,6 +52,7 @@ def register_grouper(name: str) -> Callable[[Callable], Callable]:
 
 
 def grouper_names() -> list[str]:
+    """Every registered grouper name, sorted."""
     return sorted(_GROUPERS)
 
 

@@ -11,18 +11,12 @@ every other kept expert joins its most similar seed; merged score-weighted.
 
 from __future__ import annotations
 
-import torch
-
 from moe2dense_core.grouping.registry import register_grouper
 from moe2dense_core.grouping.request import GroupingRequest
-from moe2dense_core.grouping.seeded_assignment import assign_to_seeds, cosine_from_gram
+from moe2dense_core.grouping.seeded_assignment import groups_by_gram
 
 
 @register_grouper("router_cluster")
 def router_cluster(request: GroupingRequest) -> list[list[int]]:
     """Seeded groups by router-profile cosine similarity (see module docstring)."""
-    kept = torch.as_tensor(request.ranked, dtype=torch.long)
-    profile_gram = request.stats.router_prob_gram[kept][:, kept]
-    return assign_to_seeds(
-        request.ranked, request.num_groups, cosine_from_gram((profile_gram + profile_gram.T) / 2)
-    )
+    return groups_by_gram(request.ranked, request.num_groups, request.stats.router_prob_gram)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from moe2dense_core.io.atomic import atomic_write_text
 from moe2dense_core.io.digests import file_sha256
 from moe2dense_core.io.reader import SAFETENSORS_INDEX
 
@@ -87,7 +88,7 @@ class ShardedCheckpointWriter:
             "weight_map": dict(sorted(weight_map.items())),
         }
         self.index_path = self.out_dir / SAFETENSORS_INDEX
-        _atomic_write_text(self.index_path, json.dumps(index, indent=2) + "\n")
+        atomic_write_text(self.index_path, json.dumps(index, indent=2) + "\n")
         self._closed = True
         return dict(self.shard_digests)
 
@@ -123,9 +124,3 @@ class ShardedCheckpointWriter:
         self._tmp_shards.append((tmp, list(self._buffer)))
         self._buffer = {}
         self._buffer_bytes = 0
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

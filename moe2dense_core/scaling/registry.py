@@ -43,6 +43,7 @@ def register_scaling(
 
 
 def scaling_names() -> list[str]:
+    """Every registered scaling name, sorted."""
     return sorted(_SCALINGS)
 
 

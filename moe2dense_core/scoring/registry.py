@@ -52,6 +52,7 @@ def register_scorer(
 
 
 def scorer_names() -> list[str]:
+    """Every registered scorer name, sorted."""
     return sorted(_SCORERS)
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from moe2dense_core.errors import StatsError
+from moe2dense_core.io.atomic import atomic_path, atomic_write_text
 from moe2dense_core.io.digests import file_sha256
-from moe2dense_core.stats.layer_stats import LayerStats, StatsError
+from moe2dense_core.stats.layer_stats import LayerStats
 
 STATS_SCHEMA_VERSION = 1
 TENSORS_FILE = "stats.safetensors"
@@ -95,11 +95,10 @@ class ExpertStats:
         digest = self.digest()
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in self.state_dict().items()}
         tensors_path = directory / TENSORS_FILE
-        with _atomic_path(tensors_path) as tmp:
+        with atomic_path(tensors_path) as tmp:
             save_file(tensors, str(tmp))
         metadata = {**self.metadata(), "tensors_sha256": file_sha256(tensors_path), "digest": digest}
-        with _atomic_path(directory / METADATA_FILE) as tmp:
-            tmp.write_text(json.dumps(metadata, indent=1, sort_keys=True))
+        atomic_write_text(directory / METADATA_FILE, json.dumps(metadata, indent=1, sort_keys=True))
         return digest
 
     @classmethod
@@ -147,22 +146,3 @@ class ExpertStats:
 
 def _canonical_json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-class _atomic_path:
-    """Context manager yielding a temp path beside `target`; on success os.replace(temp, target), else delete."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)

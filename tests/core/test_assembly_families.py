@@ -22,7 +22,7 @@ from moe2dense_core.arch.spec import get_spec
 from moe2dense_core.assembly import PROVENANCE_FILE, assemble
 from moe2dense_core.io.reader import CheckpointReader
 from moe2dense_core.plan import ConversionPlan, LayerPlan, PlanConfig
-from tests.fixtures.tiny_moe import FAMILIES, build_tiny_moe
+from tests.fixtures.tiny_moe import FAMILIES, add_tensor_on_disk, build_tiny_moe
 
 SHARED_EXPERT_MODULE = {
     "qwen2_moe": "shared_expert",
@@ -75,6 +75,19 @@ def hand_plan(
             )
             for layer in dims.moe_layers
         ],
+    )
+
+
+def pruning_plan(family: str, model_dir: Path, kept: list[int]) -> ConversionPlan:
+    """Pure pruning by hand: each kept expert its own group, c_g = 1/k, no merging."""
+    k = len(kept)
+    return hand_plan(
+        family,
+        model_dir,
+        groups=[[e] for e in kept],
+        merge_weights=[[1.0]] * k,
+        scales=[1 / k] * k,
+        shared_scale=0,
     )
 
 
@@ -157,14 +170,7 @@ def test_written_checkpoint_is_complete_and_recorded(teacher_dirs, tmp_path):
     """Several shards, every teacher non-FFN tensor copied bit for bit, config/tokenizer/card/provenance."""
     family = "qwen3_moe"
     teacher_dir = teacher_dirs(family)
-    plan = hand_plan(
-        family,
-        teacher_dir,
-        groups=[[0], [7]],
-        merge_weights=[[1.0], [1.0]],
-        scales=[0.5, 0.5],
-        shared_scale=0,
-    )
+    plan = pruning_plan(family, teacher_dir, kept=[0, 7])
     result = assemble(teacher_dir, plan, tmp_path / "dense", max_shard_bytes=40_000)
     out = result.out_dir
 
@@ -203,14 +209,7 @@ def test_written_checkpoint_is_complete_and_recorded(teacher_dirs, tmp_path):
 
 def test_dtype_casts_every_floating_tensor_and_the_config(teacher_dirs, tmp_path):
     teacher_dir = teacher_dirs("qwen3_moe")
-    plan = hand_plan(
-        "qwen3_moe",
-        teacher_dir,
-        groups=[[2], [3]],
-        merge_weights=[[1.0], [1.0]],
-        scales=[0.5, 0.5],
-        shared_scale=0,
-    )
+    plan = pruning_plan("qwen3_moe", teacher_dir, kept=[2, 3])
     result = assemble(teacher_dir, plan, tmp_path / "dense", dtype="bfloat16")
     assert json.loads((result.out_dir / "config.json").read_text())["dtype"] == "bfloat16"
     student = AutoModelForCausalLM.from_pretrained(result.out_dir)
@@ -257,29 +256,11 @@ def test_one_expert_top1_teacher_converts_to_a_dense_model_with_equal_logits(fam
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def add_tensor_on_disk(model_dir: Path, name: str, tensor: torch.Tensor) -> None:
-    """Append one tensor to the checkpoint (its own shard, listed in the index) — test set-up only."""
-    from safetensors.torch import save_file
-
-    save_file({name: tensor}, str(model_dir / "extra.safetensors"), metadata={"format": "pt"})
-    index_path = model_dir / "model.safetensors.index.json"
-    index = json.loads(index_path.read_text())
-    index["weight_map"][name] = "extra.safetensors"
-    index_path.write_text(json.dumps(index))
-
-
 def test_tensors_of_layers_beyond_num_hidden_layers_are_dropped(teacher_dirs, tmp_path):
     """Like DeepSeek-V3's multi-token-prediction layer `model.layers.61.*` with num_hidden_layers = 61."""
     teacher_dir = Path(shutil.copytree(teacher_dirs("qwen3_moe"), tmp_path / "teacher"))
     add_tensor_on_disk(teacher_dir, "model.layers.2.eh_proj.weight", torch.ones(64, 128))
-    plan = hand_plan(
-        "qwen3_moe",
-        teacher_dir,
-        groups=[[0], [1]],
-        merge_weights=[[1.0], [1.0]],
-        scales=[0.5, 0.5],
-        shared_scale=0,
-    )
+    plan = pruning_plan("qwen3_moe", teacher_dir, kept=[0, 1])
     result = assemble(teacher_dir, plan, tmp_path / "dense")
     index = json.loads((result.out_dir / "model.safetensors.index.json").read_text())
     assert not [name for name in index["weight_map"] if name.startswith("model.layers.2.")]
@@ -292,14 +273,7 @@ def test_a_hub_cache_snapshot_records_its_revision(teacher_dirs, tmp_path):
     snapshot = Path(
         shutil.copytree(teacher_dirs("qwen3_moe"), tmp_path / "models--org--name" / "snapshots" / revision)
     )
-    plan = hand_plan(
-        "qwen3_moe",
-        snapshot,
-        groups=[[0], [1]],
-        merge_weights=[[1.0], [1.0]],
-        scales=[0.5, 0.5],
-        shared_scale=0,
-    )
+    plan = pruning_plan("qwen3_moe", snapshot, kept=[0, 1])
     result = assemble(snapshot, plan, tmp_path / "dense")
     assert result.provenance.source_revision == revision
     assert f"revision: `{revision}`" in (result.out_dir / "README.md").read_text()

@@ -22,7 +22,7 @@ from moe2dense_core import (
     convert,
 )
 from moe2dense_core.assembly import OutputDirError
-from tests.fixtures.tiny_moe import build_tiny_moe
+from tests.fixtures.tiny_moe import build_tiny_moe, edit_config, edit_weight_map
 
 NUM_EXPERTS, TOP_K, EXPERT_WIDTH, NUM_LAYERS = 8, 2, 32, 2
 
@@ -73,10 +73,6 @@ def prune_plan(**changes) -> ConversionPlan:
     return ConversionPlan(**(plan | changes))
 
 
-def edit_json(path: Path, **changes) -> None:
-    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
-
-
 def first_shard(model_dir: Path) -> Path:
     index = json.loads((model_dir / "model.safetensors.index.json").read_text())
     return model_dir / sorted(set(index["weight_map"].values()))[0]
@@ -98,25 +94,22 @@ def corrupt_header(model_dir: Path) -> str:
 
 def drop_from_index(model_dir: Path) -> str:
     name = "model.layers.1.mlp.experts.3.up_proj.weight"
-    index_path = model_dir / "model.safetensors.index.json"
-    index = json.loads(index_path.read_text())
-    del index["weight_map"][name]
-    index_path.write_text(json.dumps(index))
+    edit_weight_map(model_dir, lambda weight_map: weight_map.pop(name))
     return name.replace(".", r"\.")
 
 
 def more_experts_in_config(model_dir: Path) -> str:
-    edit_json(model_dir / "config.json", num_experts=16)
+    edit_config(model_dir, num_experts=16)
     return r"gate.weight.* has shape \[8, 64\].*implies \[16, 64\]"
 
 
 def wider_experts_in_config(model_dir: Path) -> str:
-    edit_json(model_dir / "config.json", moe_intermediate_size=48)
+    edit_config(model_dir, moe_intermediate_size=48)
     return r"shape \[32, 64\].*implies \[48, 64\]"
 
 
 def unknown_model_type(model_dir: Path) -> str:
-    edit_json(model_dir / "config.json", model_type="not_a_moe")
+    edit_config(model_dir, model_type="not_a_moe")
     return "'not_a_moe'.*supported:.*qwen3_moe"
 
 

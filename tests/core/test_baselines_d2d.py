@@ -40,6 +40,16 @@ def setup(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     return directory, teacher, tokenizer, calib, held_out, result, AutoModelForCausalLM.from_pretrained(out)
 
 
+def _with_channels_switched_off(teacher: torch.nn.Module, channels: list[torch.Tensor]) -> torch.nn.Module:
+    """A copy of the teacher whose FFN channels channels[ℓ] (indices or a mask) in layer ℓ output nothing:
+    their down_proj columns are zeroed."""
+    model = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for layer, off in zip(model.model.layers, channels, strict=True):
+            layer.mlp.down_proj.weight[:, off] = 0.0
+    return model
+
+
 def test_writes_a_standard_checkpoint_at_the_nearest_width(setup) -> None:
     directory, _, _, _, _, result, pruned = setup
     assert result.ffn_width == 176 and pruned.config.intermediate_size == 176
@@ -57,12 +67,11 @@ def test_writes_a_standard_checkpoint_at_the_nearest_width(setup) -> None:
 def test_pruning_equals_zeroing_the_dropped_down_proj_columns(setup) -> None:
     _, teacher, _, calib, held_out, _, pruned = setup
     importance = channel_importance(teacher, calib).ffn
-    masked = copy.deepcopy(teacher)
+    dropped = [
+        torch.ones(352, dtype=torch.bool).index_fill_(0, s.topk(176).indices, False) for s in importance
+    ]
+    masked = _with_channels_switched_off(teacher, dropped)
     with torch.no_grad():
-        for layer, scores in zip(masked.model.layers, importance, strict=True):
-            dropped = torch.ones(352, dtype=torch.bool)
-            dropped[scores.topk(176).indices] = False
-            layer.mlp.down_proj.weight[:, dropped] = 0.0
         inputs = held_out[None, :128]
         torch.testing.assert_close(
             pruned(input_ids=inputs).logits, masked(input_ids=inputs).logits, atol=1e-4, rtol=1e-5
@@ -92,10 +101,7 @@ def test_keeping_important_channels_beats_keeping_the_others(setup) -> None:
     """Held-out perplexity: teacher < pruned by importance < pruned by *least* importance."""
     _, teacher, _, calib, held_out, _, pruned = setup
     importance = channel_importance(teacher, calib).ffn
-    worst = copy.deepcopy(teacher)
-    with torch.no_grad():
-        for layer, scores in zip(worst.model.layers, importance, strict=True):
-            layer.mlp.down_proj.weight[:, scores.topk(176).indices] = 0.0
+    worst = _with_channels_switched_off(teacher, [scores.topk(176).indices for scores in importance])
     ppl = {
         name: perplexity(model, held_out, window=128, stride=64).perplexity
         for name, model in (("teacher", teacher), ("pruned", pruned), ("worst", worst))

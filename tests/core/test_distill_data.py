@@ -74,6 +74,8 @@ def test_load_text_dataset_reads_txt_jsonl_and_parquet(tmp_path: Path) -> None:
 def test_load_text_dataset_names_a_missing_source(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="matches no file"):
         load_text_dataset(TextDataSpec(source=str(tmp_path / "absent.txt")))
+    with pytest.raises(DataError, match="matches no file"):
+        load_text_dataset(TextDataSpec(source="relative/absent.jsonl"))
 
 
 def test_shared_tinyshakespeare_packs_into_rows(shared_data: Path) -> None:

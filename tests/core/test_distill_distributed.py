@@ -1,5 +1,5 @@
-"""Two processes (torchrun, gloo on CPU) compute the same loss, gradients and trained weights as one
-process on the same global batch."""
+"""Two processes (torchrun, gloo on CPU), with DDP and with FSDP, compute the same loss, gradients and
+trained weights as one process on the same global batch, and resume exactly from their checkpoints."""
 
 from __future__ import annotations
 
@@ -25,12 +25,19 @@ def _torchrun_two_processes(out: Path) -> dict:
     return torch.load(out, weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    out = tmp_path_factory.mktemp("ddp")
+    distill_ddp_worker.main(out / "single.pt")  # this process, world size 1
+    return torch.load(out / "single.pt", weights_only=True), _torchrun_two_processes(out / "two.pt")
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
-    distill_ddp_worker.main(tmp_path / "single.pt")  # this process, world size 1
-    single = torch.load(tmp_path / "single.pt", weights_only=True)
-    double = _torchrun_two_processes(tmp_path / "ddp.pt")
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(runs, parallelism: str) -> None:
+    single, double = runs[0][parallelism], runs[1][parallelism]
     assert single["world_size"] == 1 and double["world_size"] == 2
+    assert double["sharded"] == (parallelism == "fsdp") and not single["sharded"]
 
     assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)
     for name, grad in single["grads"].items():
@@ -42,3 +49,6 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path:
     # differs) moves its weight by up to ~lr. 3 steps at lr 2e-3: allow 5% of one step.
     for name, weight in single["state"].items():
         assert torch.allclose(double["state"][name], weight, rtol=0, atol=1e-4), name
+    for run in (single, double):
+        for name, weight in run["state"].items():
+            assert torch.equal(run["resumed_state"][name], weight), (parallelism, run["world_size"], name)

@@ -47,7 +47,6 @@ def pretrain(model: torch.nn.Module, rows: torch.Tensor, steps: int, lr: float) 
 
 @pytest.mark.slow
 def test_convert_then_distill_lowers_heldout_perplexity_and_kl(tmp_path: Path) -> None:
-    torch.set_num_threads(2)
     splits = prepare_token_splits(toy_corpus(), ByteTokenizer(), SEQ_LEN, heldout_fraction=0.1)
     teacher = tiny_teacher(seed=0)
     pretrain(teacher, splits.train, steps=30, lr=6e-3)

@@ -40,7 +40,6 @@ class RecordingLogger:
 
 @pytest.fixture(scope="module")
 def teacher() -> torch.nn.Module:
-    torch.set_num_threads(1)
     return tiny_teacher(seed=2)
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from moe2dense_core.distill import (
+    divergence_per_token,
+    divergence_sum,
     forward_kl_per_token,
     jsd_per_token,
     kd_loss,
@@ -74,6 +76,11 @@ def test_zero_teacher_probability_contributes_nothing() -> None:
     teacher_logp = torch.tensor([[0.0, float("-inf")]])  # p = [1, 0]
     student_logp = torch.log(torch.tensor([[0.5, 0.5]]))
     assert forward_kl_per_token(teacher_logp, student_logp).item() == pytest.approx(math.log(2.0), rel=1e-6)
+    both_zero = torch.tensor([[0.0, float("-inf")]])  # p = q = [1, 0]: KL = 0, not NaN
+    assert forward_kl_per_token(both_zero, both_zero.clone()).item() == 0.0
+    student = torch.log(torch.tensor([[0.5, 0.5]])).requires_grad_(True)
+    forward_kl_per_token(teacher_logp, student).backward()
+    assert torch.isfinite(student.grad).all() and student.grad[0, 1] == 0
 
 
 def test_next_token_ce_counts_predicted_positions_and_honours_mask() -> None:
@@ -113,3 +120,11 @@ def test_mismatched_shapes_are_refused() -> None:
         kd_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4))
     with pytest.raises(ValueError, match="unknown distillation loss"):
         kd_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), loss="mse")  # type: ignore[arg-type]
+
+
+def test_divergence_sum_equals_the_per_token_sum() -> None:
+    teacher_logp = temperature_logprobs(torch.randn(2, 3, 7))
+    student_logp = temperature_logprobs(torch.randn(2, 3, 7))
+    for name in ("forward_kl", "reverse_kl", "jsd"):
+        per_token = divergence_per_token(name, teacher_logp, student_logp)
+        assert divergence_sum(name, teacher_logp, student_logp).item() == pytest.approx(per_token.sum().item(), rel=1e-5)

@@ -35,7 +35,6 @@ class RecordingLogger:
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     teacher = tiny_teacher(seed=1)
     data = random_rows(12, 16, seed=2)  # 4 rows per step: 3 steps per epoch, so 6 steps cross an epoch
 

@@ -25,7 +25,6 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    torch.set_num_threads(1)
     teacher = peaked_teacher()
     data = random_rows(8, 32, seed=5)
     root = tmp_path_factory.mktemp("caches")
@@ -69,8 +68,10 @@ def test_full_vocabulary_cache_equals_online_loss_and_training(setup: dict) -> N
     run_b = distill(b, setup["root"] / f"k{VOCAB}", data, config)
     for step_a, step_b in zip(run_a.history, run_b.history, strict=True):
         assert step_b["loss"] == pytest.approx(step_a["loss"], rel=1e-5, abs=1e-7)
+    # AdamW divides by sqrt(v): a ~1e-8 gradient entry whose last bits differ (another summation order)
+    # moves its weight by up to ~lr. 3 steps at lr 1e-3: allow 5% of one step.
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.allclose(pa, pb, atol=1e-5), name
+        assert torch.allclose(pa, pb, rtol=0, atol=5e-5), name
 
 
 def test_small_k_cache_is_close_and_reports_the_gap(setup: dict, record_property) -> None:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from moe2dense_core.errors import CheckpointError
 from moe2dense_core.io import CheckpointReader, file_sha256
-from tests.fixtures.tiny_moe import build_tiny_moe
+from tests.fixtures.tiny_moe import build_tiny_moe, edit_config, edit_weight_map
 
 EXPERT = "model.layers.0.mlp.experts.3.down_proj.weight"
 
@@ -63,9 +63,7 @@ def test_digests_are_sha256_of_each_shard_and_change_with_content(tiny_dir: Path
     digests = reader.shard_digests()
     assert digests == {s: file_sha256(tiny_dir / s) for s in reader.shard_files()}
     assert reader.snapshot_digest() == CheckpointReader(copy_dir).snapshot_digest()
-    config = json.loads((copy_dir / "config.json").read_text())
-    config["rms_norm_eps"] = 1e-5
-    (copy_dir / "config.json").write_text(json.dumps(config))
+    edit_config(copy_dir, rms_norm_eps=1e-5)
     assert CheckpointReader(copy_dir).snapshot_digest() != reader.snapshot_digest()
 
 
@@ -111,9 +109,8 @@ def test_missing_shard_file_is_refused(copy_dir: Path) -> None:
 
 
 def test_index_entry_absent_from_its_shard_is_refused(copy_dir: Path) -> None:
-    index = _index(copy_dir)
-    index["weight_map"]["model.layers.0.mlp.experts.99.up_proj.weight"] = index["weight_map"][EXPERT]
-    (copy_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    stray = "model.layers.0.mlp.experts.99.up_proj.weight"
+    edit_weight_map(copy_dir, lambda weight_map: weight_map.update({stray: weight_map[EXPERT]}))
     with pytest.raises(CheckpointError, match=r"experts\.99\.up_proj\.weight' is assigned to"):
         CheckpointReader(copy_dir)
 

@@ -23,12 +23,17 @@ def test_builtin_corpus_is_english_prose_and_deterministic(tmp_path):
     first = write_corpus(CorpusSpec(), tmp_path / "a")
     train_text = first.train.read_text()
     assert len(train_text) > 1_000_000
-    assert "The \"for\" statement" in train_text  # pydoc topics (the language reference)
+    assert 'The "for" statement' in train_text  # pydoc topics (the language reference)
     assert "Return a new" in train_text  # stdlib docstrings
     second = prepare_corpus_task.fn(CorpusSpec(), str(tmp_path / "b"))
     assert first.digest == second.digest
     assert first.train.read_bytes() == second.train.read_bytes()
-    assert first.num_heldout_documents > 0 and 0.03 < first.num_heldout_documents / (first.num_train_documents + first.num_heldout_documents) < 0.07
+    assert (
+        first.num_heldout_documents > 0
+        and 0.03
+        < first.num_heldout_documents / (first.num_train_documents + first.num_heldout_documents)
+        < 0.07
+    )
 
 
 def test_split_is_by_document_hash_and_disjoint(tmp_path):
@@ -49,7 +54,11 @@ def test_split_is_by_document_hash_and_disjoint(tmp_path):
 def test_file_paragraphs_are_merged_to_min_chars(tmp_path):
     text_file = tmp_path / "a.txt"
     text_file.write_text("one two\n\nthree four\r\n\r\nfive six seven eight nine ten\n\n\n\nlast")
-    assert file_documents([text_file], min_chars=15) == ["one two\nthree four", "five six seven eight nine ten", "last"]
+    assert file_documents([text_file], min_chars=15) == [
+        "one two\nthree four",
+        "five six seven eight nine ten",
+        "last",
+    ]
 
 
 def test_local_datasets_folder_through_the_hub_branch(tmp_path):

@@ -20,8 +20,21 @@ from tasks.teacher_training import (
 )
 
 TINY = TeacherModelConfig(
-    vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16, num_experts=4,
-    top_k=2, expert_width=16, seq_len=16, batch_size=8, steps=40, lr=1e-2, warmup_steps=5, eval_windows=8,
+    vocab_size=300,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    num_experts=4,
+    top_k=2,
+    expert_width=16,
+    seq_len=16,
+    batch_size=8,
+    steps=40,
+    lr=1e-2,
+    warmup_steps=5,
+    eval_windows=8,
 )
 
 
@@ -34,17 +47,23 @@ def corpus(tmp_path_factory):
         for i in range(600)
     ]
     (root / "text.txt").write_text("\n\n".join(paragraphs))
-    return write_corpus(CorpusSpec(source="files", paths=(root / "text.txt",), heldout_fraction=0.3), root / "out")
+    return write_corpus(
+        CorpusSpec(source="files", paths=(root / "text.txt",), heldout_fraction=0.3), root / "out"
+    )
 
 
 def test_balance_loss_matches_hand_numbers():
     collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # both tokens → expert 0
     # f = [1, 0], P_0 = e/(1+e) → B = 2·e/(1+e)
-    assert layer_balance_loss([collapsed], top_k=1).item() == pytest.approx(2 * math.e / (1 + math.e), rel=1e-6)
+    assert layer_balance_loss([collapsed], top_k=1).item() == pytest.approx(
+        2 * math.e / (1 + math.e), rel=1e-6
+    )
     balanced = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # f = P = [½, ½] → B = 1
     assert layer_balance_loss([balanced], top_k=1).item() == pytest.approx(1.0)
     # the mean over layers, each balanced on its own
-    assert layer_balance_loss([collapsed, balanced], top_k=1).item() == pytest.approx((2 * math.e / (1 + math.e) + 1) / 2)
+    assert layer_balance_loss([collapsed, balanced], top_k=1).item() == pytest.approx(
+        (2 * math.e / (1 + math.e) + 1) / 2
+    )
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():

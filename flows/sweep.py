@@ -1,0 +1,178 @@
+"""Flow `sweep`: the paper's design space from ONE cached calibration (METHOD.md, "350 configurations").
+
+Read top to bottom:
+1. source + ONE calibration of the teacher (cached: a later sweep on the same teacher and data
+   calibrates zero times);
+2. every configuration of scorers × K × groupers × scalings is validated against the teacher first,
+   then planned and assembled as concurrent task runs (two waves: plans, then checkpoints), and
+   scored by pre-distillation held-out perplexity one model at a time;
+3. the best N configurations (lowest perplexity) are distilled and evaluated in full.
+The table of every configuration is a Prefect table artifact and `sweep/results.json` on the MLflow
+parent run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
+
+from moe2dense_core.plan import GrouperName, PlanConfig, ScalingName, ScorerName, validate_plan_config
+from tasks.assemble import assemble_task
+from tasks.calibrate import calibrate_task
+from tasks.distill import distill_task
+from tasks.evaluate import EvalTarget, evaluate_task
+from tasks.plan import plan_task
+from tasks.recipe import Recipe
+from tasks.runtime import Runtime
+from tasks.source import source_task
+from tasks.tracking import parent_run
+
+
+class SweepGrid(BaseModel):
+    """The design space: every combination is one PlanConfig (other PlanConfig fields from the recipe's plan).
+
+    num_selected: values of K; None = k (pure pruning).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scorers: tuple[ScorerName, ...] = Field(
+        default=("sf", "pp", "cp", "ean", "reap", "acp", "do_acp"), min_length=1
+    )
+    num_selected: tuple[int | None, ...] = Field(default=(None,), min_length=1)
+    groupings: tuple[GrouperName, ...] = Field(default=("prune",), min_length=1)
+    scalings: tuple[ScalingName, ...] = Field(default=("uniform",), min_length=1)
+
+    def configs(self, base: PlanConfig, top_k: int) -> list[PlanConfig]:
+        """Every combination, except `prune` with K ≠ k (pruning keeps exactly k experts: not a point of
+        the design space); each remaining config is still validated against the teacher by the flow."""
+        product = itertools.product(self.scorers, self.num_selected, self.groupings, self.scalings)
+        return [
+            base.model_copy(update={"scoring": s, "num_selected": k, "grouping": g, "scaling": c})
+            for s, k, g, c in product
+            if not (g == "prune" and k not in (None, top_k))
+        ]
+
+
+class SweepRecipe(BaseModel):
+    """The one parameter of the sweep flow: a conversion recipe, the grid, and how many to distill."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recipe: Recipe
+    grid: SweepGrid = SweepGrid()
+    distill_best: int = Field(default=1, ge=0)
+
+
+class SweepEntry(BaseModel):
+    plan: PlanConfig
+    plan_digest: str
+    checkpoint_uri: str
+    perplexity: float
+    distilled_perplexity: float | None = None
+    distilled_mean_acc: float | None = None
+
+
+class SweepResult(BaseModel):
+    mlflow_run_id: str
+    stats_digest: str
+    entries: list[SweepEntry]
+
+
+@flow(name="sweep", log_prints=True)
+def sweep_flow(sweep: SweepRecipe) -> SweepResult:
+    recipe = sweep.recipe
+    runtime = Runtime.from_environment()
+    with parent_run(
+        runtime.client,
+        recipe,
+        runtime.redactor,
+        artifact_location=runtime.settings.resolved_mlflow_artifact_location,
+        flow_run_id=flow_run.id,
+        flow_run_url=flow_run.ui_url,
+        extra_tags={"moe2dense.flow": "sweep"},
+    ) as parent:
+        source = source_task(recipe.source)
+        configs = sweep.grid.configs(recipe.plan, source.top_k)
+        for config in configs:
+            validate_plan_config(config, source.num_experts, source.top_k)
+        calibration = calibrate_task(source, recipe.calibration, recipe.statistics, parent.run_id)
+
+        plans = [
+            f.result() for f in [plan_task.submit(source, calibration, c, parent.run_id) for c in configs]
+        ]
+        students = [
+            f.result()
+            for f in [assemble_task.submit(source, p, recipe.storage, parent.run_id) for p in plans]
+        ]
+        targets = [
+            EvalTarget(
+                label=f"assembled-{i}", checkpoint_digest=s.checkpoint_digest, location=s.checkpoint_uri
+            )
+            for i, s in enumerate(students)
+        ]
+        # one at a time: loading models (from_pretrained) touches process-global torch state, unsafe in threads
+        scores = [evaluate_task(t, recipe.evaluation, parent.run_id) for t in targets]
+        entries = [
+            SweepEntry(
+                plan=p.config,
+                plan_digest=p.plan_digest,
+                checkpoint_uri=s.checkpoint_uri,
+                perplexity=e.perplexity,
+            )
+            for p, s, e in zip(plans, students, scores, strict=True)
+        ]
+        ranking = sorted(range(len(entries)), key=lambda i: entries[i].perplexity)
+
+        if recipe.distillation is not None and recipe.distillation.enabled:
+            for rank, index in enumerate(ranking[: sweep.distill_best]):
+                distilled = distill_task(source, students[index], recipe.distillation, parent.run_id)
+                target = EvalTarget(
+                    label=f"distilled-{rank}",
+                    checkpoint_digest=distilled.checkpoint_digest,
+                    location=distilled.checkpoint_uri,
+                )
+                evaluation = evaluate_task(target, recipe.evaluation, parent.run_id)
+                entries[index] = entries[index].model_copy(
+                    update={
+                        "distilled_perplexity": evaluation.perplexity,
+                        "distilled_mean_acc": evaluation.downstream_mean_acc,
+                    }
+                )
+
+        ordered = [entries[i] for i in ranking]
+        publish(runtime, parent.run_id, ordered)
+        return SweepResult(
+            mlflow_run_id=parent.run_id, stats_digest=calibration.stats_digest, entries=ordered
+        )
+
+
+def publish(runtime: Runtime, run_id: str, entries: list[SweepEntry]) -> None:
+    """The ranked table as a Prefect table artifact and as `sweep/results.json` on the MLflow parent run."""
+    rows = [
+        {
+            "rank": rank,
+            "scoring": e.plan.scoring,
+            "K": e.plan.num_selected,
+            "grouping": e.plan.grouping,
+            "scaling": e.plan.scaling,
+            "perplexity": round(e.perplexity, 4),
+            "distilled_perplexity": e.distilled_perplexity,
+        }
+        for rank, e in enumerate(entries)
+    ]
+    create_table_artifact(
+        key="sweep-ranking", table=rows, description="Pre-distillation held-out perplexity, best first"
+    )
+    runtime.client.log_text(
+        run_id, json.dumps([e.model_dump(mode="json") for e in entries], indent=2), "sweep/results.json"
+    )
+    for rank, entry in enumerate(entries):
+        runtime.client.log_metric(run_id, "sweep/perplexity", entry.perplexity, step=rank)
+    for row in rows:
+        print(row)
