@@ -14,16 +14,27 @@ BEFORE Prefect is imported, because Prefect reads its own settings at import tim
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +75,42 @@ def load_recipe_or_exit(path: Path, overrides: list[str] | None):
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def stage_progress(description: str, total: int) -> Iterator[None]:
+    """A rich progress bar over a flow's stages, advanced by each task run Prefect reports finished."""
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    bar = progress.add_task(description, total=total)
+
+    class FinishedTaskRuns(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Finished in state" in record.getMessage():
+                name = getattr(record, "task_run_name", "stage")
+                progress.update(bar, advance=1, description=f"{description}: {name} done")
+
+    handler = FinishedTaskRuns()
+    task_logger = logging.getLogger("prefect.task_runs")
+    task_logger.addHandler(handler)
+    try:
+        with progress:
+            yield
+    finally:
+        task_logger.removeHandler(handler)
+
+
+def convert_stage_count(recipe) -> int:
+    """Task runs of one convert flow: source, calibrate, plan, assemble, 2 evaluations, report
+    (+ distill and its evaluation, + register)."""
+    distills = recipe.distillation is not None and recipe.distillation.enabled
+    return 7 + 2 * distills + bool(recipe.tracking.registered_model)
+
+
 def print_where(settings, result) -> None:
     table = Table(title=f"moe2dense: {result.recipe_name}", show_header=True)
     table.add_column("model")
@@ -102,7 +149,9 @@ def demo(
         TeacherRecipe(model=model, output_dir=settings.home / "teachers", show_progress=True)
     )
     recipe = load_recipe_or_exit(DEMO_RECIPE, [f"source.model={teacher.moe.path}"])
-    print_where(settings, convert_flow(recipe))
+    with stage_progress("converting", convert_stage_count(recipe)):
+        result = convert_flow(recipe)
+    print_where(settings, result)
 
 
 @app.command()
@@ -112,7 +161,9 @@ def convert(recipe: Path, overrides: Overrides = None, home: HomeOption = None) 
     parsed = load_recipe_or_exit(recipe, overrides)
     from flows.convert import convert_flow
 
-    print_where(settings, convert_flow(parsed))
+    with stage_progress("converting", convert_stage_count(parsed)):
+        result = convert_flow(parsed)
+    print_where(settings, result)
 
 
 @app.command()
@@ -262,6 +313,7 @@ def ui(
             str(mlflow_port),
         ],
     }
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop both servers on SIGTERM as on Ctrl-C
     processes = {name: subprocess.Popen(argv, env=env) for name, argv in commands.items()}
     console.print(f"Prefect UI: http://127.0.0.1:{prefect_port}   MLflow UI: http://127.0.0.1:{mlflow_port}")
     console.print(

@@ -28,13 +28,14 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moe2dense_core.distill.data import is_heldout
+from moe2dense_core.distill.data import is_heldout, prepare_token_splits
 from moe2dense_core.errors import Moe2DenseError
 
 MIN_DOCSTRING_CHARS = 200
@@ -223,14 +224,14 @@ def prepare_corpus_task(spec: CorpusSpec, root: str) -> CorpusFiles:
     return write_corpus(spec, corpus_folder(spec, Path(root)))
 
 
-def token_rows(spec: CorpusSpec, tokenizer, seq_len: int, side: Literal["train", "heldout"]):
+def token_rows(
+    spec: CorpusSpec, tokenizer: Any, seq_len: int, side: Literal["train", "heldout"]
+) -> torch.Tensor:
     """Packed rows [N, seq_len] (int64) of one side of the split, tokenized with the model's tokenizer.
 
     The same split rule as `write_corpus` (the core's `is_heldout`), so calibration and distillation
     read only train-side text and evaluation only held-out text.
     """
-    from moe2dense_core.distill.data import prepare_token_splits
-
     splits = prepare_token_splits(
         load_documents(spec), tokenizer, seq_len, heldout_fraction=spec.heldout_fraction
     )

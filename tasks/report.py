@@ -51,7 +51,7 @@ def loss_curve_png(runtime: Runtime, run_id: str, path: Path) -> bool:
 
     figure, axis = pyplot.subplots(figsize=(6, 3.5))
     points = sorted((m.step, m.value) for m in history)
-    axis.plot([s for s, _ in points], [v for _, v in points])
+    axis.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("distillation loss")
     figure.tight_layout()
