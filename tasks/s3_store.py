@@ -19,6 +19,7 @@ retries whole file transfers on transient errors (tasks/transient.py).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -219,18 +220,21 @@ class S3ArtifactStore:
     def fetch(self, ref: ArtifactRef, verify: bool = False) -> Path:
         """A verified local copy of the payload in the cache folder (downloaded once, then reused).
 
-        The cache is laid out as a LocalArtifactStore; `verify` re-hashes a cached copy before use."""
+        The cache is laid out as a LocalArtifactStore; `verify` re-hashes a cached copy before use.
+        Concurrent fetches of one artifact (threads or processes sharing the cache) are serialised by
+        an exclusive lock file per artifact, so the second one reuses the first one's download."""
         cache = LocalArtifactStore(self.cache_dir)
-        if cache.exists(ref):
-            return cache.fetch(ref, verify=verify)
-        local = self.cache_dir / ref.key
-        if local.is_dir():  # a payload whose manifest was never written (interrupted fetch)
-            shutil.rmtree(local)
-        elif local.exists():
-            local.unlink()
-        self.get(ref, local)
-        write_bytes_atomic(self.cache_dir / ref.manifest_key, self.manifest(ref).to_bytes())
-        return local
+        with _exclusive_lock(self.cache_dir / ".locks" / f"{ref.kind}-{ref.sha256}.lock"):
+            if cache.exists(ref):
+                return cache.fetch(ref, verify=verify)
+            local = self.cache_dir / ref.key
+            if local.is_dir():  # a payload whose manifest was never written (interrupted fetch)
+                shutil.rmtree(local)
+            elif local.exists():
+                local.unlink()
+            self.get(ref, local)
+            write_bytes_atomic(self.cache_dir / ref.manifest_key, self.manifest(ref).to_bytes())
+            return local
 
     def _download(self, manifest: ArtifactManifest, entry: ManifestFile, key: str, target: Path) -> None:
         target.unlink(missing_ok=True)
@@ -270,3 +274,14 @@ class S3ArtifactStore:
                 raise ArtifactNotFoundError(f"{description}: not found") from None
             raise StorageError(f"{description}: {code or type(error).__name__}: {error}") from error
 
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if needed): blocks other threads and processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

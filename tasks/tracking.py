@@ -203,6 +203,10 @@ def stage_run(
         yield logger
 
 
+MLFLOW_DATASET_DIGEST_CHARS = 36
+"""The longest dataset digest MLflow accepts."""
+
+
 def log_dataset(
     logger: MLflowLogger,
     *,
@@ -214,14 +218,20 @@ def log_dataset(
     profile: Mapping[str, Any] | None = None,
 ) -> None:
     """Record an input dataset on the run (MLflow's `log_input`): name, digest, source URI, context
-    (`calibration`, `distillation`, `evaluation`), and a small profile (e.g. token counts)."""
+    (`calibration`, `distillation`, `evaluation`), and a small profile (e.g. token counts).
+
+    MLflow keeps at most 36 digest characters: a longer digest (a sha256) is shortened there and
+    stored whole in the profile under `sha256`."""
     redact = logger.redactor.redact
+    full_profile = dict(profile or {})
+    if len(digest) > MLFLOW_DATASET_DIGEST_CHARS:
+        full_profile["sha256"] = digest
     dataset = Dataset(
         name=redact(name),
-        digest=digest,
+        digest=digest[:MLFLOW_DATASET_DIGEST_CHARS],
         source_type=source_type,
         source=redact(json.dumps({"uri": source_uri})),
-        profile=redact(json.dumps(dict(profile or {}))),
+        profile=redact(json.dumps(full_profile)),
     )
     logger.client.log_inputs(logger.run_id, datasets=[DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, context)])])
 

@@ -14,6 +14,9 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 from moe2dense_core.shared_data import ENV_VAR, shared_data_dir  # noqa: E402
 
+# Session fixtures starting real Prefect, MLflow and S3 (moto) servers, shared by every test folder.
+pytest_plugins = ("tests.integration.servers",)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from sys import float_info
 
 import torch
 
@@ -57,4 +58,9 @@ def perplexity(
             total_nll += float(nll.double())
             count += targets.numel()
     mean_nll = total_nll / count
-    return PerplexityResult(math.exp(mean_nll), mean_nll, count, window, stride)
+    return PerplexityResult(perplexity_from_nll(mean_nll), mean_nll, count, window, stride)
+
+
+def perplexity_from_nll(mean_nll: float) -> float:
+    """exp(mean NLL); +inf (not an OverflowError) for a diverged model whose mean NLL exceeds ln(max float)."""
+    return math.exp(mean_nll) if mean_nll < math.log(float_info.max) else math.inf

@@ -95,3 +95,11 @@ def test_tiny1m_matches_the_shared_data_readme(shared_data) -> None:
     assert model.training, "the caller's training mode must be restored"
     one_at_a_time = perplexity(model, stream, window=256, stride=128, batch_size=1)
     assert one_at_a_time.perplexity == pytest.approx(result.perplexity, rel=1e-5)
+
+
+def test_a_diverged_model_has_infinite_perplexity_not_an_overflow() -> None:
+    from moe2dense_core.evaluate.perplexity import perplexity_from_nll
+
+    assert perplexity_from_nll(0.0) == 1.0
+    assert perplexity_from_nll(2.0) == pytest.approx(7.389056, rel=1e-6)
+    assert perplexity_from_nll(1e6) == float("inf")

@@ -8,7 +8,6 @@ import pytest
 
 from tests.flows.fake_hub import FakeHub
 from tests.flows.tiny_teacher import TinyTeacher, make_tiny_teacher
-from tests.integration.conftest import mlflow_server, prefect_server, s3_server  # noqa: F401 (fixtures)
 
 RELEASES = {
     "Qwen/Qwen3-30B-A3B": ("a" * 40, "qwen3_moe"),
@@ -31,9 +30,10 @@ def tiny_teacher(tmp_path_factory) -> TinyTeacher:
     return make_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"))
 
 
-@pytest.fixture(scope="session")
-def team_stack(prefect_server, mlflow_server, s3_server, tmp_path_factory):  # noqa: F811
-    """Point moe2dense (settings from the environment) and this process's Prefect client at the real
+@pytest.fixture(scope="module")
+def team_stack(prefect_server, mlflow_server, s3_server, tmp_path_factory):
+    """Per test module (the environment is restored afterwards, so later modules see the defaults):
+    point moe2dense (settings from the environment) and this process's Prefect client at the real
     Prefect server, MLflow server and S3 API; yields the Settings tasks will read."""
     from prefect.settings import (
         PREFECT_API_URL,

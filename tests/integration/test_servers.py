@@ -7,7 +7,7 @@ import urllib.request
 
 import prefect
 
-from tests.integration.conftest import MlflowServer, S3Server
+from tests.integration.servers import MlflowServer, S3Server
 
 
 def get_json(url: str) -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from tasks.s3_store import S3ArtifactStore
 from tasks.settings import MIB, Settings
 from tasks.storage import ArtifactIntegrityError, ArtifactNotFoundError, StorageError, open_artifact_store
 from tasks.transient import RetryPolicy
-from tests.integration.conftest import S3Server
 from tests.integration.faulty_proxy import DROP, PASS, TRUNCATE, FaultyProxy, drop_first
+from tests.integration.servers import S3Server
 
 
 def s3_settings(s3: S3Server, home: Path, endpoint: str | None = None, **overrides) -> Settings:
@@ -66,6 +67,18 @@ def test_settings_pick_s3_and_round_trip_a_folder(s3_server: S3Server, tmp_path:
     with store.open(ref, "config.json") as stream:
         assert stream.read() == b'{"model_type": "qwen3"}'
     assert store.put_dir(source, kind="dense-model") == ref  # content-addressed: same bytes, same ref
+
+
+def test_concurrent_fetches_of_one_artifact_share_one_download(s3_server: S3Server, tmp_path: Path) -> None:
+    settings = s3_settings(s3_server, tmp_path / "home")
+    source = make_checkpoint(tmp_path)
+    ref = open_artifact_store(settings).put_dir(source, kind="stats")
+    stores = [open_artifact_store(settings) for _ in range(4)]  # separate clients, one cache folder
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        paths = list(pool.map(lambda store: store.fetch(ref), stores))
+    assert len(set(paths)) == 1
+    payload = (paths[0] / "sub" / "model.safetensors").read_bytes()
+    assert payload == (source / "sub" / "model.safetensors").read_bytes()
 
 
 def test_put_bytes_and_file_round_trip(s3_server: S3Server, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from tasks.tracking import (
     stage_run,
     tracking_client,
 )
-from tests.integration.conftest import MlflowServer, S3Server
+from tests.integration.servers import MlflowServer, S3Server
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

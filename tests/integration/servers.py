@@ -39,9 +39,14 @@ DUMMY_AWS = {
 }
 
 
+SERVER_FIXTURES = {"s3_server", "mlflow_server", "prefect_server"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `integration` every test in this folder and every test that (transitively) uses a server."""
     for item in items:
-        if HERE in Path(str(item.path)).parents:
+        uses_server = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses_server or HERE in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.integration)
 
 
