@@ -5,7 +5,8 @@
 2. the number of calibrations a sweep executed (goal 1), read from the sweep's MLflow stage runs.
 
 Embedded default (ephemeral Prefect, MLflow SQLite, local artifacts) in a fresh temporary home; a
-small teacher is trained first (not timed). Run: `.venv/bin/python bench/cache_rerun.py [--steps N]`.
+small teacher is trained first (not timed). Run:
+    .venv/bin/python bench/cache_rerun.py [--teacher-steps 60] [--distill-steps 20] [--threads 2]
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher-steps", type=int, default=60)
-    parser.add_argument("--distill-steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher-steps", type=int, default=60, help="training steps of the small teacher (untimed)")
+    parser.add_argument("--distill-steps", type=int, default=20, help="distillation.train.max_steps of the recipe")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="moe2dense-bench-"))

@@ -32,6 +32,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -77,7 +78,10 @@ def load_recipe_or_exit(path: Path, overrides: list[str] | None):
 
 @contextmanager
 def stage_progress(description: str, total: int) -> Iterator[None]:
-    """A rich progress bar over a flow's stages, advanced by each task run Prefect reports finished."""
+    """A rich progress bar over a flow's stages, advanced by each task run Prefect reports finished,
+    plus a bar of steps for each long stage that reports them (tasks.progress)."""
+    from tasks.progress import PROGRESS_LOGGER
+
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -94,14 +98,27 @@ def stage_progress(description: str, total: int) -> Iterator[None]:
                 name = getattr(record, "task_run_name", "stage")
                 progress.update(bar, advance=1, description=f"{description}: {name} done")
 
-    handler = FinishedTaskRuns()
+    class StageSteps(logging.Handler):
+        """One bar per long stage, from the steps tasks report on `moe2dense.progress`."""
+
+        bars: dict[str, TaskID] = {}
+
+        def emit(self, record: logging.LogRecord) -> None:
+            stage, step, total = record.stage, record.step, record.total
+            if stage not in self.bars:
+                self.bars[stage] = progress.add_task(f"  {stage} steps", total=total)
+            progress.update(self.bars[stage], completed=step, total=total)
+
+    handler, steps = FinishedTaskRuns(), StageSteps()
     task_logger = logging.getLogger("prefect.task_runs")
     task_logger.addHandler(handler)
+    PROGRESS_LOGGER.addHandler(steps)
     try:
         with progress:
             yield
     finally:
         task_logger.removeHandler(handler)
+        PROGRESS_LOGGER.removeHandler(steps)
 
 
 def convert_stage_count(recipe) -> int:

@@ -1,4 +1,4 @@
-"""Artifact identity: references, manifests and the streamed sha256 every store uses.
+"""Artifact identity: references, manifests, the streamed sha256 and the all-or-nothing copy every store uses.
 
 Layout of one artifact (same in a local folder and in a bucket, under the store's root):
 
@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Iterator
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from moe2dense_core.errors import Moe2DenseError
+from moe2dense_core.io.digests import file_sha256
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -141,6 +145,13 @@ def directory_digest(files: list[ManifestFile]) -> str:
     return hashlib.sha256(json.dumps(triples, separators=(",", ":")).encode()).hexdigest()
 
 
+def ref_under(uri: str, root_uri: str) -> ArtifactRef:
+    """The reference that `uri` names inside a store whose root URI is `root_uri` (ending in '/')."""
+    if not uri.startswith(root_uri):
+        raise StorageError(f"URI {uri!r} is not inside this store ({root_uri})")
+    return ArtifactRef.from_key(uri[len(root_uri):])
+
+
 def check_kind(kind: str) -> str:
     if not KIND_PATTERN.match(kind):
         raise StorageError(f"artifact kind {kind!r}: use lowercase letters, digits, '_' and '-'")
@@ -160,14 +171,56 @@ def iter_chunks(stream: BinaryIO, chunk_bytes: int = HASH_CHUNK_BYTES) -> Iterat
         yield chunk
 
 
-def file_sha256(path: Path) -> ManifestFile:
-    """Size and sha256 of a file, read in chunks (never whole in memory); `path` field = file name."""
+def hash_stream(source: BinaryIO, sink: BinaryIO | None = None) -> tuple[int, str]:
+    """(size, sha256) of everything read from `source` in chunks, each chunk also written to `sink` if given."""
     digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as stream:
-        for chunk in iter_chunks(stream):
-            digest.update(chunk)
-            size += len(chunk)
-    return ManifestFile(path=path.name, size=size, sha256=digest.hexdigest())
+    for chunk in iter_chunks(source):
+        digest.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def copy_hashing(source: BinaryIO, target: Path) -> tuple[int, str]:
+    """Stream `source` into a new file `target` (fsynced); return (size, sha256) of what was written."""
+    with open(target, "xb") as out:
+        size_and_sha = hash_stream(source, out)
+        out.flush()
+        os.fsync(out.fileno())
+    return size_and_sha
+
+
+def manifest_file(path: Path, entry_path: str) -> ManifestFile:
+    """The manifest entry of the file at `path`, stored as `entry_path`: its size and streamed sha256."""
+    return ManifestFile(path=entry_path, size=path.stat().st_size, sha256=file_sha256(path))
+
+
+def materialize(
+    manifest: ArtifactManifest, dest: Path | str, copy_entry: Callable[[ManifestFile, Path], None]
+) -> Path:
+    """Build the payload at `dest` (a new file or folder path) all at once or not at all.
+
+    `copy_entry(entry, target)` writes one manifest file to `target` and verifies it (size, sha256);
+    every entry lands in a hidden staging sibling of `dest`, renamed to `dest` only when all succeeded.
+    The staging copy is removed on any failure."""
+    dest = Path(dest)
+    if dest.exists():
+        raise StorageError(f"get {manifest.ref.key}: destination {dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial"
+    try:
+        for entry in manifest.files:
+            target = staging if manifest.layout == "file" else staging / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_entry(entry, target)
+        os.rename(staging, dest)
+    finally:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        elif staging.exists():
+            staging.unlink()
+    return dest
 
 
 def list_directory(root: Path) -> list[Path]:

@@ -22,9 +22,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import os
 import sysconfig
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moe2dense_core.distill.data import is_heldout, prepare_token_splits
 from moe2dense_core.errors import Moe2DenseError
+from moe2dense_core.io.atomic import atomic_write_text
 
 MIN_DOCSTRING_CHARS = 200
 EXCLUDED_STDLIB_PACKAGES = frozenset(
@@ -191,25 +190,14 @@ def write_corpus(spec: CorpusSpec, out_dir: Path) -> CorpusFiles:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     train_text, heldout_text = DOCUMENT_SEPARATOR.join(train), DOCUMENT_SEPARATOR.join(heldout)
-    _write_text_atomic(out_dir / "train.txt", train_text)
-    _write_text_atomic(out_dir / "heldout.txt", heldout_text)
+    atomic_write_text(out_dir / "train.txt", train_text)
+    atomic_write_text(out_dir / "heldout.txt", heldout_text)
     digest = hashlib.sha256()
     for text in (train_text, heldout_text):
         digest.update(hashlib.sha256(text.encode("utf-8")).digest())
     return CorpusFiles(
         out_dir / "train.txt", out_dir / "heldout.txt", digest.hexdigest(), len(train), len(heldout)
     )
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def corpus_folder(spec: CorpusSpec, root: Path) -> Path:

@@ -21,6 +21,7 @@ from moe2dense_core.io.digests import file_sha256, snapshot_sha256
 from tasks.assemble import CheckpointResult
 from tasks.caching import distill_key
 from tasks.corpus import token_rows
+from tasks.progress import ProgressMetricLogger
 from tasks.recipe import DistillationConfig
 from tasks.runtime import Runtime, log_token_input
 from tasks.source import SourceResult
@@ -49,8 +50,9 @@ def distill_task(
         )
         model = AutoModelForCausalLM.from_pretrained(student_dir)
         teacher = AutoModelForCausalLM.from_pretrained(source.local_path)
+        logger = ProgressMetricLogger(run, "distill", distillation.train.max_steps)
         outcome = distill(
-            model, teacher, rows, distillation.train, logger=run, checkpoint_dir=scratch / "checkpoints"
+            model, teacher, rows, distillation.train, logger=logger, checkpoint_dir=scratch / "checkpoints"
         )
         out_dir = scratch / "distilled_model"
         model.save_pretrained(out_dir)

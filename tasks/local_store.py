@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from moe2dense_core.io.atomic import atomic_path
 from tasks.artifact_manifest import (
     ArtifactManifest,
     ArtifactNotFoundError,
@@ -26,38 +26,22 @@ from tasks.artifact_manifest import (
     StorageError,
     check_kind,
     check_name,
-    iter_chunks,
+    copy_hashing,
+    hash_stream,
     list_directory,
+    materialize,
+    ref_under,
     verify_against,
 )
 
 
-def copy_hashing(source: BinaryIO, target: Path) -> tuple[int, str]:
-    """Stream `source` into a new file `target` (fsynced); return (size, sha256) of what was written."""
-    digest, size = hashlib.sha256(), 0
-    with open(target, "xb") as out:
-        for chunk in iter_chunks(source):
-            digest.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` (fsynced) via a temporary sibling and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(data)
         out.flush()
         os.fsync(out.fileno())
-    return size, digest.hexdigest()
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary sibling and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class LocalArtifactStore:
@@ -143,10 +127,7 @@ class LocalArtifactStore:
         return self._path(ref).as_uri()
 
     def ref_from_uri(self, uri: str) -> ArtifactRef:
-        prefix = self.root.as_uri() + "/"
-        if not uri.startswith(prefix):
-            raise StorageError(f"URI {uri!r} is not inside this store ({prefix})")
-        ref = ArtifactRef.from_key(uri[len(prefix):])
+        ref = ref_under(uri, self.root.as_uri() + "/")
         self.manifest(ref)
         return ref
 
@@ -168,37 +149,22 @@ class LocalArtifactStore:
 
     def get(self, ref: ArtifactRef, dest: Path | str) -> Path:
         """Copy the payload to `dest` (a new file or folder path), verifying every file's sha256."""
-        dest = Path(dest)
-        if dest.exists():
-            raise StorageError(f"get {ref.key}: destination {dest} already exists")
         manifest = self.manifest(ref)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial"
-        try:
-            for entry in manifest.files:
-                target = staging if manifest.layout == "file" else staging / entry.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with self.open(ref, None if manifest.layout == "file" else entry.path) as source:
-                    size, sha = copy_hashing(source, target)
-                verify_against(manifest, entry, size, sha, str(self._path(ref)))
-            os.rename(staging, dest)
-        finally:
-            if staging.is_dir():
-                shutil.rmtree(staging, ignore_errors=True)
-            elif staging.exists():
-                staging.unlink()
-        return dest
+
+        def copy_entry(entry: ManifestFile, target: Path) -> None:
+            with self.open(ref, None if manifest.layout == "file" else entry.path) as source:
+                size, sha = copy_hashing(source, target)
+            verify_against(manifest, entry, size, sha, str(self._path(ref)))
+
+        return materialize(manifest, dest, copy_entry)
 
     def verify(self, ref: ArtifactRef, manifest: ArtifactManifest | None = None) -> None:
         """Re-hash every payload file; raise ArtifactIntegrityError on any mismatch."""
         manifest = manifest or self.manifest(ref)
         for entry in manifest.files:
             with self.open(ref, None if manifest.layout == "file" else entry.path) as stream:
-                digest, size = hashlib.sha256(), 0
-                for chunk in iter_chunks(stream):
-                    digest.update(chunk)
-                    size += len(chunk)
-            verify_against(manifest, entry, size, digest.hexdigest(), str(self._path(ref)))
+                size, sha = hash_stream(stream)
+            verify_against(manifest, entry, size, sha, str(self._path(ref)))
 
     # ---- paths -----------------------------------------------------------------------------------
     def _path(self, ref: ArtifactRef) -> Path:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,9 +40,11 @@ from tasks.artifact_manifest import (
     StorageError,
     check_kind,
     check_name,
-    file_sha256,
-    iter_chunks,
+    copy_hashing,
     list_directory,
+    manifest_file,
+    materialize,
+    ref_under,
     verify_against,
 )
 from tasks.local_store import LocalArtifactStore, write_bytes_atomic
@@ -111,7 +111,7 @@ class S3ArtifactStore:
         if not path.is_file():
             raise StorageError(f"put_file: {path} is not a file")
         name = check_name(name or path.name)
-        entry = file_sha256(path).model_copy(update={"path": name})
+        entry = manifest_file(path, name)
         manifest = ArtifactManifest.build(check_kind(kind), name, "file", [entry])
         return self._upload(manifest, {entry.path: path})
 
@@ -120,7 +120,7 @@ class S3ArtifactStore:
         name = check_name(name or path.name)
         check_kind(kind)
         sources = {p.relative_to(path).as_posix(): p for p in list_directory(path)}
-        entries = [file_sha256(p).model_copy(update={"path": rel}) for rel, p in sources.items()]
+        entries = [manifest_file(p, relative) for relative, p in sources.items()]
         return self._upload(ArtifactManifest.build(kind, name, "dir", entries), sources)
 
     def put_bytes(self, data: bytes, kind: str, name: str) -> ArtifactRef:
@@ -174,10 +174,7 @@ class S3ArtifactStore:
         return self._uri(self._key(ref.key))
 
     def ref_from_uri(self, uri: str) -> ArtifactRef:
-        root = self._uri(self._key("")).rstrip("/") + "/"
-        if not uri.startswith(root):
-            raise StorageError(f"URI {uri!r} is not inside this store ({root})")
-        ref = ArtifactRef.from_key(uri[len(root):])
+        ref = ref_under(uri, self._uri(self._key("")).rstrip("/") + "/")
         self.manifest(ref)
         return ref
 
@@ -194,28 +191,13 @@ class S3ArtifactStore:
 
     def get(self, ref: ArtifactRef, dest: Path | str) -> Path:
         """Download the payload to `dest` (a new file or folder path), verifying every file's sha256."""
-        dest = Path(dest)
-        if dest.exists():
-            raise StorageError(f"get {ref.key}: destination {dest} already exists")
         manifest = self.manifest(ref)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial"
-        try:
-            for entry in manifest.files:
-                target = staging if manifest.layout == "file" else staging / entry.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                key = self._payload_key(manifest, entry)
-                self.retry.run(
-                    lambda key=key, target=target, entry=entry: self._download(manifest, entry, key, target),
-                    f"download {self._uri(key)}",
-                )
-            os.rename(staging, dest)
-        finally:
-            if staging.is_dir():
-                shutil.rmtree(staging, ignore_errors=True)
-            elif staging.exists():
-                staging.unlink()
-        return dest
+
+        def download_entry(entry: ManifestFile, target: Path) -> None:
+            key = self._payload_key(manifest, entry)
+            self.retry.run(lambda: self._download(manifest, entry, key, target), f"download {self._uri(key)}")
+
+        return materialize(manifest, dest, download_entry)
 
     def fetch(self, ref: ArtifactRef, verify: bool = False) -> Path:
         """A verified local copy of the payload in the cache folder (downloaded once, then reused).
@@ -239,18 +221,11 @@ class S3ArtifactStore:
     def _download(self, manifest: ArtifactManifest, entry: ManifestFile, key: str, target: Path) -> None:
         target.unlink(missing_ok=True)
         body = self._call(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"], f"open {self._uri(key)}")
-        digest, size = hashlib.sha256(), 0
         try:
-            with open(target, "xb") as out:
-                for chunk in iter_chunks(body):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            size, sha = copy_hashing(body, target)
         finally:
             body.close()
-        verify_against(manifest, entry, size, digest.hexdigest(), self._uri(key))
+        verify_against(manifest, entry, size, sha, self._uri(key))
 
     # ---- keys and errors ---------------------------------------------------------------------------
     def _key(self, relative: str) -> str:

@@ -129,10 +129,11 @@ def train_teacher_task(
         TimeRemainingColumn(),
     )
     with Progress(*columns) as progress:
-        bar = progress.add_task(f"training the {config.kind} teacher", total=config.steps, loss=float("nan"))
-        return train_or_reuse_teacher(
-            corpus,
-            config,
-            Path(out_root),
-            on_step=lambda step, loss: progress.update(bar, completed=step + 1, loss=loss),
-        )
+        bars = []  # added on the first training step, so a reused teacher shows no empty bar
+
+        def on_step(step: int, loss: float) -> None:
+            if not bars:
+                bars.append(progress.add_task(f"training the {config.kind} teacher", total=config.steps, loss=loss))
+            progress.update(bars[0], completed=step + 1, loss=loss)
+
+        return train_or_reuse_teacher(corpus, config, Path(out_root), on_step=on_step)

@@ -26,6 +26,14 @@ TINY_TEACHER = dict(
 ANIMALS = ["cat", "dog", "bird", "fish", "horse", "mouse"]
 
 
+def animal_paragraphs(count: int) -> list[str]:
+    """`count` short synthetic English paragraphs (a tiny, learnable vocabulary) to train a teacher on."""
+    return [
+        f"The {ANIMALS[i % 6]} sat near the {ANIMALS[(i * 5 + 1) % 6]}. It was a quiet day number {i % 17}."
+        for i in range(count)
+    ]
+
+
 @dataclass(frozen=True)
 class TinyTeacher:
     path: Path
@@ -60,12 +68,7 @@ def make_tiny_teacher(root: Path) -> TinyTeacher:
     from tasks.teacher_training import TeacherModelConfig
 
     text = root / "text.txt"
-    text.write_text(
-        "\n\n".join(
-            f"The {ANIMALS[i % 6]} sat near the {ANIMALS[(i * 5 + 1) % 6]}. It was a quiet day number {i % 17}."
-            for i in range(3000)
-        )
-    )
+    text.write_text("\n\n".join(animal_paragraphs(3000)))
     corpus = write_corpus(CorpusSpec(source="files", paths=(text,), heldout_fraction=0.2), root / "corpus")
     teacher = train_or_reuse_teacher(corpus, TeacherModelConfig(**TINY_TEACHER), root / "teachers")
     return TinyTeacher(Path(teacher.path), text)

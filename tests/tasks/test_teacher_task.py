@@ -18,35 +18,15 @@ from tasks.teacher_training import (
     learning_rate,
     train_bpe_tokenizer,
 )
+from tests.flows.tiny_teacher import TINY_TEACHER, animal_paragraphs
 
-TINY = TeacherModelConfig(
-    vocab_size=300,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    num_experts=4,
-    top_k=2,
-    expert_width=16,
-    seq_len=16,
-    batch_size=8,
-    steps=40,
-    lr=1e-2,
-    warmup_steps=5,
-    eval_windows=8,
-)
+TINY = TeacherModelConfig(**{**TINY_TEACHER, "seq_len": 16, "steps": 40})
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    animals = ["cat", "dog", "bird", "fish", "horse", "mouse"]
-    paragraphs = [
-        f"The {animals[i % 6]} sat near the {animals[(i * 5 + 1) % 6]}. It was a quiet day number {i % 17}."
-        for i in range(600)
-    ]
-    (root / "text.txt").write_text("\n\n".join(paragraphs))
+    (root / "text.txt").write_text("\n\n".join(animal_paragraphs(600)))
     return write_corpus(
         CorpusSpec(source="files", paths=(root / "text.txt",), heldout_fraction=0.3), root / "out"
     )
