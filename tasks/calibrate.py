@@ -19,6 +19,7 @@ from moe2dense_core.distill.data import tokens_digest
 from moe2dense_core.stats.collect import collect_stats
 from tasks.caching import calibrate_key
 from tasks.corpus import token_rows
+from tasks.progress import report_progress
 from tasks.recipe import CalibrationConfig, StatisticsConfig
 from tasks.runtime import Runtime, log_token_input
 from tasks.source import SourceResult
@@ -77,6 +78,7 @@ def calibrate_task(
             mode=statistics.mode,
             dtype=DTYPES[statistics.dtype],
             device=resolve_device(statistics.device),
+            on_progress=lambda done, total: report_progress("calibrate", done, total),
         )
         with runtime.scratch("stats") as scratch:
             stats_digest = stats.save(scratch / "stats")

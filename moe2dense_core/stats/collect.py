@@ -15,7 +15,7 @@ Calibration data and size are not given by the paper [defined here: the caller c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,8 @@ from moe2dense_core.stats.layer_stats import StatsError
 from moe2dense_core.stats.streamed_teacher import StreamedTeacher
 
 Mode = Literal["in_memory", "layer_by_layer"]
+ProgressCallback = Callable[[int, int], None]
+"""on_progress(done, total): batches (in_memory) or decoder layers (layer_by_layer) finished so far."""
 
 
 def collect_stats(
@@ -46,6 +48,7 @@ def collect_stats(
     device: torch.device | str = "cpu",
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     revision: str | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> ExpertStats:
     """Run the teacher on `batches` (each a LongTensor [B, T] of token ids) and return its ExpertStats.
 
@@ -54,6 +57,8 @@ def collect_stats(
     dtype / device: where and in which precision a teacher read from a folder runs (a loaded model runs
     as it is); statistics are always accumulated in float64.
     max_chunk_bytes: bound on the float64 expert outputs / weights computed at once (see hooks.py).
+    on_progress: called as on_progress(done, total) after each batch (in_memory) or each decoder layer
+    (layer_by_layer), e.g. to draw a progress bar.
     """
     if mode not in ("in_memory", "layer_by_layer"):
         raise StatsError(f"mode must be 'in_memory' or 'layer_by_layer', got {mode!r}")
@@ -66,7 +71,7 @@ def collect_stats(
         config = _config_dict(model.config)
         spec = get_spec(config.get("model_type"))
         batches = validate_batches(batches, _vocab_size(config, "model.config"))
-        return _collect_in_memory(model, spec, config, batches, max_chunk_bytes)
+        return _collect_in_memory(model, spec, config, batches, max_chunk_bytes, on_progress)
 
     reader = CheckpointReader(resolve_model(model_dir_or_model, revision=revision))
     spec = get_spec(reader.model_type)
@@ -86,9 +91,11 @@ def collect_stats(
                 f"{reader.model_dir}: parameters missing from the checkpoint {sorted(info['missing_keys'])}, "
                 f"shape mismatches {sorted(info['mismatched_keys'])}"
             )
-        return _collect_in_memory(model, spec, reader.config, batches, max_chunk_bytes)
+        return _collect_in_memory(model, spec, reader.config, batches, max_chunk_bytes, on_progress)
     teacher = StreamedTeacher(reader, dtype=dtype, device=device)
-    return collect_layer_by_layer(teacher, spec, batches, max_chunk_bytes=max_chunk_bytes)
+    return collect_layer_by_layer(
+        teacher, spec, batches, max_chunk_bytes=max_chunk_bytes, on_progress=on_progress
+    )
 
 
 def validate_batches(batches: Iterable[torch.Tensor], vocab_size: int) -> list[torch.Tensor]:
@@ -120,6 +127,7 @@ def _collect_in_memory(
     config: dict[str, Any],
     batches: list[torch.Tensor],
     max_chunk_bytes: int,
+    on_progress: ProgressCallback | None = None,
 ) -> ExpertStats:
     """Each batch through the whole model in eval mode (a loaded model's train/eval mode is restored)."""
     stats = _empty_stats(spec, config)
@@ -128,8 +136,10 @@ def _collect_in_memory(
     model.eval()
     try:
         with torch.no_grad(), attach_stat_hooks(model, spec, stats, max_chunk_bytes=max_chunk_bytes):
-            for batch in batches:
+            for done, batch in enumerate(batches, start=1):
                 model.base_model(input_ids=batch.to(device), use_cache=False)
+                if on_progress is not None:
+                    on_progress(done, len(batches))
     finally:
         model.train(was_training)
     return stats
@@ -141,6 +151,7 @@ def collect_layer_by_layer(
     batches: list[torch.Tensor],
     *,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    on_progress: ProgressCallback | None = None,
 ) -> ExpertStats:
     """Layer-by-layer collection on validated batches: for decoder layer 0 … last MoE layer, materialise
     the layer, advance every batch's hidden states [B, T, H] through it under the stat hooks, free it."""
@@ -156,6 +167,8 @@ def collect_layer_by_layer(
                 for b, batch_calls in enumerate(calls):
                     args, kwargs = batch_calls[index]
                     hidden[b] = layer(hidden[b], *args, **kwargs)
+            if on_progress is not None:
+                on_progress(index + 1, last_moe + 1)
     return stats
 
 

@@ -169,3 +169,18 @@ def test_a_tensor_missing_outside_the_moe_blocks_is_an_error(mode: str, tmp_path
     index_path.write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"self_attn\.q_proj\.weight"):
         collect_stats(model_dir, token_batches(), mode=mode)  # type: ignore[arg-type]
+
+
+def test_progress_is_reported_per_batch_or_per_decoder_layer(checkpoints: dict[str, Path]) -> None:
+    batches = token_batches()
+    seen_batches: list[tuple[int, int]] = []
+    collect_stats(checkpoints["deepseek_v2"], batches, on_progress=lambda d, t: seen_batches.append((d, t)))
+    assert seen_batches == [(i, len(batches)) for i in range(1, len(batches) + 1)]
+    seen_layers: list[tuple[int, int]] = []
+    collect_stats(
+        checkpoints["deepseek_v2"], batches, mode="layer_by_layer",
+        on_progress=lambda d, t: seen_layers.append((d, t)),
+    )
+    config = json.loads((checkpoints["deepseek_v2"] / "config.json").read_text())
+    last = max(get_spec("deepseek_v2").dims(config).moe_layers) + 1
+    assert seen_layers == [(i, last) for i in range(1, last + 1)]
