@@ -77,7 +77,7 @@ def report_html(inputs: ReportInputs, has_curve: bool) -> str:
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style>
 </head><body><h1>moe2dense report: {e(inputs.recipe_name)}</h1>
 <h2>Lineage</h2><table>
-<tr><th>source</th><td>{e(source.model)} @ {e(str(source.revision))} ({e(source.model_type)}, E={source.num_experts}, k={source.top_k})</td></tr>
+<tr><th>source</th><td>{e(source.model)} @ {e(source.revision or "local folder")} ({e(source.model_type)}, E={source.num_experts}, k={source.top_k})</td></tr>
 <tr><th>snapshot digest</th><td><code>{e(source.snapshot_digest)}</code></td></tr>
 <tr><th>stats digest</th><td><code>{e(plan.stats_digest)}</code></td></tr>
 <tr><th>plan digest</th><td><code>{e(plan.plan_digest)}</code></td></tr>
