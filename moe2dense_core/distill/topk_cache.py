@@ -13,7 +13,6 @@ How the tail mass enters the loss: `moe2dense_core.distill.losses.topk_bucket_lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from moe2dense_core.distill.expanded_routing import expanded_teacher_routing
 from moe2dense_core.distill.precision import autocast, resolve_precision
 from moe2dense_core.errors import DistillError
 from moe2dense_core.io.atomic import atomic_path, atomic_write_text
+from moe2dense_core.io.digests import file_sha256
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -72,14 +72,6 @@ class TeacherTopK:
     def to(self, device: torch.device) -> TeacherTopK:
         return TeacherTopK(*(t.to(device, non_blocking=True) for t in
                              (self.input_ids, self.topk_ids, self.topk_logprobs, self.tail_logprob)))
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def teacher_topk(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, ...]:
@@ -148,7 +140,7 @@ def write_topk_cache(
                 with atomic_path(out / name) as tmp:
                     save_file(tensors, tmp, metadata={"first_row": str(first)})
                 shards.append(CacheShard(file=name, first_row=first, num_rows=rows.shape[0],
-                                         sha256=_sha256_file(out / name)))
+                                         sha256=file_sha256(out / name)))
     finally:
         teacher.train(was_training)
     manifest = TopKCacheManifest(
@@ -184,7 +176,7 @@ class TopKCache:
             path = directory / shard.file
             if not path.is_file():
                 raise DistillError(f"top-k cache shard {path} is missing")
-            if verify and _sha256_file(path) != shard.sha256:
+            if verify and file_sha256(path) != shard.sha256:
                 raise DistillError(f"top-k cache shard {path} does not match its sha256 in the manifest")
         return cls(directory, manifest)
 
