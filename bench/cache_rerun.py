@@ -40,9 +40,9 @@ def main() -> None:
     from flows.convert import convert_flow
     from flows.sweep import SweepGrid, SweepRecipe, sweep_flow
     from flows.teacher import TeacherRecipe, teacher_flow
+    from moe2dense_core.teacher import TeacherModelConfig
     from tasks.recipe_io import load_recipe
     from tasks.runtime import Runtime
-    from tasks.teacher_training import TeacherModelConfig
     from tasks.tracking import TAG_STAGE
 
     small = TeacherModelConfig(

@@ -5,8 +5,11 @@ BEFORE Prefect is imported, because Prefect reads its own settings at import tim
     moe2dense convert RECIPE [a.b=v ...] one conversion from a YAML recipe with dotted overrides
     moe2dense sweep RECIPE --scorer ... --k ... --grouping ... --scaling ... [a.b=v ...]
     moe2dense teacher [--steps N] [--dense] [--text FILE ...]
-    moe2dense watch --org Qwen --hub-url URL [--dry-run]
-    moe2dense deploy [--work-pool P] [--gpu-pool G] [--watch-cron CRON]
+    moe2dense watch [WATCH_FILE] [--dry-run]
+    moe2dense deploy [--work-pool P] [--gpu-pool G] [--gpu-pool-type process|docker|kubernetes]
+                     [--image I] [--recipe R [--override a.b=v ...]] [--watch-cron CRON] [--watch-config WATCH_FILE]
+    moe2dense worker [--pool P]          a process worker on the Prefect server the settings name
+    moe2dense stack up|status|down       Prefect + MLflow (+ S3) servers and a worker as local processes
     moe2dense ui                         Prefect server + MLflow UI over the local stores
     moe2dense report [RUN_ID]            recent conversions, or one run's numbers and report
     moe2dense schema                     the recipe's JSON schema
@@ -20,8 +23,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -65,21 +69,59 @@ def configure(home: Path | None):
 
 
 def load_recipe_or_exit(path: Path, overrides: list[str] | None):
-    """The validated recipe, or the field-path errors and exit code 2 — before any task runs."""
+    """The validated recipe (checked against a local teacher's config.json too), or the field-path
+    errors and exit code 2 — before any flow or task runs. Printed verbatim (no rich markup: the
+    message quotes the user's own text)."""
     from tasks.recipe import RecipeError
     from tasks.recipe_io import load_recipe
+    from tasks.recipe_teacher import check_recipe_fits_teacher
 
     try:
-        return load_recipe(path, overrides or [])
+        recipe = load_recipe(path, overrides or [])
+        check_recipe_fits_teacher(recipe, origin=str(path))
+        return recipe
     except (RecipeError, FileNotFoundError) as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
 @contextmanager
+def finished_task_runs(on_finished: Callable[[str], None]) -> Iterator[None]:
+    """Call on_finished(task run name) for each task run Prefect reports finished (its log line)."""
+
+    class FinishedTaskRuns(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Finished in state" in record.getMessage():
+                on_finished(getattr(record, "task_run_name", "stage"))
+
+    handler, task_logger = FinishedTaskRuns(), logging.getLogger("prefect.task_runs")
+    task_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        task_logger.removeHandler(handler)
+
+
+@contextmanager
 def stage_progress(description: str, total: int) -> Iterator[None]:
-    """A rich progress bar over a flow's stages, advanced by each task run Prefect reports finished,
-    plus a bar of steps for each long stage that reports them (tasks.progress)."""
+    """Progress over a flow's `total` stages, advanced by each task run Prefect reports finished.
+
+    On a terminal: a rich bar over the stages plus a bar of steps for each long stage that reports
+    them (tasks.progress). Otherwise (CI logs, pipes, where rich would draw only at the end): one plain
+    line per finished stage, `converting: 3/10 stages done (plan-0a1), elapsed 0:01:05`; the long
+    stages log their own throttled step lines (stage, step/total, tokens/s, ETA) through Prefect's
+    task-run logger (tasks.progress)."""
+    if not console.is_terminal:
+        started, done = time.monotonic(), [0]
+
+        def print_line(name: str) -> None:
+            done[0] += 1
+            elapsed = timedelta(seconds=round(time.monotonic() - started))
+            print(f"{description}: {done[0]}/{total} stages done ({name}), elapsed {elapsed}", flush=True)
+
+        with finished_task_runs(print_line):
+            yield
+        return
     from tasks.progress import PROGRESS_LOGGER
 
     progress = Progress(
@@ -92,12 +134,6 @@ def stage_progress(description: str, total: int) -> Iterator[None]:
     )
     bar = progress.add_task(description, total=total)
 
-    class FinishedTaskRuns(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "Finished in state" in record.getMessage():
-                name = getattr(record, "task_run_name", "stage")
-                progress.update(bar, advance=1, description=f"{description}: {name} done")
-
     class StageSteps(logging.Handler):
         """One bar per long stage, from the steps tasks report on `moe2dense.progress`."""
 
@@ -109,16 +145,20 @@ def stage_progress(description: str, total: int) -> Iterator[None]:
                 self.bars[stage] = progress.add_task(f"  {stage} steps", total=total)
             progress.update(self.bars[stage], completed=step, total=total)
 
-    handler, steps = FinishedTaskRuns(), StageSteps()
-    task_logger = logging.getLogger("prefect.task_runs")
-    task_logger.addHandler(handler)
+    def advance(name: str) -> None:
+        progress.update(bar, advance=1, description=f"{description}: {name} done")
+
+    steps = StageSteps()
     PROGRESS_LOGGER.addHandler(steps)
     try:
-        with progress:
+        with finished_task_runs(advance), progress:
             yield
     finally:
-        task_logger.removeHandler(handler)
         PROGRESS_LOGGER.removeHandler(steps)
+
+
+TEACHER_FLOW_STAGES = 2
+"""Task runs of the teacher flow: corpus, MoE teacher (+ 1 with the dense teacher)."""
 
 
 def convert_stage_count(recipe) -> int:
@@ -159,12 +199,11 @@ def demo(
     settings = configure(home)
     from flows.convert import convert_flow
     from flows.teacher import TeacherRecipe, teacher_flow
-    from tasks.teacher_training import TeacherModelConfig
+    from moe2dense_core.teacher import TeacherModelConfig
 
     model = TeacherModelConfig() if steps is None else TeacherModelConfig(steps=steps)
-    teacher = teacher_flow(
-        TeacherRecipe(model=model, output_dir=settings.home / "teachers", show_progress=True)
-    )
+    with stage_progress("teacher", TEACHER_FLOW_STAGES):
+        teacher = teacher_flow(TeacherRecipe(model=model, output_dir=settings.home / "teachers"))
     recipe = load_recipe_or_exit(DEMO_RECIPE, [f"source.model={teacher.moe.path}"])
     with stage_progress("converting", convert_stage_count(recipe)):
         result = convert_flow(recipe)
@@ -221,20 +260,14 @@ def teacher(
     """Train (or reuse) the small MoE teacher, and optionally the dense one."""
     settings = configure(home)
     from flows.teacher import TeacherRecipe, teacher_flow
+    from moe2dense_core.teacher import TeacherModelConfig
     from tasks.corpus import CorpusSpec
-    from tasks.teacher_training import TeacherModelConfig
 
     corpus = CorpusSpec(source="files", paths=tuple(text)) if text else CorpusSpec()
     model = TeacherModelConfig() if steps is None else TeacherModelConfig(steps=steps)
-    result = teacher_flow(
-        TeacherRecipe(
-            corpus=corpus,
-            model=model,
-            train_dense=dense,
-            output_dir=settings.home / "teachers",
-            show_progress=True,
-        )
-    )
+    recipe = TeacherRecipe(corpus=corpus, model=model, train_dense=dense, output_dir=settings.home / "teachers")
+    with stage_progress("teacher", TEACHER_FLOW_STAGES + dense):
+        result = teacher_flow(recipe)
     for label, trained in (("MoE", result.moe), ("dense", result.dense)):
         if trained is not None:
             console.print(
@@ -244,28 +277,35 @@ def teacher(
 
 @app.command()
 def watch(
-    org: Annotated[list[str] | None, typer.Option(help="Organisations to watch (repeat).")] = None,
-    hub_url: Annotated[str | None, typer.Option(help="Hub API base URL.")] = None,
-    pattern: Annotated[str | None, typer.Option(help="Regular expression on model ids.")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="Recipe template of each conversion.")] = None,
-    deployment: Annotated[str | None, typer.Option(help="Deployment that converts, flow/name.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="List what would be converted; trigger nothing.")] = False,
+    config: Annotated[
+        Path | None, typer.Argument(help="Watch file (configs/watch.example.yaml); none: nothing is watched.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="List what would be converted and what is skipped; trigger nothing.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
-    """Find new MoE releases on the hub and trigger `convert` runs for them."""
+    """Trigger `convert` runs for new releases of the organisations a watch file names."""
     configure(home)
-    from flows.watch import WatchConfig, watch_flow
+    from flows.watch import NOTHING_WATCHED, recipe_template, watch_flow
+    from flows.watch_config import WatchConfigError, load_watch_config
 
-    given = {
-        "organisations": tuple(org) if org else None,
-        "hub_url": hub_url,
-        "name_pattern": pattern,
-        "recipe": recipe,
-        "deployment": deployment,
-        "dry_run": dry_run,
-    }
-    report = watch_flow(WatchConfig(**{name: value for name, value in given.items() if value is not None}))
-    console.print(report.model_dump_json(indent=2))
+    if config is None:
+        console.print(NOTHING_WATCHED)
+        return
+    try:
+        parsed = load_watch_config(config)
+        for entry in parsed.entries:  # every recipe checked before the flow reads the hub
+            recipe_template(entry)
+    except WatchConfigError as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    report = watch_flow(parsed, dry_run=dry_run)
+    for release in report.to_convert:
+        run = "would convert" if dry_run else f"flow run {report.triggered[release]} converts"
+        console.print(f"{run} {release}", soft_wrap=True, markup=False)
+    for release, reason in report.skipped.items():
+        console.print(f"skipped {release}: {reason}", soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -277,22 +317,149 @@ def deploy(
         str | None, typer.Option(help="Work pool for convert / sweep / teacher (team stack).")
     ] = None,
     watch_cron: Annotated[str, typer.Option(help="Cron schedule of watch.")] = "0 */6 * * *",
+    watch_config: Annotated[
+        Path | None, typer.Option(help="Watch file of the scheduled watch; none: nothing is watched.")
+    ] = None,
+    gpu_pool_type: Annotated[
+        str, typer.Option(help="Type of the GPU pool when it is created: process, docker or kubernetes.")
+    ] = "process",
+    image: Annotated[
+        str | None, typer.Option(help="Worker image of a docker / kubernetes GPU pool (default: the template's).")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe pre-filling convert's form (relative paths made absolute).")
+    ] = None,
+    override: Annotated[
+        list[str] | None, typer.Option(help="Dotted override of --recipe (repeat), e.g. source.model=/srv/moe.")
+    ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Register convert, sweep, teacher and the scheduled watch on the Prefect API in the settings."""
-    settings = configure(home)
+    """Register convert, sweep, teacher and the scheduled watch on the Prefect server in the settings."""
+    settings = require_prefect_server(configure(home), "deployments")
+    if gpu_pool_type not in ("process", "docker", "kubernetes"):
+        console.print(f"[red]--gpu-pool-type {gpu_pool_type!r}: choose process, docker or kubernetes[/red]")
+        raise typer.Exit(2)
+    default_recipe = load_recipe_or_exit(recipe, override) if recipe else None
+    from flows.deploy import deploy_all
+    from flows.watch_config import WatchConfigError, load_watch_config
+
+    try:
+        watched = load_watch_config(watch_config) if watch_config else None
+    except WatchConfigError as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    ids = deploy_all(
+        work_pool=work_pool,
+        gpu_pool=gpu_pool,
+        gpu_pool_type=gpu_pool_type,
+        watch_cron=watch_cron,
+        watch_config=watched,
+        recipe=default_recipe,
+        image=image,
+        process_home=settings.home,
+    )
+    console.print(f"registered {len(ids)} deployments on {settings.prefect_api_url}")
+    console.print(f"start a worker where moe2dense is installed: moe2dense worker --pool {gpu_pool or work_pool}")
+
+
+def require_prefect_server(settings, needs: str):
+    """The settings, or exit 2 saying how to name a Prefect server when they name none."""
     if settings.prefect_api_url is None:
         console.print(
-            "[yellow]No Prefect server configured (MOE2DENSE_PREFECT_API_URL); "
-            "deployments need one: start `moe2dense ui` and set it.[/yellow]"
+            f"[red]{needs} need a Prefect server and none is configured: set PREFECT_API_URL (or "
+            "MOE2DENSE_PREFECT_API_URL, or a settings file), or start one: `moe2dense stack up`.[/red]"
         )
         raise typer.Exit(2)
-    from flows.deploy import deploy_all
+    return settings
 
-    ids = deploy_all(work_pool=work_pool, gpu_pool=gpu_pool, watch_cron=watch_cron)
-    console.print(
-        f"registered {len(ids)} deployments; start a worker: prefect worker start --pool {work_pool}"
-    )
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="Process work pool to poll (created when missing).")] = "moe2dense-process",
+    name: Annotated[str | None, typer.Option(help="Worker name (default: Prefect's).")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Run a Prefect process worker on the server the settings name; its flow runs get these settings."""
+    settings = require_prefect_server(configure(home), "workers")
+    from tasks.local_stack import worker_argv
+
+    argv = worker_argv(pool, name)
+    console.print(f"worker for pool {pool} on {settings.prefect_api_url}; home {settings.home.resolve()}")
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # configure() put the settings into this environment; flow runs inherit it
+
+
+stack_app = typer.Typer(
+    help="The team stack as local processes on 127.0.0.1 (no Docker): Prefect server, MLflow server, "
+    "an optional S3 server (moto) and a process worker, with logs and PIDs under <home>/stack.",
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
+
+
+def print_stack(statuses) -> None:
+    table = Table("service", "state", "pid", "URL", "log")
+    for status in statuses:
+        state = "[green]running[/green]" if status.running else "[red]stopped[/red]"
+        table.add_row(status.name, state, str(status.pid or ""), status.url, str(status.log))
+    console.print(table)
+
+
+@stack_app.command("up")
+def stack_up(
+    prefect_port: Annotated[int | None, typer.Option(help="Prefect server (UI and API) port [4200].")] = None,
+    mlflow_port: Annotated[int | None, typer.Option(help="MLflow server port [5000].")] = None,
+    s3: Annotated[
+        bool | None, typer.Option(help="Also run an S3 server (moto) holding the artifacts [no].")
+    ] = None,
+    s3_port: Annotated[int, typer.Option(help="S3 server port.")] = 9000,
+    pool: Annotated[str | None, typer.Option(help="Work pool of the worker [moe2dense-process].")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Start every stack service that is not running, each health-checked; print where they are.
+    Options not given keep the values of the last `up` (then the defaults in brackets)."""
+    settings = configure(home)
+    from dataclasses import asdict
+
+    from tasks.local_stack import LocalStack, StackConfig, StackError
+    from tasks.processes import ProcessError
+
+    stack = LocalStack(settings.home / "stack")
+    given = {"prefect_port": prefect_port, "mlflow_port": mlflow_port, "work_pool": pool}
+    chosen = {name: value for name, value in given.items() if value is not None}
+    if s3 is not None:
+        chosen["s3_port"] = s3_port if s3 else None
+    config = StackConfig(**(asdict(stack.saved_config() or StackConfig()) | chosen))
+    try:
+        statuses = stack.up(config)
+    except (StackError, ProcessError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    print_stack(statuses)
+    print(f"Prefect UI: {config.prefect_api_url.removesuffix('/api')}   MLflow UI: {config.mlflow_url}")
+    print(f"use it: export MOE2DENSE_SETTINGS_FILE={stack.settings_file}   (then e.g. moe2dense deploy)")
+
+
+@stack_app.command("status")
+def stack_status(home: HomeOption = None) -> None:
+    """Each stack service: running or not, pid, URL, log (exit 1 unless all run)."""
+    settings = configure(home)
+    from tasks.local_stack import LocalStack
+
+    statuses = LocalStack(settings.home / "stack").status()
+    print_stack(statuses)
+    if not all(status.running for status in statuses):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down(home: HomeOption = None) -> None:
+    """Stop the stack's services (worker first)."""
+    settings = configure(home)
+    from tasks.local_stack import LocalStack
+
+    stopped = LocalStack(settings.home / "stack").down()
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @app.command()

@@ -4,7 +4,7 @@ Read top to bottom. Each stage is a cached Prefect task (tasks/<stage>.py) with 
 flow opens the MLflow parent run, each task its nested stage run.
 
     source      resolve + validate + digest the teacher snapshot
-    (check)     the plan request fits the teacher (K ≥ k, K ≤ E, …) — refused before calibration
+    (check)     the recipe fits the teacher's config (K ≥ k, K ≤ E, k' ≤ E, …) — refused before calibration
     calibrate   expert statistics on calibration text            (the expensive read of the teacher)
     plan        scores → kept experts → groups → scales          (cheap; pure)
     assemble    the dense Hugging Face checkpoint
@@ -23,14 +23,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from moe2dense_core.plan import validate_plan_config
 from tasks.assemble import CheckpointResult, assemble_task
 from tasks.calibrate import CalibrationResult, calibrate_task
 from tasks.distill import distill_task
 from tasks.evaluate import EvalTarget, EvaluationResult, evaluate_task
 from tasks.plan import PlanResult, plan_task
 from tasks.recipe import Recipe
+from tasks.recipe_teacher import check_recipe_fits_teacher
 from tasks.report import ReportInputs, register_task, report_task
+from tasks.result_storage import ensure_result_storage
 from tasks.runtime import Runtime
 from tasks.source import SourceResult, source_task
 from tasks.tracking import parent_run
@@ -53,6 +54,7 @@ class ConvertResult(BaseModel):
 
 @flow(name="convert", log_prints=True)
 def convert_flow(recipe: Recipe) -> ConvertResult:
+    ensure_result_storage()  # the stage tasks persist their results in the artifact store
     runtime = Runtime.from_environment()
     with parent_run(
         runtime.client,
@@ -64,7 +66,7 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
     ) as parent:
         link_mlflow_run(runtime, parent.run_id)
         source = source_task(recipe.source)
-        validate_plan_config(recipe.plan, source.num_experts, source.top_k)
+        check_recipe_fits_teacher(recipe, source.local_path)
         calibration = calibrate_task(source, recipe.calibration, recipe.statistics, parent.run_id)
         plan = plan_task(source, calibration, recipe.plan, parent.run_id)
         assembled = assemble_task(source, plan, recipe.storage, parent.run_id)

@@ -28,6 +28,7 @@ from tasks.distill import distill_task
 from tasks.evaluate import EvalTarget, evaluate_task
 from tasks.plan import plan_task
 from tasks.recipe import Recipe
+from tasks.result_storage import ensure_result_storage
 from tasks.runtime import Runtime
 from tasks.source import source_task
 from tasks.tracking import parent_run
@@ -87,6 +88,7 @@ class SweepResult(BaseModel):
 @flow(name="sweep", log_prints=True)
 def sweep_flow(sweep: SweepRecipe) -> SweepResult:
     recipe = sweep.recipe
+    ensure_result_storage()  # the stage tasks persist their results in the artifact store
     runtime = Runtime.from_environment()
     with parent_run(
         runtime.client,

@@ -18,9 +18,10 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, ConfigDict
 
+from moe2dense_core.teacher import TeacherModelConfig
 from tasks.corpus import CorpusSpec, prepare_corpus_task
+from tasks.redaction import install_environment_redaction
 from tasks.teacher import TeacherResult, train_teacher_task
-from tasks.teacher_training import TeacherModelConfig
 
 
 class TeacherRecipe(BaseModel):
@@ -32,7 +33,6 @@ class TeacherRecipe(BaseModel):
     model: TeacherModelConfig = TeacherModelConfig()
     train_dense: bool = False
     output_dir: Path = Path(".moe2dense/teachers")
-    show_progress: bool = False
 
 
 class TeacherFlowResult(BaseModel):
@@ -50,17 +50,14 @@ DEFAULT_TEACHER_RECIPE = TeacherRecipe()
 
 @flow(name="teacher", log_prints=True)
 def teacher_flow(recipe: TeacherRecipe = DEFAULT_TEACHER_RECIPE) -> TeacherFlowResult:
+    install_environment_redaction()
     root = str(recipe.output_dir)
     corpus = prepare_corpus_task(recipe.corpus, root)
-    moe = train_teacher_task(
-        corpus, recipe.model.model_copy(update={"kind": "moe"}), root, recipe.show_progress
-    )
+    moe = train_teacher_task(corpus, recipe.model.model_copy(update={"kind": "moe"}), root)
     print(f"MoE teacher: {moe.path} (held-out perplexity {moe.heldout_perplexity:.1f}, reused={moe.reused})")
     dense = None
     if recipe.train_dense:
-        dense = train_teacher_task(
-            corpus, recipe.model.model_copy(update={"kind": "dense"}), root, recipe.show_progress
-        )
+        dense = train_teacher_task(corpus, recipe.model.model_copy(update={"kind": "dense"}), root)
         print(f"dense teacher: {dense.path} (held-out perplexity {dense.heldout_perplexity:.1f})")
     return TeacherFlowResult(
         moe=moe,

@@ -1,18 +1,25 @@
 """Flow `watch`: find new MoE releases on the model hub and start a `convert` run for each one.
 
+Nothing is watched until configured (flows/watch_config.py; example: configs/watch.example.yaml).
 Read top to bottom:
-1. releases: for each organisation, the newest models whose id matches `name_pattern`, read at
-   `revision` (commit sha + `config.model_type`), keeping supported MoE architectures only;
-2. converted: a release counts as converted when the MLflow Model Registry holds a version tagged
-   with its id and that commit sha (`tasks.tracking.converted_versions`);
-3. in flight: a release whose `convert` flow run (tag `moe2dense.source=<id>@<sha>`) is scheduled,
-   pending, running or completed is not started again, so running watch twice starts nothing twice;
-4. trigger: the recipe template with `source.model`, `source.revision` and `name` filled in is
-   validated, then `run_deployment(<deployment>, {"recipe": …}, timeout=0)` schedules the conversion.
+1. templates: every entry's recipe (an absolute path, or a stored artifact URI fetched from the store) is
+   validated with the entry's overrides — a bad entry fails here, before any hub call;
+2. releases: per entry, the newest `limit` models of its organisation whose id matches `name_pattern`,
+   read at `revision` resolved to its commit sha (tasks/hub.py); everything below is keyed `<id>@<sha>`;
+3. screen: skipped with the reason when `config.model_type` is not in the entry's architecture filter,
+   or the size (parameters / safetensors bytes) is over the entry's limit or not reported by the hub;
+4. converted: skipped when the MLflow Model Registry holds a version tagged with this id and commit sha
+   (`tasks.tracking.converted_versions`) — so a new commit of a converted model is converted again;
+5. in flight: skipped when a `convert` flow run tagged `moe2dense.source=<id>@<sha>` is scheduled,
+   pending, running or completed, so running watch twice starts nothing twice;
+6. trigger: the entry's recipe with `source.model`, `source.revision=<sha>` and `name` filled in (all
+   validated before the first trigger) goes to `run_deployment(<deployment>, {"recipe": …}, timeout=0)`;
+   a dry run lists what would be converted and what is skipped, and triggers nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -28,70 +35,81 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, SecretStr
 
-from moe2dense_core.arch import supported_model_types
-from tasks.hub import DEFAULT_HUB_URL, HubClient, HubModel
-from tasks.recipe import Recipe
+from flows.watch_config import WatchConfig, WatchConfigError, WatchEntry
+from tasks.hub import HubClient, HubModel
+from tasks.recipe import Recipe, RecipeError
 from tasks.recipe_io import load_recipe
+from tasks.redaction import install_environment_redaction
 from tasks.runtime import transient_failure
 from tasks.settings import Settings
+from tasks.storage import StorageError, open_artifact_store
 from tasks.tracking import converted_versions, tracking_client
 
 FINISHED_UNSUCCESSFULLY = [StateType.FAILED, StateType.CANCELLED, StateType.CRASHED]
-
-
-class WatchConfig(BaseModel):
-    """Which releases to look for and which deployment converts them.
-
-    model_types: architectures to convert; None = every family moe2dense supports.
-    recipe: YAML recipe used as the template of each conversion (plus `recipe_overrides`).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hub_url: str = DEFAULT_HUB_URL
-    organisations: tuple[str, ...] = Field(
-        default=("Qwen", "deepseek-ai", "openai", "mistralai", "allenai"), min_length=1
-    )
-    name_pattern: str = ".*"
-    model_types: tuple[str, ...] | None = None
-    revision: str = "main"
-    limit: int = Field(default=50, ge=1)
-    recipe: Path = Path("configs/demo.yaml")
-    recipe_overrides: tuple[str, ...] = ()
-    deployment: str = "convert/default"
-    dry_run: bool = False
-
-    @field_validator("name_pattern")
-    @classmethod
-    def _compiles(cls, pattern: str) -> str:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"not a regular expression: {error}") from None
-        return pattern
-
-    @field_validator("model_types")
-    @classmethod
-    def _supported(cls, model_types: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        unknown = sorted(set(model_types or ()) - set(supported_model_types()))
-        if unknown:
-            raise ValueError(f"{unknown} are not supported; supported: {supported_model_types()}")
-        return model_types
+NOTHING_WATCHED = "no watch entries configured: nothing is watched (example: configs/watch.example.yaml)"
 
 
 class WatchReport(BaseModel):
-    """What one watch run saw and did (ids as `<model id>@<sha>`; triggered maps to flow-run ids)."""
+    """What one watch run decided, releases named `<model id>@<commit sha>`.
 
-    releases: list[str]
-    converted: list[str]
-    in_flight: list[str]
-    triggered: dict[str, str]
+    to_convert: every release that passed all checks (triggered unless dry_run); triggered: release →
+    flow-run id; skipped: release → reason.
+    """
+
+    dry_run: bool
+    to_convert: list[str] = []
+    triggered: dict[str, str] = {}
+    skipped: dict[str, str] = {}
 
 
 def release_tag(release: HubModel) -> str:
-    return f"moe2dense.source={release.id}@{release.sha}"
+    return f"moe2dense.source={release.label}"
+
+
+def recipe_template(entry: WatchEntry) -> Path:
+    """The entry's recipe as a local file, checked by pinning it to a placeholder release.
+
+    Raises WatchConfigError naming the entry when the stored recipe is missing or the recipe is invalid."""
+    try:
+        if entry.is_stored_recipe:
+            store = open_artifact_store(Settings())
+            template = store.fetch(store.ref_from_uri(entry.recipe))
+        else:
+            template = Path(entry.recipe)
+        conversion_recipe(HubModel(id=f"{entry.organisation}/template-check", sha="0" * 40), entry, template)
+    except (RecipeError, StorageError) as error:
+        raise WatchConfigError(f"watch entry {entry.label}: {error}") from None
+    return template
+
+
+def conversion_recipe(release: HubModel, entry: WatchEntry, template: Path) -> Recipe:
+    """The template recipe pointed at this release's commit (validated: a bad template fails here).
+    Values are JSON-quoted so YAML keeps an all-digit sha a string."""
+    name = re.sub(r"[^\w.-]", "_", release.id)
+    pinned = {"source.model": release.id, "source.revision": release.sha, "name": name}
+    return load_recipe(template, [*entry.recipe_overrides, *(f"{k}={json.dumps(v)}" for k, v in pinned.items())])
+
+
+def skip_reason(entry: WatchEntry, release: HubModel) -> str | None:
+    """Why the entry's filters refuse this release (architecture, then size); None when it passes."""
+    wanted = entry.wanted_model_types
+    if release.model_type not in wanted:
+        return (
+            f"unsupported architecture: model_type {release.model_type!r} "
+            f"(architectures {list(release.architectures)}) is not one of {list(wanted)}"
+        )
+    limits = (
+        ("parameters", entry.max_parameters, release.num_parameters),
+        ("checkpoint bytes", entry.max_checkpoint_bytes, release.checkpoint_bytes),
+    )
+    for measure, limit, size in limits:
+        if limit is not None and size is None:
+            return f"size unknown: the hub reports no {measure} (limit {limit:,})"
+        if limit is not None and size > limit:
+            return f"too large: {size:,} {measure} > limit {limit:,}"
+    return None
 
 
 @task(
@@ -101,43 +119,32 @@ def release_tag(release: HubModel) -> str:
     retry_delay_seconds=[2, 10, 30],
     retry_condition_fn=transient_failure,
 )
-def find_releases(config: WatchConfig) -> list[HubModel]:
-    """Supported MoE models of the organisations whose id matches the pattern, at `config.revision`."""
-    wanted_types = set(config.model_types or supported_model_types())
-    pattern = re.compile(config.name_pattern)
+def find_releases(entry: WatchEntry, hub_url: str) -> list[HubModel]:
+    """The entry organisation's newest models whose id matches the pattern, each resolved at
+    `entry.revision` to its commit sha with architecture and size."""
+    pattern = re.compile(entry.name_pattern)
     token = os.environ.get("HF_TOKEN")
-    releases = []
-    with HubClient(config.hub_url, SecretStr(token) if token else None) as hub:
-        for organisation in config.organisations:
-            for model_id in hub.list_model_ids(author=organisation, limit=config.limit):
-                if not pattern.search(model_id):
-                    continue
-                release = hub.model_info(model_id, config.revision)
-                if release.model_type in wanted_types:
-                    releases.append(release)
-    return releases
+    with HubClient(hub_url, SecretStr(token) if token else None) as hub:
+        model_ids = hub.list_model_ids(author=entry.organisation, limit=entry.limit)
+        return [hub.model_info(i, entry.revision) for i in model_ids if pattern.search(i)]
 
 
-@task(name="is-converted", cache_policy=NONE)
-def is_converted(release: HubModel) -> bool:
-    """True when the Model Registry has a dense model from this id at this commit sha."""
-    return bool(converted_versions(tracking_client(Settings()), release.id, release.sha))
+@task(name="converted-as", cache_policy=NONE)
+def converted_as(release: HubModel) -> str | None:
+    """`already converted …` when the Model Registry has a dense model from this id at this commit sha."""
+    versions = converted_versions(tracking_client(Settings()), release.id, release.sha)
+    registered = ", ".join(f"{v.name}/{v.version}" for v in versions)
+    return f"already converted at {release.sha}: {registered}" if versions else None
 
 
-def conversion_recipe(release: HubModel, config: WatchConfig) -> Recipe:
-    """The template recipe pointed at this release (validated: a bad template fails here)."""
-    name = re.sub(r"[^\w.-]", "_", release.id)
-    pinned = [f"source.model={release.id}", f"source.revision={release.sha}", f"name={name}"]
-    return load_recipe(config.recipe, [*config.recipe_overrides, *pinned])
-
-
-@task(name="is-in-flight", cache_policy=NONE)
-def is_in_flight(release: HubModel) -> bool:
-    """True when a flow run tagged with this release exists and did not fail, crash or get cancelled."""
+@task(name="in-flight-as", cache_policy=NONE)
+def in_flight_as(release: HubModel) -> str | None:
+    """`in flight …` when a flow run tagged with this release exists and did not fail, crash or get cancelled."""
     state_filter = FlowRunFilterState(type=FlowRunFilterStateType(not_any_=FINISHED_UNSUCCESSFULLY))
     flow_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[release_tag(release)]), state=state_filter)
     with get_client(sync_client=True) as client:
-        return bool(client.read_flow_runs(flow_run_filter=flow_filter, limit=1))
+        runs = client.read_flow_runs(flow_run_filter=flow_filter, limit=1)
+    return f"in flight: flow run {runs[0].id} ({runs[0].state_name})" if runs else None
 
 
 @task(name="trigger-conversion", cache_policy=NONE)
@@ -158,26 +165,29 @@ DEFAULT_WATCH_CONFIG = WatchConfig()
 
 
 @flow(name="watch", log_prints=True)
-def watch_flow(config: WatchConfig = DEFAULT_WATCH_CONFIG) -> WatchReport:
-    releases = find_releases(config)
-    label = {release: f"{release.id}@{release.sha}" for release in releases}
-    converted = [release for release in releases if is_converted(release)]
-    candidates = [release for release in releases if release not in converted]
-    in_flight = [release for release in candidates if is_in_flight(release)]
-    new = [release for release in candidates if release not in in_flight]
-    recipes = {
-        release: conversion_recipe(release, config) for release in new
-    }  # all validated before any trigger
-    triggered = {}
-    for release in new:
-        if config.dry_run:
-            print(f"would convert {label[release]}")
+def watch_flow(config: WatchConfig = DEFAULT_WATCH_CONFIG, dry_run: bool = False) -> WatchReport:
+    install_environment_redaction()
+    report = WatchReport(dry_run=dry_run)
+    if not config.entries:
+        print(NOTHING_WATCHED)
+        return report
+    templates = [recipe_template(entry) for entry in config.entries]
+    recipes: dict[HubModel, Recipe] = {}
+    for entry, template in zip(config.entries, templates, strict=True):
+        for release in find_releases(entry, config.hub_url):
+            if release.label in report.skipped or release in recipes:
+                continue  # an earlier entry decided
+            reason = skip_reason(entry, release) or converted_as(release) or in_flight_as(release)
+            if reason:
+                report.skipped[release.label] = reason
+                print(f"skip {release.label}: {reason}")
+            else:
+                recipes[release] = conversion_recipe(release, entry, template)
+    report.to_convert = [release.label for release in recipes]
+    for release, recipe in recipes.items():
+        if dry_run:
+            print(f"would convert {release.label}")
             continue
-        triggered[label[release]] = trigger_conversion(release, recipes[release], config.deployment)
-        print(f"scheduled conversion of {label[release]}: flow run {triggered[label[release]]}")
-    return WatchReport(
-        releases=[label[r] for r in releases],
-        converted=[label[r] for r in converted],
-        in_flight=[label[r] for r in in_flight],
-        triggered=triggered,
-    )
+        report.triggered[release.label] = trigger_conversion(release, recipe, config.deployment)
+        print(f"scheduled conversion of {release.label}: flow run {report.triggered[release.label]}")
+    return report

@@ -8,6 +8,8 @@
 
 Names are imported lazily on first use, so `import moe2dense_core` stays cheap (no transformers
 import until statistics are collected). The library never imports prefect, mlflow or boto3.
+No submodule is named like a public name: importing `moe2dense_core.<x>` binds the module as the
+package attribute `x`, which would shadow a lazily exported `x` (hence `convert` lives in conversion.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from moe2dense_core.arch.spec import get_spec, supported_model_types
     from moe2dense_core.assembly.checkpoint import AssemblyResult, assemble
-    from moe2dense_core.convert import convert
+    from moe2dense_core.conversion import convert
     from moe2dense_core.errors import (
         CheckpointError,
         Moe2DenseError,
@@ -38,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "LayerPlan": "moe2dense_core.plan",
     "assemble": "moe2dense_core.assembly.checkpoint",
     "AssemblyResult": "moe2dense_core.assembly.checkpoint",
-    "convert": "moe2dense_core.convert",
+    "convert": "moe2dense_core.conversion",
     "get_spec": "moe2dense_core.arch.spec",
     "supported_model_types": "moe2dense_core.arch.spec",
     "Moe2DenseError": "moe2dense_core.errors",

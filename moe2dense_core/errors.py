@@ -36,3 +36,8 @@ class DistillError(Moe2DenseError):
 
 class DataError(Moe2DenseError):
     """A text data spec names no usable text: missing files, an unknown format or column, no tokens."""
+
+
+class TeacherError(Moe2DenseError, ValueError):
+    """A from-scratch teacher cannot be trained as asked: empty documents, a token stream shorter than
+    one training window."""

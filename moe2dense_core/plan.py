@@ -2,7 +2,7 @@
 
 A plan is a pure function of statistics and a PlanConfig (plus expert weights for `weight_cluster`),
 and assembling is a pure function of plan + teacher weights. Plans round-trip through JSON and
-carry a `schema_version`.
+carry a `schema_version`; a plan of any other schema version is refused on load.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from moe2dense_core.arch import MoEDims, get_spec
 from moe2dense_core.errors import PlanError
 from moe2dense_core.grouping import ExpertWeightsFn, GroupingRequest, get_grouper, score_weighted
 from moe2dense_core.scaling import get_scaling, shared_scale
+from moe2dense_core.schema import check_schema_version
 from moe2dense_core.scoring import get_scorer, rank_experts, select_top_k
 from moe2dense_core.stats.layer_stats import LayerStats
 
@@ -97,6 +98,12 @@ class ConversionPlan(BaseModel):
     config: PlanConfig
     layers: list[LayerPlan]
     stats_digest: str | None = None
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _known_schema(cls, version: object) -> int:
+        """A plan of another schema version is refused (PlanError) before any other field is trusted."""
+        return check_schema_version(version, PLAN_SCHEMA_VERSION, "ConversionPlan", PlanError)
 
     def to_json(self) -> str:
         """The plan as indented JSON (what `from_json` reads back)."""

@@ -5,6 +5,12 @@ Layout of one artifact (same in a local folder and in a bucket, under the store'
     <kind>/<sha256>/<name>                  the payload: one file, or a folder of files
     <kind>/<sha256>/<name>.manifest.json    the manifest, written LAST: an artifact exists iff it does
 
+Keys: every key a store builds or reads (an artifact's, a payload file's inside a folder artifact, an
+S3 bucket prefix) passes `check_key`, the one rule of both stores: relative, '/'-separated, no empty,
+'.' or '..' segment, no backslash, no NUL or other control character, so nothing can name a file
+outside the store's root folder or bucket prefix. A manifest is read through `read_manifest`: its
+schema_version, every file path and its own reference are checked before it is used.
+
 Digest [defined here]:
 - a file: sha256 of its bytes;
 - a folder: sha256 of the canonical JSON `[[relative/posix/path, size, sha256], ...]` sorted by path,
@@ -25,10 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moe2dense_core.errors import Moe2DenseError
 from moe2dense_core.io.digests import file_sha256
+from moe2dense_core.schema import check_schema_version
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -48,6 +55,28 @@ class ArtifactNotFoundError(StorageError):
 
 class ArtifactIntegrityError(StorageError):
     """Stored bytes disagree with the manifest (size or sha256)."""
+
+
+class UnsafeKeyError(StorageError):
+    """A key or path would leave the store's root folder or bucket prefix (see `check_key`)."""
+
+
+def check_key(key: str, what: str = "artifact key") -> str:
+    """`key` if it names something strictly inside a store root / bucket prefix, else UnsafeKeyError.
+
+    Refused: empty, absolute (leading '/'), a backslash, a NUL or other control character, or an empty,
+    '.' or '..' segment between the '/' separators."""
+    problem = (
+        "is empty" if not key
+        else "is absolute" if key.startswith("/")
+        else "contains a backslash" if "\\" in key
+        else "contains a NUL or control character" if any(ord(c) < 32 or ord(c) == 127 for c in key)
+        else "has an empty, '.' or '..' segment" if any(part in ("", ".", "..") for part in key.split("/"))
+        else None
+    )
+    if problem is not None:
+        raise UnsafeKeyError(f"{what} {key!r} {problem}: it must stay inside the store")
+    return key
 
 
 @dataclass(frozen=True)
@@ -88,6 +117,11 @@ class ManifestFile(BaseModel):
     path: str
     size: int = Field(ge=0)
     sha256: str
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_artifact(cls, path: str) -> str:
+        return check_key(path, "manifest file path")
 
 
 class ArtifactManifest(BaseModel):
@@ -137,6 +171,24 @@ class ArtifactManifest(BaseModel):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(indent=2).encode()
+
+
+def read_manifest(data: bytes, ref: ArtifactRef, where: str) -> ArtifactManifest:
+    """The manifest stored at `where` for `ref`: StorageError unless it is JSON of the known
+    schema_version, every file path passes `check_key`, and it describes `ref` itself."""
+    try:
+        raw = json.loads(data)
+    except ValueError as error:
+        raise StorageError(f"{where}: manifest is not JSON ({error})") from None
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    check_schema_version(version, MANIFEST_SCHEMA_VERSION, where, StorageError)
+    try:
+        manifest = ArtifactManifest.model_validate(raw)
+    except ValidationError as error:
+        raise StorageError(f"{where}: invalid manifest: {error}") from None
+    if manifest.ref != ref:
+        raise StorageError(f"{where}: manifest describes {manifest.ref.key}, not {ref.key}")
+    return manifest
 
 
 def directory_digest(files: list[ManifestFile]) -> str:
@@ -223,14 +275,15 @@ def materialize(
     return dest
 
 
-def list_directory(root: Path) -> list[Path]:
-    """Every regular file under `root`, sorted; refuses an empty folder."""
+def list_directory(root: Path) -> dict[str, Path]:
+    """{relative posix path: file} for every regular file under `root`, sorted; refuses an empty
+    folder and a file name that is not a safe key (`check_key`), before anything is copied."""
     if not root.is_dir():
         raise StorageError(f"{root} is not a folder")
     files = sorted(p for p in root.rglob("*") if p.is_file())
     if not files:
         raise StorageError(f"folder {root} holds no files; an artifact needs at least one")
-    return files
+    return {check_key(p.relative_to(root).as_posix(), f"file in {root}"): p for p in files}
 
 
 def verify_against(manifest: ArtifactManifest, entry: ManifestFile, size: int, sha256: str, where: str) -> None:

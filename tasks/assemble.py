@@ -3,7 +3,7 @@
 `moe2dense_core.assemble` streams the teacher one layer at a time and writes safetensors shards,
 config, tokenizer, model card and provenance into a scratch folder; the folder goes to the artifact
 store (kind `dense-model`) and to the stage's MLflow run (`dense_model/`). checkpoint_digest = sha256
-of the canonical JSON of the shard digests. Cached on plan digest + snapshot digest + storage config.
+of the canonical JSON of the shard digests. Cached on plan digest + snapshot digest + dtype and shard size.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from moe2dense_core.plan import ConversionPlan
 from tasks.caching import assemble_key
 from tasks.plan import PlanResult
 from tasks.recipe import StorageConfig
+from tasks.result_storage import RESULT_STORAGE
 from tasks.runtime import Runtime
-from tasks.source import SourceResult
+from tasks.source import SourceResult, open_source
 
 MIB = 1024 * 1024
 
@@ -37,7 +38,7 @@ class CheckpointResult(BaseModel):
     stage: str
 
 
-@task(name="assemble", cache_key_fn=assemble_key, persist_result=True)
+@task(name="assemble", cache_key_fn=assemble_key, persist_result=True, result_storage=RESULT_STORAGE)
 def assemble_task(
     source: SourceResult, plan: PlanResult, storage: StorageConfig, parent_run_id: str
 ) -> CheckpointResult:
@@ -47,13 +48,14 @@ def assemble_task(
         runtime.stage(parent_run_id, "assemble", {"storage": storage}) as run,
         runtime.scratch("assemble") as scratch,
     ):
-        result = assemble(
-            source.local_path,
-            conversion,
-            scratch / "dense_model",
-            dtype=storage.checkpoint_dtype,
-            max_shard_bytes=storage.max_shard_size_mb * MIB,
-        )
+        with open_source(source) as teacher:  # recorded digests checked; validated once per process
+            result = assemble(
+                teacher,
+                conversion,
+                scratch / "dense_model",
+                dtype=storage.checkpoint_dtype,
+                max_shard_bytes=storage.max_shard_size_mb * MIB,
+            )
         ref = runtime.store.put_dir(result.out_dir, kind="dense-model", name="dense_model")
         run.log_artifact(result.out_dir)
         digest = snapshot_sha256(result.shard_digests)

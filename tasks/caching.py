@@ -1,35 +1,62 @@
 """Cache keys of the stage tasks (DESIGN.md "Stages and artifacts"), as Prefect `cache_key_fn`s.
 
-A key is sha256 over the canonical JSON of [stage, sha256(task source code), what the stage's output
-depends on] — content digests, never paths or run ids:
+A key is `moe2dense-<stage>-<sha256 of the canonical JSON of>`
 
-| stage     | key parts                                                          |
-|-----------|--------------------------------------------------------------------|
-| source    | hub id + revision; local folder: path + every file's (name, size, mtime)  |
-| calibrate | snapshot digest, calibration data spec + sizes, statistics config   |
-| plan      | stats digest, PlanConfig                                             |
-| assemble  | plan digest, snapshot digest, storage dtype / shard size            |
-| distill   | student digest, snapshot digest (online teacher), data spec, DistillConfig |
-| evaluate  | checkpoint digest, evaluation config                                |
-| report    | digests of every result it summarises                               |
+    [stage, code digest, artifact store identity, what the stage's output depends on]
 
-The task source is part of every key so a changed task never serves an old result. Results are
-persisted by Prefect (PREFECT_LOCAL_STORAGE_PATH in the embedded default); the artifacts they point at
-live in the artifact store.
+and what the output depends on enters by content digest, never by path or run id:
+
+| stage     | key parts (besides code digest and store identity)                                    |
+|-----------|----------------------------------------------------------------------------------------|
+| source    | hub: id + commit sha (a branch or tag name is not cached: it moves); local folder:    |
+|           | its absolute path + every file's (name, size, mtime_ns) [defined here, see below]      |
+| calibrate | snapshot digest, corpus digest of `calibration.data`, the rest of `calibration`,      |
+|           | statistics config                                                                      |
+| plan      | stats digest, snapshot digest (weight_cluster reads expert weights), PlanConfig        |
+| assemble  | plan digest, snapshot digest, checkpoint dtype + shard size (not the export folder)    |
+| distill   | student digest, snapshot digest (online teacher), corpus digest of `distillation.data`,|
+|           | the rest of `distillation`                                                             |
+| evaluate  | checkpoint digest, corpus digest of `evaluation.perplexity_data`, the rest of          |
+|           | `evaluation`, with each local downstream task file replaced by its sha256               |
+| report    | recipe digest, every result it summarises                                              |
+| register  | checkpoint digest, registered model name, MLflow tracking URI (where it registers)     |
+
+- code digest (`code_digest`, once per process): sha256 over every `.py` file of `moe2dense_core/` and
+  `tasks/` (relative path + bytes, sorted) and the installed versions of moe2dense, torch,
+  transformers and safetensors. Any library fix (a scorer, a grouper, assembly) re-runs every stage.
+- store identity (`store_identity`): `file://<absolute root>` for a local artifact root,
+  `s3://bucket/prefix @ endpoint` for S3. Results also live in that store (tasks/result_storage.py),
+  so switching stores never serves a result whose URIs point at the other one.
+- corpus digest: `tasks.corpus.corpus_digest`, the sha256 of the documents a CorpusSpec yields.
+- snapshot / stats / plan / checkpoint digests: the sha256s the upstream stages return.
+- local source folders [defined here]: (name, size, mtime_ns) of every file, so an untouched folder is
+  not re-hashed while any edit (which moves mtime) re-runs the stage; the folder's path is part of the
+  key because the result names it (`local_path`). The source stage's OUTPUT, the sha256 of every
+  file it reads, is what every later key uses.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import inspect
+import importlib.metadata
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-CACHE_KEY_VERSION = 1
+import moe2dense_core
+from moe2dense_core.io.digests import file_sha256
+from tasks.corpus import corpus_digest
+from tasks.settings import Settings
+
+TASKS_FOLDER = Path(__file__).resolve().parent
+LIBRARY_FOLDERS = (Path(moe2dense_core.__file__).resolve().parent, TASKS_FOLDER)
+KEYED_DISTRIBUTIONS = ("moe2dense", "torch", "transformers", "safetensors")
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def canonical(value: Any) -> Any:
@@ -43,50 +70,140 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def stage_key(stage: str, source_code: str, parts: list[Any]) -> str:
-    payload = json.dumps(
-        [CACHE_KEY_VERSION, stage, hashlib.sha256(source_code.encode()).hexdigest(), canonical(parts)],
+def library_digest(folders: Sequence[Path], versions: dict[str, str | None]) -> str:
+    """sha256 over (folder name / relative path, sha256 of the bytes) of every `.py` file, sorted, then
+    the distribution versions."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(f"{folder.name}/{path.relative_to(folder).as_posix()}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(json.dumps(versions, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """The library code every stage runs (module docstring); computed once per process (milliseconds)."""
+    return library_digest(LIBRARY_FOLDERS, {name: _version(name) for name in KEYED_DISTRIBUTIONS})
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def store_identity(settings: Settings) -> str:
+    """Which artifact store results and artifacts go to: local root as an absolute URI, or S3 root + endpoint."""
+    root = settings.resolved_artifact_root
+    if settings.uses_s3:
+        return f"{root} @ {settings.s3_endpoint_url or 'aws'}"
+    return Path(root).expanduser().resolve().as_uri()
+
+
+def key_payload(stage: str, parts: list[Any]) -> str:
+    """The canonical JSON a stage key hashes (settings read from the environment, as the tasks do)."""
+    return json.dumps(
+        [stage, code_digest(), store_identity(Settings()), canonical(parts)],
         sort_keys=True,
         separators=(",", ":"),
         default=str,
     )
-    return f"moe2dense-{stage}-{hashlib.sha256(payload.encode()).hexdigest()}"
 
 
-def cache_key(stage: str, parts: Callable[[dict[str, Any]], list[Any] | None]) -> Callable[..., str | None]:
+class StageKey:
     """A Prefect cache_key_fn: `parts(parameters)` picks what the output depends on (None: do not cache)."""
 
-    def key_fn(context: Any, parameters: dict[str, Any]) -> str | None:
-        chosen = parts(parameters)
-        if chosen is None:
+    def __init__(self, stage: str, parts: Callable[[dict[str, Any]], list[Any] | None]) -> None:
+        self.stage = stage
+        self.parts = parts
+        self.__name__ = f"{stage}_cache_key"
+
+    def payload(self, parameters: dict[str, Any]) -> str | None:
+        chosen = self.parts(parameters)
+        return None if chosen is None else key_payload(self.stage, chosen)
+
+    def __call__(self, context: Any, parameters: dict[str, Any]) -> str | None:
+        payload = self.payload(parameters)
+        if payload is None:
             return None
-        return stage_key(stage, inspect.getsource(context.task.fn), chosen)
-
-    key_fn.__name__ = f"{stage}_cache_key"
-    return key_fn
+        return f"moe2dense-{self.stage}-{hashlib.sha256(payload.encode()).hexdigest()}"
 
 
-def _source_parts(p: dict[str, Any]) -> list[Any]:
-    """Hub: id + revision. Local folder [defined here]: its absolute path + (name, size, mtime_ns) of
-    every file, so an unchanged folder is not re-hashed and any edit re-runs the stage."""
+def without(section: BaseModel, *fields: str) -> dict[str, Any]:
+    """A config section's JSON minus the fields that enter the key another way (data, output folders)."""
+    return section.model_dump(mode="json", exclude=set(fields))
+
+
+def _source_parts(p: dict[str, Any]) -> list[Any] | None:
     source = p["source"]
     if not source.is_local:
-        return [source.model, source.revision]
+        return [source.model, source.revision] if COMMIT_SHA.match(source.revision or "") else None
     folder = Path(source.model).expanduser().resolve()
     files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
     return [str(folder), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
 
 
-source_key = cache_key("source", _source_parts)
-calibrate_key = cache_key(
-    "calibrate", lambda p: [p["source"].snapshot_digest, p["calibration"], p["statistics"]]
+def _calibrate_parts(p: dict[str, Any]) -> list[Any]:
+    calibration = p["calibration"]
+    return [
+        p["source"].snapshot_digest,
+        corpus_digest(calibration.data),
+        without(calibration, "data"),
+        p["statistics"],
+    ]
+
+
+def _distill_parts(p: dict[str, Any]) -> list[Any]:
+    distillation = p["distillation"]
+    return [
+        p["student"].checkpoint_digest,
+        p["source"].snapshot_digest,
+        corpus_digest(distillation.data),
+        without(distillation, "data"),
+    ]
+
+
+def _evaluate_parts(p: dict[str, Any]) -> list[Any]:
+    evaluation = p["evaluation"]
+    downstream = None
+    if evaluation.downstream is not None:
+        downstream = without(evaluation.downstream, "tasks")
+        downstream["tasks"] = [
+            {
+                **without(task, "data_file", "fewshot_file"),
+                "data_file": task.data_file and file_sha256(task.data_file),
+                "fewshot_file": task.fewshot_file and file_sha256(task.fewshot_file),
+            }
+            for task in evaluation.downstream.tasks
+        ]
+    return [
+        p["checkpoint"].checkpoint_digest,
+        corpus_digest(evaluation.perplexity_data),
+        without(evaluation, "perplexity_data", "downstream"),
+        downstream,
+    ]
+
+
+source_key = StageKey("source", _source_parts)
+calibrate_key = StageKey("calibrate", _calibrate_parts)
+plan_key = StageKey(
+    "plan", lambda p: [p["calibration"].stats_digest, p["source"].snapshot_digest, p["plan"]]
 )
-plan_key = cache_key("plan", lambda p: [p["calibration"].stats_digest, p["plan"]])
-assemble_key = cache_key(
-    "assemble", lambda p: [p["plan"].plan_digest, p["source"].snapshot_digest, p["storage"]]
+assemble_key = StageKey(
+    "assemble",
+    lambda p: [p["plan"].plan_digest, p["source"].snapshot_digest, without(p["storage"], "export_dir")],
 )
-distill_key = cache_key(
-    "distill", lambda p: [p["student"].checkpoint_digest, p["source"].snapshot_digest, p["distillation"]]
+distill_key = StageKey("distill", _distill_parts)
+evaluate_key = StageKey("evaluate", _evaluate_parts)
+report_key = StageKey("report", lambda p: [p["recipe_digest"], p["results"]])
+register_key = StageKey(
+    "register",
+    lambda p: [
+        p["checkpoint"].checkpoint_digest,
+        p["model_name"],
+        Settings().resolved_mlflow_tracking_uri,
+    ],
 )
-evaluate_key = cache_key("evaluate", lambda p: [p["checkpoint"].checkpoint_digest, p["evaluation"]])
-report_key = cache_key("report", lambda p: [p["recipe_digest"], p["results"]])

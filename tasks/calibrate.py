@@ -4,8 +4,9 @@ rows = train-side text packed into sequences of `seq_len` tokens (tasks.corpus.t
 ⌊num_tokens / seq_len⌋ rows of a seeded permutation are run in batches of `batch_size` through
 `moe2dense_core.collect_stats`. The ExpertStats folder (stats.safetensors + stats.json) goes to the
 artifact store (kind `stats`) and to the stage's MLflow run; the calibration tokens are logged as an
-MLflow input with their digest. The expensive read of the teacher: cached on snapshot digest, data
-spec and collection config, so a sweep over plans calibrates once.
+MLflow input with their digest. The expensive read of the teacher: cached on snapshot digest, the
+content digest of the calibration text (never its path), the rest of the calibration and collection
+config (tasks/caching.py), so a sweep over plans calibrates once.
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ from __future__ import annotations
 import torch
 from prefect import task
 from pydantic import BaseModel, ConfigDict
-from transformers import AutoTokenizer
 
 from moe2dense_core.distill.data import tokens_digest
+from moe2dense_core.distill.precision import compute_dtype
+from moe2dense_core.pretrained import load_tokenizer
 from moe2dense_core.stats.collect import collect_stats
 from tasks.caching import calibrate_key
 from tasks.corpus import token_rows
-from tasks.progress import report_progress
+from tasks.progress import StageProgress
 from tasks.recipe import CalibrationConfig, StatisticsConfig
+from tasks.result_storage import RESULT_STORAGE
 from tasks.runtime import Runtime, log_token_input
-from tasks.source import SourceResult
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from tasks.source import SourceResult, open_source
 
 
 class CalibrationResult(BaseModel):
@@ -39,7 +40,7 @@ class CalibrationResult(BaseModel):
 
 def calibration_rows(source: SourceResult, calibration: CalibrationConfig) -> torch.Tensor:
     """[⌊num_tokens/seq_len⌋, seq_len] token ids: a seeded sample of the train-side rows."""
-    tokenizer = AutoTokenizer.from_pretrained(source.local_path)
+    tokenizer = load_tokenizer(source.local_path)
     rows = token_rows(calibration.data, tokenizer, calibration.seq_len, "train")
     wanted = calibration.num_tokens // calibration.seq_len
     if rows.shape[0] < wanted:
@@ -55,13 +56,15 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-@task(name="calibrate", cache_key_fn=calibrate_key, persist_result=True)
+@task(name="calibrate", cache_key_fn=calibrate_key, persist_result=True, result_storage=RESULT_STORAGE)
 def calibrate_task(
     source: SourceResult, calibration: CalibrationConfig, statistics: StatisticsConfig, parent_run_id: str
 ) -> CalibrationResult:
     runtime = Runtime.from_environment()
     rows = calibration_rows(source, calibration)
     data_digest = tokens_digest(rows)
+    # progress counts batches in memory, decoder layers (all tokens each) layer by layer
+    tokens_per_step = calibration.batch_size * calibration.seq_len if statistics.mode == "in_memory" else None
     with runtime.stage(
         parent_run_id, "calibrate", {"calibration": calibration, "statistics": statistics}
     ) as run:
@@ -72,14 +75,15 @@ def calibrate_task(
             digest=data_digest,
             num_tokens=rows.numel(),
         )
-        stats = collect_stats(
-            source.local_path,
-            list(rows.split(calibration.batch_size)),
-            mode=statistics.mode,
-            dtype=DTYPES[statistics.dtype],
-            device=resolve_device(statistics.device),
-            on_progress=lambda done, total: report_progress("calibrate", done, total),
-        )
+        with open_source(source) as teacher:  # recorded digests checked; validated once per process
+            stats = collect_stats(
+                teacher,
+                list(rows.split(calibration.batch_size)),
+                mode=statistics.mode,
+                dtype=compute_dtype(statistics.dtype, torch.device(resolve_device(statistics.device))),
+                device=resolve_device(statistics.device),
+                on_progress=StageProgress("calibrate", tokens_per_step=tokens_per_step).update,
+            )
         with runtime.scratch("stats") as scratch:
             stats_digest = stats.save(scratch / "stats")
             ref = runtime.store.put_dir(scratch / "stats", kind="stats")

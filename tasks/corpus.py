@@ -7,8 +7,8 @@
    (`test`, `idlelib`, `tkinter`, `turtledemo`, `lib2to3`, `ensurepip` and site-packages excluded), walked
    in sorted file order.
 It is deterministic for a given Python version (CPython 3.11: ~1.6 MB, ~2,100 documents). A different
-Python gives a different corpus: `CorpusFiles.digest` tells them apart in every cache key and lineage
-record.
+Python gives a different corpus: `corpus_digest` tells them apart in every stage cache key, and
+`CorpusFiles.digest` in the lineage of a teacher trained on it.
 
 Documents are split into train / held-out by a stable hash of their text (the core's rule,
 `moe2dense_core.distill.data.is_heldout`: sha256("0\\x00" + text) / 2⁶⁴ < fraction; never position or
@@ -176,6 +176,20 @@ def load_documents(spec: CorpusSpec) -> list[str]:
     if spec.source == "files":
         return file_documents(spec.paths)
     return hub_documents(spec.dataset or "", spec.dataset_config, spec.split, spec.text_field)
+
+
+def corpus_digest(spec: CorpusSpec) -> str:
+    """Content digest of the text a spec yields [defined here]: sha256 over `heldout_fraction`, then the
+    sha256 of every document in `load_documents` order.
+
+    What calibration, distillation and evaluation read, never where it lives: the same text under
+    another path gives the same digest; one changed character (outside the whitespace that splits
+    paragraphs) gives another. Stage cache keys hold this instead of the spec (tasks/caching.py).
+    Costs one read of the documents (builtin: parsed once per process)."""
+    digest = hashlib.sha256(f"heldout_fraction={spec.heldout_fraction!r}\0".encode())
+    for document in load_documents(spec):
+        digest.update(hashlib.sha256(document.encode("utf-8")).digest())
+    return digest.hexdigest()
 
 
 def write_corpus(spec: CorpusSpec, out_dir: Path) -> CorpusFiles:

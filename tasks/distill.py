@@ -5,7 +5,15 @@ rows of `distillation.seq_len` (tasks.corpus.token_rows; never held-out text). T
 curves (loss, KL, lr, grad norm, tokens/s) as step metrics on the stage's MLflow run. The distilled
 student is saved with `save_pretrained` next to its tokenizer and the assembly's model card and
 provenance, stored in the artifact store (kind `distilled-model`) and logged to MLflow.
-Cached on student digest + teacher snapshot digest + distillation config (data spec included).
+Cached on student digest + teacher snapshot digest + content digest of the training text + the rest
+of the distillation config (tasks/caching.py).
+
+Training checkpoints (every `distillation.train.checkpoint_every` steps and at the end) go to
+`<home>/distill-checkpoints/<the stage's cache key>`, not a temporary folder: a run that was killed
+resumes from its newest checkpoint when the flow runs again (losing at most one checkpoint interval;
+the stage run's param `distill.start_step` says where it began), and the folder is removed once the
+distilled model is stored. Each checkpoint records the student and teacher digests, so it can only
+resume this stage's inputs.
 """
 
 from __future__ import annotations
@@ -13,29 +21,41 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
 from prefect import task
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from moe2dense_core.distill import distill, tokens_digest
+from moe2dense_core.distill.precision import load_dtype
 from moe2dense_core.io.digests import file_sha256, snapshot_sha256
+from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
 from tasks.assemble import CheckpointResult
 from tasks.caching import distill_key
 from tasks.corpus import token_rows
 from tasks.progress import ProgressMetricLogger
 from tasks.recipe import DistillationConfig
+from tasks.result_storage import RESULT_STORAGE
 from tasks.runtime import Runtime, log_token_input
 from tasks.source import SourceResult
 
 PROVENANCE_FILES = ("README.md", "moe2dense.json")
+CHECKPOINTS_FOLDER = "distill-checkpoints"
 
 
-@task(name="distill", cache_key_fn=distill_key, persist_result=True)
+def checkpoint_folder(
+    runtime: Runtime, source: SourceResult, student: CheckpointResult, distillation: DistillationConfig
+) -> Path:
+    """Where this stage's training checkpoints live: one folder per cache key (module docstring)."""
+    key = distill_key(None, {"source": source, "student": student, "distillation": distillation})
+    return runtime.settings.home / CHECKPOINTS_FOLDER / key
+
+
+@task(name="distill", cache_key_fn=distill_key, persist_result=True, result_storage=RESULT_STORAGE)
 def distill_task(
     source: SourceResult, student: CheckpointResult, distillation: DistillationConfig, parent_run_id: str
 ) -> CheckpointResult:
     runtime = Runtime.from_environment()
     student_dir = runtime.fetch_uri(student.checkpoint_uri)
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    tokenizer = load_tokenizer(student_dir)
     rows = token_rows(distillation.data, tokenizer, distillation.seq_len, "train")
     with (
         runtime.stage(parent_run_id, "distill", {"distillation": distillation}) as run,
@@ -48,11 +68,16 @@ def distill_task(
             digest=tokens_digest(rows),
             num_tokens=rows.numel(),
         )
-        model = AutoModelForCausalLM.from_pretrained(student_dir)
-        teacher = AutoModelForCausalLM.from_pretrained(source.local_path)
-        logger = ProgressMetricLogger(run, "distill", distillation.train.max_steps)
+        model = load_causal_lm(student_dir)
+        teacher = load_causal_lm(source.local_path, dtype=load_dtype(torch.device("cpu")))
+        logger = ProgressMetricLogger(
+            run, "distill", distillation.train.max_steps,
+            tokens_per_step=distillation.train.sequences_per_step(1) * rows.shape[1],
+        )
+        checkpoints = checkpoint_folder(runtime, source, student, distillation)
         outcome = distill(
-            model, teacher, rows, distillation.train, logger=logger, checkpoint_dir=scratch / "checkpoints"
+            model, teacher, rows, distillation.train, logger=logger, checkpoint_dir=checkpoints, resume=True,
+            student_digest=student.checkpoint_digest, teacher_digest=source.snapshot_digest,
         )
         out_dir = scratch / "distilled_model"
         model.save_pretrained(out_dir)
@@ -70,6 +95,7 @@ def distill_task(
         run.log_metrics(
             {"distill/steps": float(outcome.steps), "distill/tokens_seen": float(outcome.tokens_seen)}
         )
+        shutil.rmtree(checkpoints, ignore_errors=True)  # stored: nothing left to resume
         return CheckpointResult(
             checkpoint_uri=runtime.store.uri_for(ref),
             checkpoint_digest=digest,

@@ -5,7 +5,8 @@ scored with a sliding window of `seq_len` and stride seq_len/2 (moe2dense_core.e
 Downstream (when `evaluation.downstream` is set): the core's EvalConfig through lm-eval with the
 model in memory (local jsonl tasks offline, hub task names online). The JSON document (kind
 `eval`) goes to the artifact store and MLflow; the numbers ride in the result. Cached on checkpoint
-digest + evaluation config.
+digest + content digests of the held-out text and local task files + the rest of the evaluation
+config (tasks/caching.py).
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
 from prefect import task
 from pydantic import BaseModel, ConfigDict
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from moe2dense_core.distill import tokens_digest
+from moe2dense_core.distill.precision import load_dtype
 from moe2dense_core.evaluate import evaluate_downstream, perplexity
+from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
 from tasks.caching import evaluate_key
 from tasks.corpus import token_rows
 from tasks.recipe import EvaluationConfig
+from tasks.result_storage import RESULT_STORAGE
 from tasks.runtime import Runtime, log_token_input
 
 EVAL_SCHEMA_VERSION = 1
@@ -76,7 +80,7 @@ def evaluate_model(model: Any, tokenizer: Any, evaluation: EvaluationConfig) -> 
     }
 
 
-@task(name="evaluate", cache_key_fn=evaluate_key, persist_result=True)
+@task(name="evaluate", cache_key_fn=evaluate_key, persist_result=True, result_storage=RESULT_STORAGE)
 def evaluate_task(
     checkpoint: EvalTarget, evaluation: EvaluationConfig, parent_run_id: str
 ) -> EvaluationResult:
@@ -84,8 +88,8 @@ def evaluate_task(
     location = checkpoint.location
     model_dir = runtime.fetch_uri(location) if "://" in location else location
     with runtime.stage(parent_run_id, f"evaluate-{checkpoint.label}", {"evaluation": evaluation}) as run:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = load_causal_lm(model_dir, dtype=load_dtype(torch.device("cpu")))
+        tokenizer = load_tokenizer(model_dir)
         numbers = evaluate_model(model, tokenizer, evaluation)
         log_token_input(
             run,

@@ -3,7 +3,12 @@
 Two calls, the same paths and JSON fields as `huggingface_hub.HfApi`:
 - `GET {endpoint}/api/models?author=<org>&search=<text>&limit=<n>&sort=createdAt&direction=-1`
   → `[{"id": "org/name", ...}, ...]` (`modelId` accepted as the older spelling of `id`);
-- `GET {endpoint}/api/models/<org>/<name>/revision/<revision>` → `{"id", "sha", "config": {"model_type"}}`.
+- `GET {endpoint}/api/models/<org>/<name>/revision/<revision>?blobs=true` (`HfApi.model_info(...,
+  files_metadata=True)`) → `{"id", "sha", "config": {"model_type", "architectures"},
+  "safetensors": {"total": <parameters>}, "siblings": [{"rfilename", "size"}, ...]}`: the revision (branch,
+  tag or commit) resolved to its commit sha, the architecture, and the size — parameters = `safetensors.total`,
+  checkpoint bytes = Σ size of the `*.safetensors` siblings (what a conversion downloads). A size the hub
+  does not report is None.
 Plain HTTP (httpx) rather than HfApi because HfApi obeys `HF_HUB_OFFLINE`, which the test suite sets
 while it talks to a fake hub on 127.0.0.1. The token is a SecretStr and only ever sent as a header.
 """
@@ -32,13 +37,22 @@ class HubError(Moe2DenseError):
 
 
 class HubModel(BaseModel):
-    """One model at one revision: id, commit sha, `config.model_type` (None when it has no config)."""
+    """One model at one commit: id, commit sha, `config.model_type` / `config.architectures` (None / empty
+    when it has no config), parameter count and safetensors bytes (None when the hub reports none)."""
 
     model_config = ConfigDict(frozen=True)
 
     id: str
     sha: str
     model_type: str | None = None
+    architectures: tuple[str, ...] = ()
+    num_parameters: int | None = None
+    checkpoint_bytes: int | None = None
+
+    @property
+    def label(self) -> str:
+        """`<id>@<commit sha>`: how a release is named in reports, tags and logs."""
+        return f"{self.id}@{self.sha}"
 
 
 class HubClient:
@@ -83,13 +97,25 @@ class HubClient:
         return ids
 
     def model_info(self, model_id: str, revision: str = "main") -> HubModel:
-        """The model's commit sha at `revision` and its config's model_type."""
+        """The model at `revision` resolved to its commit sha, with architecture and size."""
         path = f"/api/models/{model_id}/revision/{quote(revision, safe='')}"
-        info = self._get_json(path, None)
+        info = self._get_json(path, {"blobs": "true"})
         if not isinstance(info, dict) or not info.get("sha"):
             raise HubError(f"{self.endpoint}{path}: the answer has no 'sha'")
         config = info.get("config") or {}
-        return HubModel(id=info.get("id") or model_id, sha=info["sha"], model_type=config.get("model_type"))
+        weight_sizes = [
+            sibling.get("size")
+            for sibling in info.get("siblings") or []
+            if str(sibling.get("rfilename", "")).endswith(".safetensors")
+        ]
+        return HubModel(
+            id=info.get("id") or model_id,
+            sha=info["sha"],
+            model_type=config.get("model_type"),
+            architectures=tuple(config.get("architectures") or ()),
+            num_parameters=(info.get("safetensors") or {}).get("total"),
+            checkpoint_bytes=sum(weight_sizes) if weight_sizes and None not in weight_sizes else None,
+        )
 
     def _get_json(self, path: str, params: dict[str, str | int] | None) -> object:
         try:

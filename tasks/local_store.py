@@ -24,12 +24,14 @@ from tasks.artifact_manifest import (
     ArtifactRef,
     ManifestFile,
     StorageError,
+    check_key,
     check_kind,
     check_name,
     copy_hashing,
     hash_stream,
     list_directory,
     materialize,
+    read_manifest,
     ref_under,
     verify_against,
 )
@@ -79,8 +81,7 @@ class LocalArtifactStore:
         sources = list_directory(path)
         with self._staging() as staging:
             entries = []
-            for source_path in sources:
-                relative = source_path.relative_to(path).as_posix()
+            for relative, source_path in sources.items():
                 target = staging / name / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with open(source_path, "rb") as source:
@@ -121,7 +122,7 @@ class LocalArtifactStore:
         path = self._manifest_path(ref)
         if not path.is_file():
             raise ArtifactNotFoundError(f"artifact {ref.key} not found in {self.root}")
-        return ArtifactManifest.model_validate_json(path.read_bytes())
+        return read_manifest(path.read_bytes(), ref, str(path))
 
     def uri_for(self, ref: ArtifactRef) -> str:
         return self._path(ref).as_uri()
@@ -168,7 +169,7 @@ class LocalArtifactStore:
 
     # ---- paths -----------------------------------------------------------------------------------
     def _path(self, ref: ArtifactRef) -> Path:
-        return self.root / ref.key
+        return self.root / check_key(ref.key)
 
     def _manifest_path(self, ref: ArtifactRef) -> Path:
-        return self.root / ref.manifest_key
+        return self.root / check_key(ref.manifest_key)

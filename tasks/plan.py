@@ -2,23 +2,25 @@
 
 Cheap and pure: score experts, select K, group, merge weights, scales. The plan JSON goes to the
 artifact store (kind `plan`) and MLflow; the summary (kept experts per layer, target width) rides in
-the result. Cached on stats digest + PlanConfig, so a sweep re-plans only what changed.
+the result. Cached on stats digest + snapshot digest + PlanConfig, so a sweep re-plans only what changed.
 `weight_cluster` reads the layer's expert weights from the teacher snapshot on demand.
 """
 
 from __future__ import annotations
 
+import functools
+from contextlib import ExitStack
+
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from moe2dense_core.arch.spec import get_spec
-from moe2dense_core.io.reader import CheckpointReader
 from moe2dense_core.plan import ConversionPlan, PlanConfig, build_plan
 from moe2dense_core.stats.expert_stats import ExpertStats
 from tasks.caching import plan_key
 from tasks.calibrate import CalibrationResult
+from tasks.result_storage import RESULT_STORAGE
 from tasks.runtime import Runtime
-from tasks.source import SourceResult
+from tasks.source import SourceResult, open_source
 
 
 class PlanResult(BaseModel):
@@ -36,21 +38,15 @@ class PlanResult(BaseModel):
 def make_plan(
     source: SourceResult, calibration: CalibrationResult, config: PlanConfig, runtime: Runtime
 ) -> ConversionPlan:
-    """build_plan on the stored statistics (expert weights streamed from the snapshot when needed)."""
+    """build_plan on the stored statistics; the teacher snapshot is re-opened (open_source) only if the
+    grouping reads expert weights, on the first read."""
     stats = ExpertStats.load(runtime.fetch_uri(calibration.stats_uri))
-    reader = CheckpointReader(source.local_path)
-    spec = get_spec(source.model_type)
-    try:
-        return build_plan(
-            stats,
-            config,
-            expert_weights=lambda layer: spec.read_experts(reader, layer, list(range(source.num_experts))),
-        )
-    finally:
-        reader.close()
+    with ExitStack() as stack:
+        teacher = functools.cache(lambda: stack.enter_context(open_source(source)))
+        return build_plan(stats, config, expert_weights=lambda layer: teacher().expert_weights(layer))
 
 
-@task(name="plan", cache_key_fn=plan_key, persist_result=True)
+@task(name="plan", cache_key_fn=plan_key, persist_result=True, result_storage=RESULT_STORAGE)
 def plan_task(
     source: SourceResult, calibration: CalibrationResult, plan: PlanConfig, parent_run_id: str
 ) -> PlanResult:

@@ -6,7 +6,12 @@ recipe is a credential or an endpoint, so a recipe can be committed, logged and 
 
 Every section is `frozen=True, extra="forbid"`: a misspelt key is an error, not a silent default.
 `parse_recipe` turns pydantic's errors into one `RecipeError` whose lines name the dotted field path,
-e.g. `calibration.num_tokens: Input should be greater than 0 (got -5)`.
+e.g. `calibration.num_tokens: Input should be greater than 0 (got -5)`; an unknown key lists the keys
+its section allows (tasks/field_errors.py). Beyond pydantic's own checks [defined here]: a boolean
+where a number is expected is refused (pydantic would read `max_steps: true` as 1), every float must
+be finite, every sequence length and the perplexity budget hold ≥ 2 tokens, and the plan's K and k
+must agree with each other before the teacher is known (`validate_plan_config` against the most
+permissive teacher the plan allows). What needs the teacher's config.json is tasks/recipe_teacher.py.
 
 Stage configs of the core are reused as field types: `PlanConfig` (moe2dense_core.plan),
 `DistillConfig` (moe2dense_core.distill.config) and `EvalConfig` (moe2dense_core.evaluate.config);
@@ -21,13 +26,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moe2dense_core.distill.config import DistillConfig
-from moe2dense_core.errors import Moe2DenseError
+from moe2dense_core.errors import Moe2DenseError, PlanError
 from moe2dense_core.evaluate.config import EvalConfig
-from moe2dense_core.plan import PlanConfig
+from moe2dense_core.plan import PlanConfig, validate_plan_config
 from tasks.corpus import CorpusSpec
+from tasks.field_errors import format_validation_error, lax_number_errors
 
 RECIPE_SCHEMA_VERSION = 1
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -82,7 +88,7 @@ class CalibrationConfig(_Section):
 
     data: CorpusSpec = Field(default_factory=CorpusSpec)
     num_tokens: int = Field(262_144, gt=0)
-    seq_len: int = Field(512, gt=0)
+    seq_len: int = Field(512, ge=2, description="Tokens per sequence; ≥ 2 (one token predicts the next).")
     batch_size: int = Field(8, gt=0)
     seed: int = 0
 
@@ -98,11 +104,12 @@ class StatisticsConfig(_Section):
 
     mode: `in_memory` loads the whole teacher; `layer_by_layer` streams one decoder layer at a time
     from the safetensors shards (teachers larger than memory). dtype: compute dtype of the teacher's
-    forward; the accumulators are always float64.
+    forward (`auto`: the project's one precision rule, `moe2dense_core.distill.precision.compute_dtype`:
+    bfloat16 where the device has native bf16, else float32); the accumulators are always float64.
     """
 
     mode: Literal["in_memory", "layer_by_layer"] = "in_memory"
-    dtype: Dtype = "bfloat16"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
 
 
@@ -115,7 +122,7 @@ class DistillationConfig(_Section):
 
     enabled: bool = True
     data: CorpusSpec = Field(default_factory=CorpusSpec)
-    seq_len: int = Field(512, gt=0)
+    seq_len: int = Field(512, ge=2, description="Tokens per training row; ≥ 2 (one predicts the next).")
     train: DistillConfig
 
 
@@ -128,8 +135,8 @@ class EvaluationConfig(_Section):
     """
 
     perplexity_data: CorpusSpec = Field(default_factory=CorpusSpec)
-    perplexity_tokens: int = Field(65_536, gt=0)
-    seq_len: int = Field(512, gt=0)
+    perplexity_tokens: int = Field(65_536, ge=2, description="≥ 2: the first token scores nothing.")
+    seq_len: int = Field(512, ge=2, description="Window length; ≥ 2 (one token predicts the next).")
     batch_size: int = Field(8, gt=0)
     downstream: EvalConfig | None = None
 
@@ -165,32 +172,58 @@ class Recipe(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
+    @field_validator("plan")
+    @classmethod
+    def _plan_sizes_agree(cls, plan: PlanConfig) -> PlanConfig:
+        """The checks of `validate_plan_config` that need no teacher (K < k, `prune` with K != k,
+        router_mass without uniform scaling), run against the most permissive teacher the plan allows:
+        E = max(K, k) experts and top-k = k (K when num_groups is unset)."""
+        num_groups = plan.num_groups or plan.num_selected or 1
+        num_selected = plan.num_selected or num_groups
+        try:
+            validate_plan_config(plan, num_experts=max(num_selected, num_groups), top_k=num_groups)
+        except PlanError as error:
+            raise ValueError(str(error)) from None
+        return plan
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any, handler: Any) -> Recipe:
+        """Refuse what pydantic's lax mode would silently convert (`lax_number_errors`: `true` for a
+        number, a non-finite float), together with pydantic's other errors, less those at or above
+        the same path (a section check that saw the converted value)."""
+        problems = lax_number_errors(data, cls)
+        try:
+            recipe = handler(data)
+        except ValidationError as error:
+            if not problems:
+                raise
+            problems += [e for e in error.errors() if not any(_within(p["loc"], e["loc"]) for p in problems)]
+            raise ValidationError.from_exception_data(cls.__name__, problems) from None
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return recipe
+
     def digest(self) -> str:
         """sha256 of the canonical (sorted-key, compact) JSON of the recipe."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def format_validation_error(error: ValidationError, origin: str) -> str:
-    """One line per error: `<dotted.path>: <message> (got <input>)`, headed by where the values came from."""
-    lines = [f"invalid recipe {origin}:"]
-    for item in error.errors(include_url=False):
-        path = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"]
-        if item["type"] not in ("missing", "extra_forbidden") and not isinstance(item.get("input"), dict):
-            message += f" (got {item.get('input')!r})"
-        lines.append(f"  {path}: {message}")
-    return "\n".join(lines)
+def _within(loc: tuple[str | int, ...], outer: tuple[str | int, ...]) -> bool:
+    return loc[: len(outer)] == outer
 
 
 def parse_recipe(data: Any, origin: str = "<value>") -> Recipe:
     """Validate a plain mapping into a Recipe; raises RecipeError naming every bad field path."""
     if not isinstance(data, dict):
-        raise RecipeError(f"invalid recipe {origin}: the top level must be a mapping, got {type(data).__name__}")
+        raise RecipeError(
+            f"invalid recipe {origin}: the top level must be a mapping, got {type(data).__name__}"
+        )
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:
-        raise RecipeError(format_validation_error(error, origin)) from None
+        raise RecipeError(format_validation_error(error, origin, model=Recipe)) from None
 
 
 __all__ = [

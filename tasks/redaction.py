@@ -10,7 +10,14 @@ and the KEYS whose values are hidden whatever they hold (a param named `aws_secr
 
 `redact(text)` replaces every secret occurrence by `***` (longest first). Text artifacts are not edited:
 `check_file` refuses a file that contains a secret (a silently changed artifact would be worse).
-`RedactingFilter` rewrites log records on handlers, where every propagated record passes.
+
+Log lines: `install_log_redaction` wraps the process's log-record factory, so every record of every
+logger (Prefect's flow/task-run loggers, whose API handler ships run logs to the Prefect server, the
+root logger, libraries) is redacted when it is created, before any handler, present or added later,
+formats it: the final message and, when it holds a secret, the traceback text. Production installs it
+through `install_environment_redaction`, which `Runtime.from_environment()` (every convert / sweep flow
+and every stage task) and the teacher and watch flows call first, in the CLI's process and in a
+worker's flow-run process alike.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from tasks.artifact_manifest import StorageError, iter_chunks
 from tasks.settings import Settings
@@ -90,34 +98,47 @@ class Redactor:
                         raise CredentialLeakError(f"{file} contains a credential; refusing to log it")
                     tail = window[-overlap:] if overlap else b""
 
-    def logging_filter(self) -> RedactingFilter:
-        return RedactingFilter(self)
 
+class RedactingRecordFactory:
+    """A log-record factory: the wrapped factory's record with its message and traceback redacted.
 
-class RedactingFilter(logging.Filter):
-    """Rewrites each record's final message with secrets masked (args folded into msg)."""
+    The message is folded (msg % args) and replaced only when it holds a secret; a traceback (or stack)
+    holding one becomes plain redacted text in `exc_text` / `stack_info` (exc_info dropped), which every
+    `logging.Formatter` prints as it is."""
 
-    def __init__(self, redactor: Redactor) -> None:
-        super().__init__()
+    def __init__(self, base: Callable[..., logging.LogRecord], redactor: Redactor) -> None:
+        self.base = base
         self.redactor = redactor
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.base(*args, **kwargs)
+        redactor = self.redactor
         message = record.getMessage()
-        if self.redactor.contains_secret(message):
-            record.msg, record.args = self.redactor.redact(message), ()
-        return True
+        if redactor.contains_secret(message):
+            record.msg, record.args = redactor.redact(message), ()
+        if record.exc_info and record.exc_info[0] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if redactor.contains_secret(text):
+                record.exc_info, record.exc_text = None, redactor.redact(text)
+        if record.stack_info and redactor.contains_secret(record.stack_info):
+            record.stack_info = redactor.redact(record.stack_info)
+        return record
 
 
-def install_log_redaction(redactor: Redactor) -> RedactingFilter:
-    """Attach one RedactingFilter (replacing older ones) to every handler of every existing logger.
+def install_log_redaction(redactor: Redactor) -> RedactingRecordFactory:
+    """Redact every log record this process creates from now on (see module docstring).
 
-    Handlers added later are not covered: call this after logging is configured (e.g. at flow start)."""
-    log_filter = redactor.logging_filter()
-    loggers = [logging.getLogger(), *(obj for obj in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(obj, logging.Logger))]
-    for logger in loggers:
-        for handler in logger.handlers:
-            for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
-                handler.removeFilter(old)
-            handler.addFilter(log_filter)
-    return log_filter
+    Installing again replaces the redactor (the secrets of the current environment) instead of stacking."""
+    current = logging.getLogRecordFactory()
+    base = current.base if isinstance(current, RedactingRecordFactory) else current
+    factory = RedactingRecordFactory(base, redactor)
+    logging.setLogRecordFactory(factory)
+    return factory
+
+
+def install_environment_redaction(settings: Settings | None = None) -> Redactor:
+    """The redactor of the current environment (and `settings`, default: read from it), installed on
+    every log record; called at the start of every flow run and stage task."""
+    redactor = Redactor.from_environment(settings if settings is not None else Settings())
+    install_log_redaction(redactor)
+    return redactor

@@ -20,9 +20,10 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from tasks.assemble import CheckpointResult
-from tasks.caching import cache_key, report_key
+from tasks.caching import register_key, report_key
 from tasks.evaluate import EvaluationResult
 from tasks.plan import PlanResult
+from tasks.result_storage import RESULT_STORAGE
 from tasks.runtime import Runtime
 from tasks.source import SourceResult
 from tasks.tracking import TAG_CHECKPOINT_DIGEST, Lineage, register_dense_model
@@ -90,7 +91,7 @@ def report_html(inputs: ReportInputs, has_curve: bool) -> str:
 {curve}</body></html>"""
 
 
-@task(name="report", cache_key_fn=report_key, persist_result=True)
+@task(name="report", cache_key_fn=report_key, persist_result=True, result_storage=RESULT_STORAGE)
 def report_task(results: ReportInputs, recipe_digest: str, parent_run_id: str) -> str:
     """Write the report; returns its artifact URI."""
     runtime = Runtime.from_environment()
@@ -106,10 +107,7 @@ def report_task(results: ReportInputs, recipe_digest: str, parent_run_id: str) -
     return runtime.store.uri_for(ref)
 
 
-register_key = cache_key("register", lambda p: [p["checkpoint"].checkpoint_digest, p["model_name"]])
-
-
-@task(name="register", cache_key_fn=register_key, persist_result=True)
+@task(name="register", cache_key_fn=register_key, persist_result=True, result_storage=RESULT_STORAGE)
 def register_task(
     source: SourceResult,
     plan: PlanResult,

@@ -19,7 +19,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from tasks.caching import canonical
-from tasks.redaction import Redactor
+from tasks.redaction import Redactor, install_environment_redaction
 from tasks.settings import Settings
 from tasks.storage import ArtifactStore, open_artifact_store
 from tasks.tracking import MLflowLogger, log_dataset, stage_run, tracking_client
@@ -35,13 +35,11 @@ class Runtime:
 
     @classmethod
     def from_environment(cls) -> Runtime:
+        """The runtime of the current environment; also installs its log redaction for this process
+        (every flow run and stage task starts here, in the CLI's process or a worker's)."""
         settings = Settings()
-        return cls(
-            settings,
-            open_artifact_store(settings),
-            tracking_client(settings),
-            Redactor.from_environment(settings),
-        )
+        redactor = install_environment_redaction(settings)
+        return cls(settings, open_artifact_store(settings), tracking_client(settings), redactor)
 
     @contextmanager
     def stage(

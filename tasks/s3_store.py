@@ -38,12 +38,14 @@ from tasks.artifact_manifest import (
     ArtifactRef,
     ManifestFile,
     StorageError,
+    check_key,
     check_kind,
     check_name,
     copy_hashing,
     list_directory,
     manifest_file,
     materialize,
+    read_manifest,
     ref_under,
     verify_against,
 )
@@ -88,7 +90,7 @@ class S3ArtifactStore:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        self.prefix = check_key(prefix.strip("/"), "bucket prefix") if prefix.strip("/") else ""
         self.client = client
         self.cache_dir = Path(cache_dir).expanduser().resolve()
         self.transfer = transfer or TransferConfig()
@@ -119,7 +121,7 @@ class S3ArtifactStore:
         path = Path(path)
         name = check_name(name or path.name)
         check_kind(kind)
-        sources = {p.relative_to(path).as_posix(): p for p in list_directory(path)}
+        sources = list_directory(path)
         entries = [manifest_file(p, relative) for relative, p in sources.items()]
         return self._upload(ArtifactManifest.build(kind, name, "dir", entries), sources)
 
@@ -168,13 +170,13 @@ class S3ArtifactStore:
         body = self._call(
             lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(), f"read {self._uri(key)}"
         )
-        return ArtifactManifest.model_validate_json(body)
+        return read_manifest(body, ref, self._uri(key))
 
     def uri_for(self, ref: ArtifactRef) -> str:
         return self._uri(self._key(ref.key))
 
     def ref_from_uri(self, uri: str) -> ArtifactRef:
-        ref = ref_under(uri, self._uri(self._key("")).rstrip("/") + "/")
+        ref = ref_under(uri, self._uri(f"{self.prefix}/" if self.prefix else ""))
         self.manifest(ref)
         return ref
 
@@ -229,6 +231,8 @@ class S3ArtifactStore:
 
     # ---- keys and errors ---------------------------------------------------------------------------
     def _key(self, relative: str) -> str:
+        """The object key of `relative` under the bucket prefix (checked: it cannot leave the prefix)."""
+        check_key(relative)
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
     def _payload_key(self, manifest: ArtifactManifest, entry: ManifestFile) -> str:

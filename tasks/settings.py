@@ -1,13 +1,18 @@
 """Settings: where artifacts, runs and flow state live. The embedded default or the team stack, by configuration.
 
-Sources, highest priority first: keyword arguments, environment variables `MOE2DENSE_<FIELD>`, then an
-optional YAML settings file (`settings_file=` or `MOE2DENSE_SETTINGS_FILE`), then the defaults below.
+Sources, highest priority first: keyword arguments, environment variables `MOE2DENSE_<FIELD>`, an
+optional YAML settings file (`settings_file=` or `MOE2DENSE_SETTINGS_FILE`), the ecosystem's own
+variables (`PREFECT_API_URL` or the active Prefect profile, `MLFLOW_TRACKING_URI`, the standard AWS
+variables: tasks/ecosystem_env.py), then the defaults below. So a Prefect, MLflow or boto3 user's usual
+setup works as is, and any `MOE2DENSE_*` setting overrides it; `MOE2DENSE_PREFECT_API_URL=""` (empty)
+chooses the temporary in-process API even when `PREFECT_API_URL` is set.
 
 Embedded default (one machine, no servers) [defined here]:
 - artifacts in the local folder `<home>/artifacts`;
 - MLflow tracking in the SQLite file `<home>/mlflow.db`, run artifacts in `<home>/mlartifacts`;
 - Prefect with a temporary in-process API (`PREFECT_API_URL` unset), `PREFECT_HOME=<home>/prefect`,
-  task results persisted under `<home>/prefect/results`.
+  flow results persisted under `<home>/prefect/results`. Stage task results (the task cache) live in
+  the artifact store, local or S3, so every process sharing the store shares them (tasks/result_storage.py).
 
 Team stack: `artifact_root: s3://bucket/prefix` plus `s3_endpoint_url` (MinIO or any S3 API),
 `mlflow_tracking_uri: http://mlflow:5000`, `prefect_api_url: http://prefect:4200/api`.
@@ -32,6 +37,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from tasks.ecosystem_env import EcosystemSettingsSource
 
 ENV_PREFIX = "MOE2DENSE_"
 SETTINGS_FILE_ENV = f"{ENV_PREFIX}SETTINGS_FILE"
@@ -81,6 +88,14 @@ class Settings(BaseSettings):
     prefect_api_key: SecretStr | None = None
     prefect_ephemeral_startup_timeout_s: int = Field(90, ge=1)
 
+    @field_validator(
+        "artifact_root", "s3_endpoint_url", "mlflow_tracking_uri", "mlflow_artifact_location", "prefect_api_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("artifact_root", "s3_endpoint_url", "mlflow_tracking_uri", "prefect_api_url")
     @classmethod
     def _no_credentials_in_urls(cls, value: str | None) -> str | None:
@@ -98,12 +113,14 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         assert isinstance(init_settings, InitSettingsSource)
+        ecosystem = EcosystemSettingsSource(settings_cls)
         settings_file = init_settings.init_kwargs.get("settings_file") or os.environ.get(SETTINGS_FILE_ENV)
         if settings_file is None:
-            return init_settings, env_settings
+            return init_settings, env_settings, ecosystem
         if not Path(settings_file).is_file():
             raise FileNotFoundError(f"settings file {settings_file} ({SETTINGS_FILE_ENV}) does not exist")
-        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=settings_file)
+        yaml_file = YamlConfigSettingsSource(settings_cls, yaml_file=settings_file)
+        return init_settings, env_settings, yaml_file, ecosystem
 
     # ---- derived values --------------------------------------------------------------------------
     @property
@@ -157,12 +174,15 @@ class Settings(BaseSettings):
         return kwargs
 
     def environment(self) -> dict[str, str]:
-        """Environment variables that point Prefect, MLflow and boto3 (inside MLflow) at these stores.
+        """Environment variables that point Prefect, MLflow and boto3 (inside MLflow) at these stores, plus
+        this process's local folders as absolute `MOE2DENSE_*` values, so that a child process started in
+        another folder (a worker's flow run) uses the same home and artifact folder.
 
         Prefect reads its settings when imported: apply them (`apply_environment`) before that.
         """
         prefect_home = self.prefect_home.resolve()
         env = {
+            "MOE2DENSE_HOME": str(self.home.resolve()),
             "DO_NOT_TRACK": "true",
             "PREFECT_HOME": str(prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -172,6 +192,10 @@ class Settings(BaseSettings):
             "MLFLOW_TRACKING_URI": self.resolved_mlflow_tracking_uri,
             "AWS_DEFAULT_REGION": self.s3_region,
         }
+        if not self.uses_s3:
+            env["MOE2DENSE_ARTIFACT_ROOT"] = str(Path(self.resolved_artifact_root).resolve())
+        if self.cache_dir is not None:
+            env["MOE2DENSE_CACHE_DIR"] = str(self.cache_dir.resolve())
         if self.prefect_api_url:
             env["PREFECT_API_URL"] = self.prefect_api_url
         if self.s3_endpoint_url:
@@ -189,7 +213,7 @@ class Settings(BaseSettings):
 
     def apply_environment(self, environ: MutableMapping[str, str] | None = None) -> None:
         """Write `environment()` into `environ` (default `os.environ`); `PREFECT_API_URL` is removed when
-        the embedded default is chosen, so a stray value cannot silently pick a server."""
+        the embedded default is chosen explicitly (`MOE2DENSE_PREFECT_API_URL=""`)."""
         target = os.environ if environ is None else environ
         if self.prefect_api_url is None:
             target.pop("PREFECT_API_URL", None)

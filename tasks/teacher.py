@@ -23,14 +23,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from moe2dense_core.logging import MetricLogger
+from moe2dense_core.teacher import TeacherModelConfig, train_teacher
 from tasks.corpus import DOCUMENT_SEPARATOR, CorpusFiles
-from tasks.teacher_training import (
-    TeacherModelConfig,
-    build_teacher,
-    encode_documents,
-    train_bpe_tokenizer,
-    train_teacher_model,
-)
+from tasks.progress import StageProgress
 
 TEACHER_RECORD = "teacher.json"
 
@@ -63,7 +58,8 @@ def train_or_reuse_teacher(
     logger: MetricLogger | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TeacherResult:
-    """Train a teacher on `corpus.train` (tokenizer included) unless an identical one is already saved."""
+    """Train a teacher on `corpus.train` (tokenizer included, `moe2dense_core.teacher.train_teacher`)
+    unless an identical one is already saved."""
     key = teacher_key(config, corpus.digest)
     final = Path(out_root) / f"{config.kind}-{key[:12]}"
     record_path = final / TEACHER_RECORD
@@ -73,16 +69,8 @@ def train_or_reuse_teacher(
             return TeacherResult(str(final), key, True, **record["result"])
     train_documents = corpus.train.read_text(encoding="utf-8").split(DOCUMENT_SEPARATOR)
     heldout_documents = corpus.heldout.read_text(encoding="utf-8").split(DOCUMENT_SEPARATOR)
-    tokenizer = train_bpe_tokenizer(train_documents, config.vocab_size)
-    model = build_teacher(config, len(tokenizer))
-    summary = train_teacher_model(
-        model,
-        encode_documents(tokenizer, train_documents),
-        encode_documents(tokenizer, heldout_documents),
-        config,
-        logger=logger,
-        on_step=on_step,
-    )
+    trained = train_teacher(train_documents, heldout_documents, config, logger=logger, on_step=on_step)
+    model, tokenizer, summary = trained.model, trained.tokenizer, trained.summary
     result = {
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "heldout_perplexity": summary.heldout_perplexity,
@@ -111,29 +99,11 @@ def train_or_reuse_teacher(
 
 
 @task(name="teacher", cache_policy=NONE, persist_result=False)
-def train_teacher_task(
-    corpus: CorpusFiles, config: TeacherModelConfig, out_root: str, show_progress: bool = False
-) -> TeacherResult:
-    """Prefect adapter of `train_or_reuse_teacher` (the folder key is the cache: see module docstring);
-    `show_progress` draws a rich progress bar of the training steps on the console."""
-    if not show_progress:
-        return train_or_reuse_teacher(corpus, config, Path(out_root))
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+def train_teacher_task(corpus: CorpusFiles, config: TeacherModelConfig, out_root: str) -> TeacherResult:
+    """Prefect adapter of `train_or_reuse_teacher` (the folder key is the cache: see module docstring).
+    Training steps are reported as progress of stage `teacher-<kind>` (tasks/progress.py: bars for the
+    CLI, throttled plain log lines when stdout is not a terminal); a reused teacher reports none."""
+    progress = StageProgress(f"teacher-{config.kind}", tokens_per_step=config.tokens_per_step)
+    return train_or_reuse_teacher(
+        corpus, config, Path(out_root), on_step=lambda step, _loss: progress.update(step + 1, config.steps)
     )
-    with Progress(*columns) as progress:
-        bars = []  # added on the first training step, so a reused teacher shows no empty bar
-
-        def on_step(step: int, loss: float) -> None:
-            if not bars:
-                bars.append(progress.add_task(f"training the {config.kind} teacher", total=config.steps, loss=loss))
-            progress.update(bars[0], completed=step + 1, loss=loss)
-
-        return train_or_reuse_teacher(corpus, config, Path(out_root), on_step=on_step)

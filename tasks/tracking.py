@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
+from moe2dense_core.pretrained import TRUST_REMOTE_CODE
 from tasks.recipe import Recipe
 from tasks.recipe_io import recipe_to_yaml
 from tasks.redaction import Redactor
@@ -51,6 +52,7 @@ TAG_STATS_DIGEST = "moe2dense.stats_digest"
 TAG_PLAN_DIGEST = "moe2dense.plan_digest"
 TAG_CHECKPOINT_DIGEST = "moe2dense.checkpoint_digest"
 TAG_CHECKPOINT_URI = "moe2dense.checkpoint_uri"
+TAG_TRUST_REMOTE_CODE = "moe2dense.trust_remote_code"
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 RECIPE_ARTIFACT = "recipe/recipe.yaml"
 
@@ -168,9 +170,11 @@ def parent_run(
     extra_tags: Mapping[str, str] | None = None,
 ) -> Iterator[MLflowLogger]:
     """The parent run of one flow run: the resolved recipe as flattened params and as `recipe/recipe.yaml`,
-    tags with the recipe name/digest and the Prefect flow-run id (and UI link when given)."""
+    tags with the recipe name/digest, whether remote code was trusted, and the Prefect flow-run id (and
+    UI link when given)."""
     experiment_id = ensure_experiment(client, recipe.tracking.experiment, artifact_location)
-    tags = {TAG_RECIPE_NAME: recipe.name, TAG_RECIPE_DIGEST: recipe.digest(), **(extra_tags or {})}
+    tags = {TAG_RECIPE_NAME: recipe.name, TAG_RECIPE_DIGEST: recipe.digest(), **remote_code_tag(),
+            **(extra_tags or {})}
     if flow_run_id:
         tags[TAG_PREFECT_FLOW_RUN] = flow_run_id
     if flow_run_url:
@@ -266,8 +270,15 @@ class Lineage:
             TAG_CHECKPOINT_DIGEST: self.checkpoint_digest,
             TAG_CHECKPOINT_URI: self.checkpoint_uri,
             TAG_PREFECT_FLOW_RUN: self.flow_run_id,
+            **remote_code_tag(),
         }
         return {key: value for key, value in tags.items() if value is not None}
+
+
+def remote_code_tag() -> dict[str, str]:
+    """{TAG_TRUST_REMOTE_CODE: "false"}: the one setting every model / tokenizer load used
+    (moe2dense_core/pretrained.py), recorded on parent runs and registered model versions."""
+    return {TAG_TRUST_REMOTE_CODE: json.dumps(TRUST_REMOTE_CODE)}
 
 
 def register_dense_model(

@@ -91,7 +91,7 @@ class MoEArchSpec(ABC):
 
     def expected_shapes(self, config: dict[str, Any], layer: int) -> dict[str, tuple[int, ...]]:
         """On-disk shape of every routed, router, shared and dense-MLP tensor of `layer` that the config
-        implies; `io.validate_checkpoint` compares them with the shard headers before anything runs."""
+        implies; `checkpoint.validate_checkpoint` compares them with the shard headers before anything runs."""
         return {}
 
     @abstractmethod

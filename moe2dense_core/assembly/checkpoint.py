@@ -12,15 +12,16 @@ What is written (DESIGN.md "Assembly"; METHOD.md steps 3-5):
   generation_config.json copied; README.md model card; moe2dense.json provenance (provenance.py).
 
 Memory: one layer's K kept experts (float64) plus the writer's current shard — never the whole
-teacher. Order of work: validate everything that can be checked from files (checkpoint integrity,
-config vs weights, plan vs checkpoint, output folder) before reading any expert; write into a
-staging folder published by rename (output_dir.py).
+teacher. Order of work: validate everything that can be checked from files (the teacher through
+`open_teacher`: integrity, every tensor vs config; plan vs checkpoint; output folder) before reading
+any expert; write into a staging folder; read the written headers back and check they are exactly the
+parameters of the dense model class built from the written config.json (checkpoint/dense.py: nothing
+missing, nothing unexpected, every shape right); only then publish the folder by rename (output_dir.py).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,16 +30,18 @@ from typing import Any
 
 import torch
 
-from moe2dense_core.arch.spec import MoEArchSpec, MoEDims, get_spec
+from moe2dense_core.arch.spec import MoEArchSpec, MoEDims
 from moe2dense_core.assembly.layer_ffn import dense_layer_ffn, moe_layer_ffn
 from moe2dense_core.assembly.model_card import render_model_card
 from moe2dense_core.assembly.output_dir import check_output_dir, staged_output_dir
 from moe2dense_core.assembly.plan_check import check_plan_fits
 from moe2dense_core.assembly.provenance import PROVENANCE_FILE, AssemblyProvenance, installed_tool_version
+from moe2dense_core.checkpoint.dense import check_dense_checkpoint
+from moe2dense_core.checkpoint.expected import LAYER_PREFIX
+from moe2dense_core.checkpoint.teacher import Teacher, using_teacher
+from moe2dense_core.checkpoint.validate import inherited_by_student
 from moe2dense_core.errors import CheckpointError, Moe2DenseError
 from moe2dense_core.io.reader import CheckpointReader
-from moe2dense_core.io.resolve import resolve_model
-from moe2dense_core.io.validate import validate_checkpoint
 from moe2dense_core.io.writer import ShardedCheckpointWriter
 from moe2dense_core.plan import ConversionPlan
 
@@ -58,9 +61,6 @@ COPIED_FILE_PATTERNS = (
 )
 """Tokenizer and generation files copied unchanged from the teacher folder."""
 
-_LAYER_INDEX = re.compile(r"\blayers\.(\d+)\.")
-_SNAPSHOT_REVISION = re.compile(r"^[0-9a-f]{40}$")
-
 
 @dataclass(frozen=True)
 class AssemblyResult:
@@ -74,7 +74,7 @@ class AssemblyResult:
 
 
 def assemble(
-    model_dir: str | Path,
+    model_dir: str | Path | Teacher,
     plan: ConversionPlan,
     out_dir: str | Path,
     *,
@@ -86,7 +86,8 @@ def assemble(
 ) -> AssemblyResult:
     """Write the dense student of `plan` for the teacher at `model_dir` into `out_dir`.
 
-    model_dir: a local checkpoint folder, or a hub id resolved through huggingface_hub at `revision`.
+    model_dir: a Teacher from `open_teacher` (used as it is, left open), or a local checkpoint folder / Hub
+    id opened with open_teacher(model_dir, revision, allow_pickle) and closed on return.
     dtype: of the written FFN weights (and, when given, of every floating tensor); None = the teacher
     config's `dtype`/`torch_dtype`, teacher non-FFN tensors then keep their stored dtype.
     overwrite: replace a non-empty `out_dir` (only once the new checkpoint is complete).
@@ -95,29 +96,41 @@ def assemble(
     """
     if max_shard_bytes < 1:
         raise Moe2DenseError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-    source_dir = resolve_model(model_dir, revision=revision)
-    reader = CheckpointReader(source_dir, allow_pickle=allow_pickle)
-    spec = get_spec(reader.model_type)
-    dims = validate_checkpoint(reader, spec)
+    with using_teacher(model_dir, revision, allow_pickle) as teacher:
+        return _assemble(teacher, plan, out_dir, max_shard_bytes, dtype, overwrite)
+
+
+def _assemble(
+    teacher: Teacher,
+    plan: ConversionPlan,
+    out_dir: str | Path,
+    max_shard_bytes: int,
+    dtype: torch.dtype | str | None,
+    overwrite: bool,
+) -> AssemblyResult:
+    """`assemble` on an opened, validated teacher (see module docstring for the order of work)."""
+    reader, spec, dims = teacher.reader, teacher.spec, teacher.dims
     check_plan_fits(plan, reader.model_type, dims)
     out_dtype = _output_dtype(dtype, reader.config)
-    target = check_output_dir(out_dir, overwrite=overwrite, source_dir=source_dir)
+    target = check_output_dir(out_dir, overwrite=overwrite, source_dir=teacher.path)
 
     dense_config = spec.dense_config(reader.config, plan.target_width)
     dense_config.pop("torch_dtype", None)
     dense_config["dtype"] = str(out_dtype).removeprefix("torch.")
 
-    with staged_output_dir(target) as staging, reader:
+    with staged_output_dir(target) as staging:
         with ShardedCheckpointWriter(staging, max_shard_bytes) as writer:
             num_parameters = _write_tensors(
                 writer, reader, spec, dims, plan, out_dtype, cast_all=dtype is not None
             )
+        _write_json(staging / "config.json", dense_config)
+        check_dense_checkpoint(staging)
         record = AssemblyProvenance(
             tool_version=installed_tool_version(),
-            source_model=_source_name(model_dir),
-            source_revision=revision or _snapshot_revision(source_dir),
+            source_model=teacher.source,
+            source_revision=teacher.revision,
             source_model_type=reader.model_type,
-            source_snapshot_digest=reader.snapshot_digest(),
+            source_snapshot_digest=teacher.snapshot_digest(),
             source_shard_digests=reader.shard_digests(),
             dense_model_type=dense_config["model_type"],
             dense_architectures=list(dense_config.get("architectures", [])),
@@ -127,8 +140,7 @@ def assemble(
             plan=plan,
             shard_digests=dict(writer.shard_digests),
         )
-        _write_json(staging / "config.json", dense_config)
-        _copy_files(source_dir, staging, COPIED_FILE_PATTERNS)
+        _copy_files(teacher.path, staging, COPIED_FILE_PATTERNS)
         (staging / PROVENANCE_FILE).write_text(record.model_dump_json(indent=2) + "\n")
         (staging / "README.md").write_text(render_model_card(record))
 
@@ -158,10 +170,10 @@ def _write_tensors(
     layer_plans = {lp.layer: lp for lp in plan.layers}
     outside_layers, by_layer = _non_ffn_tensors_by_layer(reader, spec, dims)
     for name in outside_layers:
-        sink.add(spec, name, reader.get(name), copy_dtype)
+        sink.add(spec, name, spec.read_tensor(reader, name), copy_dtype)
     for layer in range(dims.num_layers):
         for name in by_layer.get(layer, []):
-            sink.add(spec, name, reader.get(name), copy_dtype)
+            sink.add(spec, name, spec.read_tensor(reader, name), copy_dtype)
         if layer in layer_plans:
             ffn = moe_layer_ffn(spec, reader, layer_plans[layer], plan.target_width)
         else:
@@ -200,28 +212,20 @@ class _TensorSink:
 def _non_ffn_tensors_by_layer(
     reader: CheckpointReader, spec: MoEArchSpec, dims: MoEDims
 ) -> tuple[list[str], dict[int, list[str]]]:
-    """Teacher tensors that are not FFN (router, routed/shared experts, dense MLP), grouped by decoder layer.
+    """Teacher tensors the student inherits (checkpoint.validate.inherited_by_student: not FFN, not FP8
+    scales, not in layers ≥ num_hidden_layers), grouped by decoder layer.
 
     Returns (names outside any decoder layer, layer → names for layers < num_hidden_layers).
-    [defined here] Tensors of layers ≥ num_hidden_layers — DeepSeek-V3's multi-token-prediction module
-    (`model.layers.61.*`), which the causal-LM forward never runs — are not part of the student: dropped.
     """
-    ffn: set[str] = set()
-    for layer in range(dims.num_layers):
-        if layer in dims.moe_layers:
-            ffn.update(spec.routed_tensor_names(reader.config, layer))
-            ffn.update(spec.shared_tensor_names(reader.config, layer))
-        else:
-            ffn.update(spec.dense_mlp_tensor_names(reader.config, layer))
     outside_layers: list[str] = []
     by_layer: dict[int, list[str]] = {}
     for name in reader.names():
-        if name in ffn:
+        if not inherited_by_student(name, spec, dims):
             continue
-        match = _LAYER_INDEX.search(name)
+        match = LAYER_PREFIX.match(name)
         if match is None:
             outside_layers.append(name)
-        elif int(match.group(1)) < dims.num_layers:
+        else:
             by_layer.setdefault(int(match.group(1)), []).append(name)
     return outside_layers, by_layer
 
@@ -240,19 +244,6 @@ def _output_dtype(dtype: torch.dtype | str | None, config: dict[str, Any]) -> to
     if not value.is_floating_point:
         raise CheckpointError(f"{field} {value} is not a floating-point dtype")
     return value
-
-
-def _source_name(model_dir: str | Path) -> str:
-    """A local folder as its absolute path; a hub id as given."""
-    path = Path(model_dir).expanduser()
-    return str(path.absolute()) if path.is_dir() else str(model_dir)
-
-
-def _snapshot_revision(source_dir: Path) -> str | None:
-    """The commit hash of a huggingface_hub cache snapshot folder (…/snapshots/<40 hex>); None otherwise."""
-    resolved = source_dir.resolve()
-    is_snapshot = resolved.parent.name == "snapshots" and _SNAPSHOT_REVISION.match(resolved.name)
-    return resolved.name if is_snapshot else None
 
 
 def _copy_files(source_dir: Path, out_dir: Path, patterns: Iterable[str]) -> None:

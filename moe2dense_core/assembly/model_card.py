@@ -43,7 +43,7 @@ need knowledge distillation from its teacher before it is useful.
 
 - model: `{record.source_model}`
 - revision: {f"`{record.source_revision}`" if record.source_revision else "unknown (local folder)"}
-- snapshot digest (sha256 over config, index and shards): `{record.source_snapshot_digest}`
+- snapshot digest (sha256 over every config, index, shard and tokenizer file): `{record.source_snapshot_digest}`
 
 | teacher shard | sha256 |
 |---|---|

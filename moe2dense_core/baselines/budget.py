@@ -42,10 +42,12 @@ def config_parameter_count(config) -> int:
 
     config: a transformers PretrainedConfig, or a checkpoint folder holding config.json.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from moe2dense_core.pretrained import load_config
 
     if isinstance(config, str | Path):
-        config = AutoConfig.from_pretrained(config)
+        config = load_config(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return count_parameters(model)

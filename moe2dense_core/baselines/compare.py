@@ -63,6 +63,7 @@ from moe2dense_core.evaluate import EvalConfig, evaluate_downstream, perplexity,
 from moe2dense_core.evaluate.model_io import model_device
 from moe2dense_core.io.atomic import atomic_write_text
 from moe2dense_core.logging import MetricLogger, NullLogger
+from moe2dense_core.pretrained import load_causal_lm, load_config
 
 COMPARISON_SCHEMA_VERSION = 1
 COMPARISON_FILE = "comparison.json"
@@ -110,17 +111,13 @@ class StudentEntry:
         """config.vocab_size of the model or of the checkpoint folder's config.json."""
         if self.in_memory:
             return int(self.model.config.vocab_size)
-        from transformers import AutoConfig
-
-        return int(AutoConfig.from_pretrained(self.model).vocab_size)
+        return int(load_config(self.model).vocab_size)
 
     def load(self, device: torch.device) -> nn.Module:
         """The model on `device`; a checkpoint folder loads in fp32 (the master weights distill trains)."""
         if self.in_memory:
             return self.model.to(device)
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(self.model, dtype=torch.float32).to(device)
+        return load_causal_lm(self.model, dtype=torch.float32).to(device)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from moe2dense_core.baselines.budget import config_parameter_count, count_parame
 from moe2dense_core.baselines.channel_importance import channel_importance
 from moe2dense_core.baselines.width_pruning import prune_ffn_, prune_hidden_
 from moe2dense_core.errors import CheckpointError, Moe2DenseError, UnsupportedArchitectureError
+from moe2dense_core.pretrained import load_causal_lm, load_config
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 """Dense families with `model.layers[i].{self_attn,mlp}` Llama layouts and one config.intermediate_size."""
@@ -77,12 +78,10 @@ def d2d_prune(
     receives safetensors + config, the teacher's tokenizer files and baseline.json, written in a
     temporary folder beside it and renamed into place.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise CheckpointError(f"{out_dir}: output folder already exists and is not empty")
-    config = AutoConfig.from_pretrained(model_dir)
+    config = load_config(model_dir)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedArchitectureError(
             f"{model_dir}: d2d_prune supports model_type {list(SUPPORTED_MODEL_TYPES)}, not {config.model_type!r}"
@@ -96,7 +95,7 @@ def d2d_prune(
     new_hidden = hidden_size or teacher_hidden
     width = _width_for_target(_with(config, hidden_size=new_hidden), target_params, width_multiple)
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    model = load_causal_lm(model_dir, dtype="auto")
     importance = channel_importance(model, calib_batches)
     prune_ffn_(model, [scores.topk(width).indices.sort().values for scores in importance.ffn])
     if new_hidden != teacher_hidden:

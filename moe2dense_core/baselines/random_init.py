@@ -16,6 +16,7 @@ import torch
 
 from moe2dense_core.errors import CheckpointError
 from moe2dense_core.io.reader import CheckpointReader
+from moe2dense_core.pretrained import load_config
 
 FFN_MARKER = ".mlp."
 """Parameters whose name contains this are the FFN (re-initialised); all others come from the teacher."""
@@ -24,11 +25,11 @@ _PLAIN_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float
 
 
 def _as_config(config):
-    from transformers import AutoConfig, PretrainedConfig
+    from transformers import PretrainedConfig
 
     if isinstance(config, PretrainedConfig):
         return config
-    return AutoConfig.from_pretrained(Path(config))
+    return load_config(Path(config))
 
 
 def random_init_student(config, *, seed: int = 0):

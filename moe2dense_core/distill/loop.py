@@ -9,22 +9,28 @@ norm, AdamW step (fp32 master weights; forward under bf16 autocast where support
 
 Metrics logged every `log_every` steps (rank 0): loss, kl (mean forward KL per token at temperature T,
 no T² factor; over the k + 1 buckets in cached mode), ce (when w > 0), lr, grad_norm, tokens_per_s.
+Params logged once: every config field (distill.*), resolved precision, world size, the run's
+config_digest and start_step (0, or the step of the checkpoint resumed from).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from moe2dense_core.distill.checkpointing import (
     TrainerPosition,
+    checkpoint_step,
     full_training_state,
     latest_checkpoint,
     load_checkpoint,
+    read_run_identity,
     rng_state,
     save_checkpoint,
 )
@@ -43,6 +49,7 @@ from moe2dense_core.distill.distributed import (
 from moe2dense_core.distill.expanded_routing import check_teacher_top_k
 from moe2dense_core.distill.losses import divergence_sum, next_token_ce_sum
 from moe2dense_core.distill.precision import autocast, resolve_precision
+from moe2dense_core.distill.run_identity import check_resumable, run_identity
 from moe2dense_core.distill.sampling import step_micro_batches
 from moe2dense_core.distill.schedule import warmup_cosine_scheduler
 from moe2dense_core.distill.targets import CachedTeacher, OnlineTeacher, TeacherSource
@@ -50,10 +57,14 @@ from moe2dense_core.distill.topk_cache import TopKCache
 from moe2dense_core.errors import DistillError
 from moe2dense_core.logging import MetricLogger, NullLogger
 
+LOG = logging.getLogger(__name__)
+Resume = bool | Literal["extend"]
+
 
 @dataclass(frozen=True)
 class DistillResult:
-    """What a run ended with: steps done, training tokens seen (global), the last logged metrics."""
+    """What a run ended with: steps done, training tokens seen (global), the last logged metrics, and
+    start_step, the step it began at (> 0 when it resumed a checkpoint)."""
 
     steps: int
     tokens_seen: int
@@ -62,6 +73,7 @@ class DistillResult:
     precision: str
     world_size: int = 1
     history: list[dict[str, float]] = field(default_factory=list)
+    start_step: int = 0
 
 
 def enable_activation_checkpointing(student: nn.Module) -> None:
@@ -92,27 +104,42 @@ def _validate_data(data: torch.Tensor, config: DistillConfig, world_size: int, v
 
 def _teacher_source(
     teacher_or_cache: nn.Module | TopKCache | str | Path,
-    data: torch.Tensor,
+    data_digest: str,
     config: DistillConfig,
+    teacher_digest: str | None,
     precision: str,
     device: torch.device,
-) -> TeacherSource:
+) -> tuple[TeacherSource, str, str | None]:
+    """(source, its label for the run identity, the teacher digest: the caller's, else a cache's)."""
     if isinstance(teacher_or_cache, nn.Module):
         if config.teacher_top_k is not None:
             check_teacher_top_k(teacher_or_cache, config.teacher_top_k)
-        return OnlineTeacher(teacher_or_cache, precision=precision, device=device, top_k=config.teacher_top_k)
+        source = OnlineTeacher(teacher_or_cache, precision=precision, device=device, top_k=config.teacher_top_k)
+        return source, "online", teacher_digest
     cache = teacher_or_cache if isinstance(teacher_or_cache, TopKCache) else TopKCache.open(teacher_or_cache)
-    m = cache.manifest
-    if m.data_digest != tokens_digest(data):
-        raise DistillError(f"top-k cache {cache.directory} was written for other data (data_digest differs)")
-    if m.temperature != config.temperature:
-        raise DistillError(f"top-k cache {cache.directory} has temperature {m.temperature}, config {config.temperature}")
-    if config.teacher_top_k is not None and config.teacher_top_k != m.teacher_top_k:
+    cache.check_fits(data_digest=data_digest, temperature=config.temperature, teacher_top_k=config.teacher_top_k,
+                     teacher_digest=teacher_digest)
+    return CachedTeacher(cache, device), f"topk_cache(k={cache.manifest.k})", cache.manifest.teacher_digest
+
+
+def _checkpoint_to_resume(
+    checkpoint_dir: Path | None, resume: Resume, identity: dict[str, Any]
+) -> Path | None:
+    """The checkpoint this run continues (None: start at step 0), its run identity checked (run_identity).
+
+    resume=False refuses a folder that already holds checkpoints, so two runs never mix in one folder.
+    """
+    found = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if found is None:
+        return None
+    if resume is False:
         raise DistillError(
-            f"config.teacher_top_k={config.teacher_top_k} but cache {cache.directory} was written with "
-            f"teacher_top_k={m.teacher_top_k}"
+            f"checkpoint_dir {checkpoint_dir} already holds checkpoints (newest {found.name}); pass resume=True "
+            "to continue that run, resume='extend' to extend it, or use an empty folder"
         )
-    return CachedTeacher(cache, device)
+    check_resumable(read_run_identity(found), identity, checkpoint=found, step=checkpoint_step(found),
+                    extend=resume == "extend")
+    return found
 
 
 def micro_step(
@@ -183,30 +210,47 @@ def distill(
     *,
     logger: MetricLogger | None = None,
     checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: Resume = False,
+    student_digest: str | None = None,
+    teacher_digest: str | None = None,
 ) -> DistillResult:
     """Distill `student` (a causal LM returning `.logits`) from a teacher model or a top-k cache.
 
     data: packed training rows [N, L] (int64, see `data.prepare_token_splits`; never the held-out rows).
     teacher_or_cache: the MoE teacher (run online) or a `TopKCache` / its directory (`write_topk_cache`
     on the same `data`; an online teacher is moved to the student's device and put in eval mode).
-    Checkpoints go to `checkpoint_dir` every `config.checkpoint_every` steps and at
-    the end; resume=True continues from the newest one there exactly. Works unchanged under
+    Checkpoints go to `checkpoint_dir` every `config.checkpoint_every` steps and at the end, each with
+    the run identity (`run_identity`: config fields, data digest, teacher, `teacher_digest` and
+    `student_digest` — the caller's ids of the teacher and of the student's starting weights, or None).
+    resume=True continues from the newest one there exactly (none there: starts at step 0), refusing a
+    checkpoint of another run with an error naming what differs; resume="extend" continues it to a new
+    `config.max_steps` (≥ its step), the lr schedule rebuilt for the new total; resume=False refuses a
+    folder that already holds checkpoints. Works unchanged under
     torchrun / accelerate launch (config.parallelism: DDP or FSDP; see `distributed`). Trains `student`
-    in place (under FSDP its parameters become shards; gather them with `full_training_state`).
+    in place (under FSDP its parameters become shards; gather them with `full_training_state`) and
+    leaves no `.grad` on its parameters.
     """
     logger = logger or NullLogger()
+    if resume not in (False, True, "extend"):
+        raise DistillError(f"resume must be False, True or 'extend', got {resume!r}")
     if resume and checkpoint_dir is None:
-        raise DistillError("resume=True needs checkpoint_dir")
+        raise DistillError(f"resume={resume!r} needs checkpoint_dir")
     if config.checkpoint_every is not None and checkpoint_dir is None:
         raise DistillError("config.checkpoint_every is set but no checkpoint_dir was given")
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     ctx: DistributedContext = setup_distributed(next(student.parameters()).device)
     vocab_size = int(student.config.vocab_size)
     _validate_data(data, config, ctx.world_size, vocab_size)
+    data_digest = tokens_digest(data)
     precision = resolve_precision(config.precision, ctx.device)
-    source = _teacher_source(teacher_or_cache, data, config, precision, ctx.device)
+    source, teacher_label, teacher_digest = _teacher_source(
+        teacher_or_cache, data_digest, config, teacher_digest, precision, ctx.device
+    )
     if source.vocab_size != vocab_size:
         raise DistillError(f"student vocab_size {vocab_size} != teacher vocab_size {source.vocab_size}")
+    identity = run_identity(config, data_digest=data_digest, teacher=teacher_label,
+                            teacher_digest=teacher_digest, student_digest=student_digest)
+    found = _checkpoint_to_resume(checkpoint_dir, resume, identity)
 
     student.to(ctx.device).train()
     if config.gradient_checkpointing:
@@ -216,17 +260,46 @@ def distill(
     optimizer = torch.optim.AdamW(
         params, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay
     )
-    scheduler = warmup_cosine_scheduler(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr  # the schedule's base lr, as in the saved optimizer state
+    # No stale .grad (e.g. from an earlier run on this model): loading an optimizer state needs none.
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        return _train(model, student, optimizer, params, source, data, config, ctx=ctx, precision=precision,
+                      logger=logger, checkpoint_dir=checkpoint_dir, found=found, identity=identity)
+    finally:
+        optimizer.zero_grad(set_to_none=True)  # free the model-sized gradient block
 
+
+def _train(
+    model: nn.Module,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    source: TeacherSource,
+    data: torch.Tensor,
+    config: DistillConfig,
+    *,
+    ctx: DistributedContext,
+    precision: str,
+    logger: MetricLogger,
+    checkpoint_dir: Path | None,
+    found: Path | None,
+    identity: dict[str, Any],
+) -> DistillResult:
+    """The optimizer-step loop of `distill` from checkpoint `found` (None: step 0) to config.max_steps."""
     position = TrainerPosition(step=0, data_position=0)
-    if resume:
-        found = latest_checkpoint(checkpoint_dir)
-        if found is not None:
-            position = load_checkpoint(found, model=student, optimizer=optimizer, scheduler=scheduler,
-                                       rank=ctx.rank, world_size=ctx.world_size)
+    if found is not None:
+        position = load_checkpoint(found, model=student, optimizer=optimizer, rank=ctx.rank,
+                                   world_size=ctx.world_size)
+        LOG.info("resuming distillation from %s at step %d of %d", found, position.step, config.max_steps)
+    start_step = position.step
+    scheduler = warmup_cosine_scheduler(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio,
+                                        start_step=start_step)
     if ctx.is_main:
         logger.log_params({f"distill.{k}": v for k, v in config.model_dump().items()}
-                          | {"distill.resolved_precision": precision, "distill.world_size": ctx.world_size})
+                          | {"distill.resolved_precision": precision, "distill.world_size": ctx.world_size,
+                             "distill.config_digest": identity["config_digest"], "distill.start_step": start_step})
 
     num_rows, seq_len = data.shape
     global_rows = config.sequences_per_step(ctx.world_size)
@@ -268,7 +341,7 @@ def distill(
             rng_states = gather_objects(rng_state(), ctx)
             if ctx.is_main:
                 saved = save_checkpoint(checkpoint_dir, model_state=model_state, optimizer_state=optimizer_state,
-                                        scheduler=scheduler, position=position, rng_states=rng_states,
+                                        position=position, rng_states=rng_states, identity=identity,
                                         keep=config.keep_checkpoints)
             barrier(ctx)
     if checkpoint_dir is not None and saved is None:
@@ -276,4 +349,5 @@ def distill(
     return DistillResult(
         steps=position.step, tokens_seen=position.data_position * seq_len, final_metrics=metrics,
         checkpoint_path=saved, precision=precision, world_size=ctx.world_size, history=history,
+        start_step=start_step,
     )

@@ -29,6 +29,13 @@ class WarmupCosine:
 
 
 def warmup_cosine_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float, *, start_step: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio))
+    """The schedule above, positioned so the next optimizer step is step `start_step` (lr = base · multiplier).
+
+    Base lr = each param group's "initial_lr" (its lr when absent; needed for start_step > 0), so a
+    run resumed at step s follows the same lr as one that never stopped — or, with a new
+    `total_steps`, the schedule rebuilt for that total.
+    """
+    schedule = WarmupCosine(warmup_steps, total_steps, min_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=start_step - 1)

@@ -6,8 +6,10 @@
   topk_ids       int32   [n, L, k]   the k most probable next-token ids, most probable first
   topk_logprobs  float32 [n, L, k]   log p_v = log softmax(z / T)_v at those ids
   tail_logprob   float32 [n, L]      log r, r = Σ_{v ∉ top-k} p_v, from the full logits (−inf if k = V)
-and `manifest.json` (k, V, L, N, T, teacher_top_k, sha256 of the data and of each shard).
-`TopKCache.open(out_dir)` reads rows back by index, so distillation never holds the teacher in memory.
+and `manifest.json` (k, V, L, N, T, teacher_top_k — the routing k' the teacher ran with, None for its own
+k —, the teacher precision, the caller's teacher digest, sha256 of the data and of each shard).
+`TopKCache.open(out_dir)` reads rows back by index, so distillation never holds the teacher in memory;
+`TopKCache.check_fits` refuses a run whose data, temperature, routing or teacher differ from the cache's.
 How the tail mass enters the loss: `moe2dense_core.distill.losses.topk_bucket_logprobs` [defined here].
 """
 
@@ -57,6 +59,7 @@ class TopKCacheManifest(BaseModel):
     teacher_top_k: int | None
     precision: str
     data_digest: str
+    teacher_digest: str | None = None
     shards: tuple[CacheShard, ...]
 
 
@@ -94,6 +97,7 @@ def write_topk_cache(
     *,
     temperature: float = 1.0,
     teacher_top_k: int | None = None,
+    teacher_digest: str | None = None,
     batch_size: int = 8,
     rows_per_shard: int = 1024,
     precision: str = "auto",
@@ -101,7 +105,9 @@ def write_topk_cache(
     """Run `teacher` over `data` [N, L] (int) and write its top-k log-probabilities to `out_dir`.
 
     k: kept ids per token (1 ≤ k ≤ V); temperature: T of p = softmax(z / T) (distillation must use
-    the same T); teacher_top_k: expanded routing k' (paper Eq. 6). The teacher runs on its own device.
+    the same T); teacher_top_k: expanded routing k' (paper Eq. 6; a run must ask for the same k', or
+    None for both); teacher_digest: the caller's id of the teacher weights (e.g. its snapshot sha256),
+    recorded so `distill(teacher_digest=...)` can check it. The teacher runs on its own device.
     Returns the manifest, also written last (atomically) as `out_dir/manifest.json`.
     """
     if data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
@@ -145,7 +151,8 @@ def write_topk_cache(
         teacher.train(was_training)
     manifest = TopKCacheManifest(
         k=k, vocab_size=vocab_size, seq_len=data.shape[1], num_sequences=data.shape[0], temperature=temperature,
-        teacher_top_k=teacher_top_k, precision=resolved, data_digest=tokens_digest(data), shards=tuple(shards),
+        teacher_top_k=teacher_top_k, precision=resolved, data_digest=tokens_digest(data),
+        teacher_digest=teacher_digest, shards=tuple(shards),
     )
     atomic_write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=2))
     return manifest
@@ -179,6 +186,24 @@ class TopKCache:
             if verify and file_sha256(path) != shard.sha256:
                 raise DistillError(f"top-k cache shard {path} does not match its sha256 in the manifest")
         return cls(directory, manifest)
+
+    def check_fits(
+        self, *, data_digest: str, temperature: float, teacher_top_k: int | None, teacher_digest: str | None
+    ) -> None:
+        """Raise DistillError naming every field where this cache differs from what a run asks for.
+
+        Data, temperature and routing k' (None = the teacher's own k) must be equal; the teacher digest
+        is checked when the run gives one.
+        """
+        m = self.manifest
+        asked = {"data_digest": data_digest, "temperature": temperature, "teacher_top_k": teacher_top_k}
+        if teacher_digest is not None:
+            asked["teacher_digest"] = teacher_digest
+        differ = [f"{name}: cache {getattr(m, name)!r}, run {value!r}" for name, value in asked.items()
+                  if getattr(m, name) != value]
+        if differ:
+            written_for = " (written for other data)" if m.data_digest != data_digest else ""
+            raise DistillError(f"top-k cache {self.directory} does not fit this run{written_for}: " + "; ".join(differ))
 
     def rows(self, indices: torch.Tensor) -> TeacherTopK:
         """Cached targets of rows `indices` [B] (positions in the packed data), in that order."""

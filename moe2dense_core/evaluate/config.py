@@ -7,6 +7,9 @@ into lm-eval task YAMLs at run time by `lm_eval_tasks.py`:
   partial_context   {"context_options": [str, ...], "continuation": str, "gold": int}
                     score the shared continuation after each context (WinoGrande's partial scoring)
   cloze             {"context": str, "continuation": str}   is the continuation the greedy completion? (LAMBADA)
+The first two score `query + target_delimiter + choice` (resp. `context + target_delimiter +
+continuation`); `target_delimiter` is lm-eval's own task option, one space by default, set per task,
+e.g. "" for HellaSwag-style choices that carry their own leading punctuation or space.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LocalFormat = Literal["multiple_choice", "partial_context", "cloze"]
+DELIMITED_FORMATS: tuple[LocalFormat, ...] = ("multiple_choice", "partial_context")
+DEFAULT_TARGET_DELIMITER = " "
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -27,6 +32,8 @@ class TaskSpec(BaseModel):
     num_fewshot: in-context examples before each question. Local tasks draw them from
     fewshot_file, or, when it is None, from data_file itself excluding the question being asked.
     Relative file paths resolve against the working directory of the process that evaluates.
+    target_delimiter: the text between query and choice (multiple_choice) or context and
+    continuation (partial_context); lm-eval's default, one space, unless the task sets it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -36,6 +43,7 @@ class TaskSpec(BaseModel):
     format: LocalFormat | None = None
     data_file: Path | None = None
     fewshot_file: Path | None = None
+    target_delimiter: str = DEFAULT_TARGET_DELIMITER
 
     @field_validator("name")
     @classmethod
@@ -52,6 +60,11 @@ class TaskSpec(BaseModel):
             )
         if self.fewshot_file is not None and self.format is None:
             raise ValueError(f"task {self.name!r}: fewshot_file applies to local tasks only")
+        if self.target_delimiter != DEFAULT_TARGET_DELIMITER and self.format not in DELIMITED_FORMATS:
+            raise ValueError(
+                f"task {self.name!r}: target_delimiter applies to local {' / '.join(DELIMITED_FORMATS)} tasks "
+                f"only (a cloze continuation carries its own leading space; a hub task defines its own)"
+            )
         return self
 
     @property

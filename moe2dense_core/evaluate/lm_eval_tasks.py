@@ -7,10 +7,12 @@ shadows a hub task of the same name (e.g. the local `winogrande` vs lm-eval's ow
 
 Formats (see config.py) and their lm-eval mapping [defined here]:
   multiple_choice  doc_to_text=query, doc_to_choice=choices, doc_to_target=gold; acc and acc_norm
-                   (acc_norm: log-likelihood divided by the choice's length in characters).
+                   (acc_norm: log-likelihood divided by the choice's length in characters);
+                   scored text: query + target_delimiter + choice.
   partial_context  doc_to_text=gold (an int: lm-eval's "multiple inputs" mode), doc_to_choice=
                    context_options, doc_to_target=continuation; acc only (every option scores the
-                   same continuation, so there is nothing to length-normalise).
+                   same continuation, so there is nothing to length-normalise); scored text:
+                   context option + target_delimiter + continuation.
   cloze            loglikelihood of " " + continuation after context; acc (= continuation is the
                    greedy completion) and perplexity of the continuation.
 Few-shot examples come from fewshot_file when given, else from data_file with the question being
@@ -27,7 +29,7 @@ from typing import Any
 import yaml
 
 from moe2dense_core.errors import Moe2DenseError
-from moe2dense_core.evaluate.config import LocalFormat, TaskSpec
+from moe2dense_core.evaluate.config import DELIMITED_FORMATS, LocalFormat, TaskSpec
 from moe2dense_core.io.atomic import atomic_write_text
 from moe2dense_core.shared_data import shared_data_dir
 
@@ -170,6 +172,8 @@ def task_yaml(spec: TaskSpec, *, datasets_cache: str | Path) -> dict[str, Any]:
         definition["fewshot_split"] = "test"
     definition["num_fewshot"] = spec.num_fewshot
     definition.update(_FORMAT_FIELDS[spec.format])
+    if spec.format in DELIMITED_FORMATS:
+        definition["target_delimiter"] = spec.target_delimiter
     definition["metadata"] = {"version": LOCAL_TASK_VERSION}
     return definition
 
@@ -179,8 +183,14 @@ def _validate_file(path: Path, fmt: LocalFormat, task: str) -> int:
     if not path.is_file():
         raise Moe2DenseError(f"task {task!r}: data file {path} does not exist")
     rows = 0
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise Moe2DenseError(
+                    f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:

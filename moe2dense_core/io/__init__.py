@@ -1,10 +1,12 @@
-"""Streaming checkpoint I/O: read one tensor at a time, write shard by shard, MXFP4, digests."""
+"""Streaming checkpoint I/O: read one tensor at a time, write shard by shard, MXFP4, digests.
+
+Below `arch/` in the layering (arch imports io.fp8 / io.mxfp4): nothing here imports arch. Validating a
+checkpoint against its architecture lives above both, in `moe2dense_core.checkpoint`."""
 
 from moe2dense_core.io.digests import file_sha256, snapshot_sha256
 from moe2dense_core.io.mxfp4 import dequantize_mxfp4, quantize_mxfp4
 from moe2dense_core.io.reader import CheckpointReader
 from moe2dense_core.io.resolve import resolve_model
-from moe2dense_core.io.validate import validate_checkpoint
 from moe2dense_core.io.writer import ShardedCheckpointWriter
 
 __all__ = [
@@ -15,5 +17,4 @@ __all__ = [
     "quantize_mxfp4",
     "resolve_model",
     "snapshot_sha256",
-    "validate_checkpoint",
 ]

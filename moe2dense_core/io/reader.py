@@ -9,7 +9,8 @@ Supported layouts, in the order they are looked for:
 Everything that can be checked without reading tensor data is checked in the constructor, so a bad
 checkpoint fails before anything expensive: config.json present and a JSON object with model_type;
 the index parses; every shard it names exists; every safetensors header parses, its byte length
-matches the file (truncation / trailing bytes) and it holds every tensor the index assigns to it.
+matches the file (truncation / trailing bytes), it holds every tensor the index assigns to it and
+no tensor the index leaves out (or assigns to another shard).
 Tensors are then read lazily with `safetensors.safe_open`, one per `get` call.
 """
 
@@ -24,7 +25,7 @@ import torch
 from safetensors import safe_open
 
 from moe2dense_core.errors import CheckpointError
-from moe2dense_core.io.digests import file_sha256, snapshot_sha256
+from moe2dense_core.io.digests import file_sha256
 from moe2dense_core.io.safetensors_header import TensorInfo, read_header
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -112,14 +113,6 @@ class CheckpointReader:
             self._digests = {shard: file_sha256(self.model_dir / shard) for shard in self.shard_files()}
         return dict(self._digests)
 
-    def snapshot_digest(self) -> str:
-        """sha256 over the digests of config.json, the index (if any) and every shard."""
-        files = dict(self.shard_digests())
-        files["config.json"] = file_sha256(self.model_dir / "config.json")
-        if self.index_file is not None:
-            files[self.index_file.name] = file_sha256(self.index_file)
-        return snapshot_sha256(files)
-
     def close(self) -> None:
         """Drop open shard handles (memory maps); the reader reopens them on the next `get`."""
         self._handles.clear()
@@ -151,6 +144,7 @@ class CheckpointReader:
             if not path.is_file():
                 raise CheckpointError(f"{self.index_file}: shard {shard!r} named in the index does not exist")
             header = read_header(path)
+            self._check_index_lists(shard, header)
             for name in (n for n, s in self._weight_map.items() if s == shard):
                 if name not in header:
                     raise CheckpointError(
@@ -158,6 +152,17 @@ class CheckpointReader:
                     )
                 infos[name] = header[name]
         return infos
+
+    def _check_index_lists(self, shard: str, stored: dict[str, object]) -> None:
+        """Every tensor stored in `shard` must be assigned to it by the index: a tensor the index leaves
+        out is invisible to every loader that goes through the index (a silently lost weight)."""
+        for name in stored:
+            listed = self._shard_by_name.get(name)
+            if listed != shard:
+                where = "does not list it" if listed is None else f"assigns it to {listed!r}"
+                raise CheckpointError(
+                    f"{self.model_dir / shard}: holds tensor {name!r}, but the index {self.index_file.name} {where}"
+                )
 
     def _open_pickle(self, allow_pickle: bool) -> None:
         self.format = "pickle"
@@ -187,6 +192,9 @@ class CheckpointReader:
             for shard in pickles:
                 for name in self._load_pickle_shard(shard):
                     self._shard_by_name[name] = shard
+        if self.index_file is not None:
+            for shard in sorted(set(self._shard_by_name.values())):
+                self._check_index_lists(shard, self._load_pickle_shard(shard))
         self._infos = {}
         for name, shard in self._shard_by_name.items():
             tensor = self._load_pickle_shard(shard).get(name)

@@ -1,15 +1,16 @@
 """collect_stats: calibration statistics of a teacher over token batches (METHOD.md step 1) [paper].
 
 Two modes, same numbers (tested to agree):
-  in_memory       load the teacher with stock `AutoModelForCausalLM.from_pretrained` (no remote code)
+  in_memory       load the teacher with stock `AutoModelForCausalLM.from_pretrained` (no remote code:
+                  moe2dense_core.pretrained)
                   — or take a loaded model — and run each batch through it under the stat hooks.
   layer_by_layer  StreamedTeacher: ONE decoder layer in memory at a time, read from the checkpoint;
                   the hidden states of all batches are carried from layer to layer. For teachers
                   larger than RAM (peak: embeddings + one decoder layer + the N·H hidden states of
                   all N calibration tokens + one batch's activations).
-Before any weight is loaded or any forward runs, a checkpoint folder is validated against its config
-(io.validate_checkpoint, headers only) and every batch is checked (2-D integer tensor, ids within
-the vocabulary).
+Before any weight is loaded or any forward runs, a checkpoint is opened and validated once
+(checkpoint.open_teacher, headers only; an already opened Teacher is used as it is) and every batch is
+checked (2-D integer tensor, ids within the vocabulary).
 Calibration data and size are not given by the paper [defined here: the caller chooses].
 """
 
@@ -21,14 +22,14 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from moe2dense_core.arch import get_spec
 from moe2dense_core.arch.spec import MoEArchSpec
+from moe2dense_core.checkpoint.teacher import Teacher, using_teacher
+from moe2dense_core.checkpoint.tokenizer import config_vocab_size
 from moe2dense_core.errors import CheckpointError
-from moe2dense_core.io.reader import CheckpointReader
-from moe2dense_core.io.resolve import resolve_model
-from moe2dense_core.io.validate import validate_checkpoint
+from moe2dense_core.pretrained import load_causal_lm
 from moe2dense_core.stats.expert_stats import ExpertStats
 from moe2dense_core.stats.hooks import DEFAULT_MAX_CHUNK_BYTES, attach_stat_hooks
 from moe2dense_core.stats.layer_stats import StatsError
@@ -40,7 +41,7 @@ ProgressCallback = Callable[[int, int], None]
 
 
 def collect_stats(
-    model_dir_or_model: str | Path | PreTrainedModel,
+    model_dir_or_model: str | Path | Teacher | PreTrainedModel,
     batches: Iterable[torch.Tensor],
     *,
     mode: Mode = "in_memory",
@@ -52,8 +53,9 @@ def collect_stats(
 ) -> ExpertStats:
     """Run the teacher on `batches` (each a LongTensor [B, T] of token ids) and return its ExpertStats.
 
-    model_dir_or_model: a local checkpoint folder or a Hub repo id (io.resolve_model, at `revision`), or
-    (in_memory only) a loaded transformers MoE model.
+    model_dir_or_model: a Teacher from `open_teacher` (used as it is, left open), a local checkpoint folder
+    or a Hub repo id (opened with open_teacher at `revision`, closed on return), or (in_memory only) a
+    loaded transformers MoE model.
     dtype / device: where and in which precision a teacher read from a folder runs (a loaded model runs
     as it is); statistics are always accumulated in float64.
     max_chunk_bytes: bound on the float64 expert outputs / weights computed at once (see hooks.py).
@@ -70,20 +72,20 @@ def collect_stats(
         model = model_dir_or_model
         config = _config_dict(model.config)
         spec = get_spec(config.get("model_type"))
-        batches = validate_batches(batches, _vocab_size(config, "model.config"))
+        batches = validate_batches(batches, config_vocab_size(config, "model.config"))
         return _collect_in_memory(model, spec, config, batches, max_chunk_bytes, on_progress)
-
-    reader = CheckpointReader(resolve_model(model_dir_or_model, revision=revision))
-    spec = get_spec(reader.model_type)
-    validate_checkpoint(reader, spec)  # config vs. tensor headers, before anything is loaded
-    batches = validate_batches(batches, _vocab_size(reader.config, str(reader.model_dir / "config.json")))
-    if mode == "in_memory":
-        model, info = AutoModelForCausalLM.from_pretrained(
-            reader.model_dir,
-            dtype=dtype,
-            device_map=torch.device(device),
-            trust_remote_code=False,
-            output_loading_info=True,
+    with using_teacher(model_dir_or_model, revision) as teacher:
+        reader, spec = teacher.reader, teacher.spec
+        batches = validate_batches(
+            batches, config_vocab_size(reader.config, str(reader.model_dir / "config.json"))
+        )
+        if mode == "layer_by_layer":
+            streamed = StreamedTeacher(reader, dtype=dtype, device=device)
+            return collect_layer_by_layer(
+                streamed, spec, batches, max_chunk_bytes=max_chunk_bytes, on_progress=on_progress
+            )
+        model, info = load_causal_lm(
+            reader.model_dir, dtype=dtype, device_map=torch.device(device), output_loading_info=True
         )
         # transformers would run missing parameters randomly initialised: refuse instead
         if info["missing_keys"] or info["mismatched_keys"]:
@@ -92,10 +94,6 @@ def collect_stats(
                 f"shape mismatches {sorted(info['mismatched_keys'])}"
             )
         return _collect_in_memory(model, spec, reader.config, batches, max_chunk_bytes, on_progress)
-    teacher = StreamedTeacher(reader, dtype=dtype, device=device)
-    return collect_layer_by_layer(
-        teacher, spec, batches, max_chunk_bytes=max_chunk_bytes, on_progress=on_progress
-    )
 
 
 def validate_batches(batches: Iterable[torch.Tensor], vocab_size: int) -> list[torch.Tensor]:
@@ -185,10 +183,3 @@ def _config_dict(config: Any) -> dict[str, Any]:
     data = config.to_dict()
     data.update({alias: getattr(config, alias) for alias in getattr(config, "attribute_map", {})})
     return data
-
-
-def _vocab_size(config: dict[str, Any], where: str) -> int:
-    vocab_size = config.get("vocab_size")
-    if not isinstance(vocab_size, int) or vocab_size <= 0:
-        raise CheckpointError(f"{where}: field 'vocab_size' must be a positive integer, got {vocab_size!r}")
-    return vocab_size

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from moe2dense_core.errors import StatsError
 from moe2dense_core.io.atomic import atomic_path, atomic_write_text
 from moe2dense_core.io.digests import file_sha256
+from moe2dense_core.schema import check_schema_version
 from moe2dense_core.stats.layer_stats import LayerStats
 
 STATS_SCHEMA_VERSION = 1
@@ -113,14 +114,12 @@ class ExpertStats:
             meta = json.loads(meta_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StatsError(f"{meta_path}: does not parse: {exc}") from None
-        keys = ("schema_version", "model_type", "num_experts", "top_k", "layers", "config", "tensors_sha256")
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        check_schema_version(version, STATS_SCHEMA_VERSION, str(meta_path), StatsError)
+        keys = ("model_type", "num_experts", "top_k", "layers", "config", "tensors_sha256")
         missing = [k for k in keys if k not in meta]
         if missing:
             raise StatsError(f"{meta_path}: missing fields {missing}")
-        if meta["schema_version"] != STATS_SCHEMA_VERSION:
-            raise StatsError(
-                f"{meta_path}: schema_version {meta['schema_version']} is not supported (expected {STATS_SCHEMA_VERSION})"
-            )
         if file_sha256(tensors_path) != meta["tensors_sha256"]:
             raise StatsError(
                 f"{tensors_path}: sha256 does not match tensors_sha256 in {meta_path} (corrupt or replaced)"

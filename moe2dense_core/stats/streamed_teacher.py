@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import convert_and_load_state_dict_in_model
 from transformers.modeling_utils import LoadStateDictConfig
@@ -38,6 +37,7 @@ from transformers.utils.generic import ContextManagers
 
 from moe2dense_core.errors import CheckpointError
 from moe2dense_core.io.reader import CheckpointReader
+from moe2dense_core.pretrained import load_config
 
 LayerCall = tuple[tuple[Any, ...], dict[str, Any]]
 """Positional arguments after the hidden states, and keyword arguments, of one decoder-layer call."""
@@ -54,7 +54,7 @@ class StreamedTeacher:
         self.reader = reader
         self.dtype = dtype
         self.device = torch.device(device)
-        config = AutoConfig.from_pretrained(reader.model_dir, trust_remote_code=False)
+        config = load_config(reader.model_dir)
         # As from_pretrained: a quantiser for pre-quantised checkpoints (GPT-OSS MXFP4 → dequantised on load),
         # the model built under its init context (meta device, dtype), quantiser module replacement.
         self.hf_quantizer, config, _ = get_hf_quantizer(config, None, {"": self.device}, True, None)

@@ -12,7 +12,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from moe2dense_core.arch import ExpertWeights, MoEArchSpec, get_spec, supported_model_types
-from moe2dense_core.io import CheckpointReader, ShardedCheckpointWriter, validate_checkpoint
+from moe2dense_core.checkpoint import validate_checkpoint
+from moe2dense_core.io import CheckpointReader, ShardedCheckpointWriter
 from tests.fixtures.tiny_moe import FAMILIES, TINY_SIZES, build_tiny_moe
 
 torch.set_num_threads(1)

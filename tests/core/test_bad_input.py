@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from moe2dense_core import (
     CheckpointError,
@@ -22,7 +26,7 @@ from moe2dense_core import (
     convert,
 )
 from moe2dense_core.assembly import OutputDirError
-from tests.fixtures.tiny_moe import build_tiny_moe, edit_config, edit_weight_map
+from tests.fixtures.tiny_moe import build_tiny_moe, edit_config, edit_shard, edit_weight_map
 
 NUM_EXPERTS, TOP_K, EXPERT_WIDTH, NUM_LAYERS = 8, 2, 32, 2
 
@@ -113,10 +117,42 @@ def unknown_model_type(model_dir: Path) -> str:
     return "'not_a_moe'.*supported:.*qwen3_moe"
 
 
+ATTENTION = "model.layers.1.self_attn.o_proj.weight"
+
+
+def drop_attention_tensor(model_dir: Path) -> str:
+    """Gone from its shard and from the index: stock transformers would initialise it randomly."""
+    edit_shard(model_dir, ATTENTION, lambda tensors: tensors.pop(ATTENTION))
+    return rf"{re.escape(ATTENTION)}' \(layer 1\) that config\.json implies .* is missing"
+
+
+def wrong_attention_shape(model_dir: Path) -> str:
+    edit_shard(model_dir, ATTENTION, lambda tensors: tensors.update({ATTENTION: torch.zeros(64, 65)}))
+    return rf"{re.escape(ATTENTION)}' in .* has shape \[64, 65\], but config\.json implies \[64, 64\]"
+
+
+def shard_tensor_not_in_index(model_dir: Path) -> str:
+    shard = edit_shard(
+        model_dir, ATTENTION, lambda tensors: tensors.update(unlisted=torch.zeros(4)), update_index=False
+    )
+    return rf"{shard}: holds tensor 'unlisted', but the index .* does not list it"
+
+
+def tokenizer_beyond_the_vocabulary(model_dir: Path) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_tokens(["<beyond>"])
+    tokenizer.save_pretrained(model_dir)
+    return r"tokenizer\.json: the tokenizer has 259 tokens but config\.json vocab_size is 258"
+
+
 CHECKPOINT_DEFECTS = {
     "truncated_shard": (truncate, CheckpointError),
     "corrupt_shard_header": (corrupt_header, CheckpointError),
     "tensor_missing_from_index": (drop_from_index, CheckpointError),
+    "attention_tensor_missing": (drop_attention_tensor, CheckpointError),
+    "attention_tensor_of_the_wrong_shape": (wrong_attention_shape, CheckpointError),
+    "shard_tensor_not_in_the_index": (shard_tensor_not_in_index, CheckpointError),
+    "tokenizer_beyond_the_vocabulary": (tokenizer_beyond_the_vocabulary, CheckpointError),
     "config_declares_more_experts": (more_experts_in_config, CheckpointError),
     "config_disagrees_with_expert_shapes": (wider_experts_in_config, CheckpointError),
     "unknown_model_type": (unknown_model_type, UnsupportedArchitectureError),
@@ -154,6 +190,41 @@ def test_assemble_refuses_a_bad_checkpoint_and_keeps_out_dir(defect, teacher, pr
         assemble(teacher, prune_plan(), previous_output, overwrite=True)
     assert sorted(p.name for p in previous_output.parent.iterdir()) == ["dense", "teacher"]
     assert (previous_output / "config.json").read_text() == '{"earlier": true}'
+
+
+def test_convert_refuses_an_uncached_hub_id_offline_before_calibrating(tmp_path):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # tests/conftest.py: nothing leaves the machine
+    batches = TrackedBatches()
+    with pytest.raises(
+        CheckpointError, match=r"example-org/absent-moe@main: .* the Hub is offline \(HF_HUB_OFFLINE=1\)"
+    ):
+        convert("example-org/absent-moe", batches, tmp_path / "dense")
+    assert not batches.read
+    assert not (tmp_path / "dense").exists()
+
+
+def to_pickle(model_dir: Path) -> None:
+    """The same weights as one pytorch_model.bin (torch.save of the state dict), safetensors removed."""
+    index = model_dir / "model.safetensors.index.json"
+    state = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        state.update(load_file(model_dir / shard))
+        (model_dir / shard).unlink()
+    index.unlink()
+    torch.save(state, model_dir / "pytorch_model.bin")
+
+
+def test_convert_refuses_pickle_weights_unless_allowed_then_loads_them_weights_only(
+    teacher, good_teacher, tmp_path
+):
+    to_pickle(teacher)
+    batches = TrackedBatches()
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin.*allow_pickle=True.*weights_only=True"):
+        convert(teacher, batches, tmp_path / "dense")
+    assert not batches.read
+    from_pickle = convert(teacher, TrackedBatches(), tmp_path / "dense", allow_pickle=True)
+    from_safetensors = convert(good_teacher, TrackedBatches(), tmp_path / "reference")
+    assert from_pickle.shard_digests == from_safetensors.shard_digests
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
         k: write_topk_cache(teacher, data, root / f"k{k}", k, precision="fp32", batch_size=2, rows_per_shard=3)
         for k in (VOCAB, 16)
     }
+    write_topk_cache(teacher, data, root / "k16_routed4", 16, teacher_top_k=4, teacher_digest="teacher-a",
+                     precision="fp32", batch_size=2, rows_per_shard=3)
     return {"teacher": teacher, "data": data, "root": root, "manifests": caches}
 
 
@@ -95,6 +97,22 @@ def test_cache_refuses_other_data_temperature_and_routing(setup: dict) -> None:
         distill(student, cache_dir, data, DistillConfig(max_steps=1, micro_batch_size=4, temperature=2.0))
     with pytest.raises(DistillError, match="teacher_top_k"):
         distill(student, cache_dir, data, DistillConfig(max_steps=1, micro_batch_size=4, teacher_top_k=4))
+
+
+def test_cache_routing_and_teacher_must_match_the_run(setup: dict) -> None:
+    teacher, data = setup["teacher"], setup["data"]
+    routed = setup["root"] / "k16_routed4"
+    manifest = TopKCache.open(routed).manifest
+    assert (manifest.teacher_top_k, manifest.teacher_digest, manifest.k) == (4, "teacher-a", 16)
+    plain = DistillConfig(max_steps=1, micro_batch_size=4, precision="fp32")
+    with pytest.raises(DistillError, match=r"k16_routed4 does not fit this run: teacher_top_k: cache 4, run None"):
+        distill(dense_student_from_teacher(teacher), routed, data, plain)  # the run asked for the teacher's own k
+    with pytest.raises(DistillError, match="teacher_top_k: cache 4, run 8"):
+        distill(dense_student_from_teacher(teacher), routed, data, plain.model_copy(update={"teacher_top_k": 8}))
+    expanded = plain.model_copy(update={"teacher_top_k": 4})
+    with pytest.raises(DistillError, match="teacher_digest: cache 'teacher-a', run 'teacher-b'"):
+        distill(dense_student_from_teacher(teacher), routed, data, expanded, teacher_digest="teacher-b")
+    assert distill(dense_student_from_teacher(teacher), routed, data, expanded, teacher_digest="teacher-a").steps == 1
 
 
 def test_open_rejects_incomplete_or_tampered_caches(setup: dict, tmp_path: Path) -> None:

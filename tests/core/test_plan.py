@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 
 import pytest
 import torch
@@ -273,6 +274,14 @@ def test_plan_round_trips_through_json_and_its_digest_is_stable() -> None:
         ).digest()
         != plan.digest()
     )
+
+
+@pytest.mark.parametrize("version", [99, 0, "1", None])
+def test_a_plan_of_another_schema_version_is_refused_on_load(version: object) -> None:
+    data = json.loads(build_plan(qwen3_stats(seed=8), PlanConfig()).to_json())
+    data["schema_version"] = version
+    with pytest.raises(PlanError, match=rf"ConversionPlan: schema_version {version!r} is not supported"):
+        ConversionPlan.from_json(json.dumps(data))
 
 
 def test_plan_records_the_statistics_digest() -> None:

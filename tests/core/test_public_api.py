@@ -82,3 +82,19 @@ def test_importing_the_package_is_cheap():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_public_names_stay_what_they_are_after_every_submodule_is_imported_first():
+    """Importing a submodule binds it on the package under its own name: a submodule named like a
+    public function (once `moe2dense_core/convert.py`) would replace `from moe2dense_core import convert`."""
+    probe = (
+        "import importlib, pkgutil, types, moe2dense_core\n"
+        "for module in pkgutil.iter_modules(moe2dense_core.__path__, 'moe2dense_core.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "from moe2dense_core import convert\n"
+        "assert isinstance(convert, types.FunctionType), convert\n"
+        "print(sorted(n for n in moe2dense_core.__all__ if isinstance(getattr(moe2dense_core, n), types.ModuleType)))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

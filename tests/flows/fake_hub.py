@@ -1,22 +1,52 @@
 """A small fake model hub on 127.0.0.1 speaking the two Hub API calls `tasks.hub.HubClient` makes.
 
     GET /api/models?author=<org>[&search=<text>][&limit=n]   → [{"id": ...}, ...] (newest first)
-    GET /api/models/<org>/<name>/revision/<rev>              → {"id", "sha", "config": {"model_type"}}
+    GET /api/models/<org>/<name>/revision/<rev>[?blobs=true] → {"id", "sha", "config": {"model_type",
+        "architectures"}, "safetensors": {"parameters", "total"}, "siblings": [{"rfilename"[, "size"]}]}
 
-`models` maps id → (sha, model_type); `fail_next` makes the next N requests answer HTTP 503;
-`requests` records every path served.
+As on the real hub, `<rev>` is a branch (`main`) or the commit sha itself, `safetensors` is absent when the
+model has no parameter count, and sibling sizes are listed only with `blobs=true`. `models` maps
+id → FakeRelease (replace one's sha to publish a new commit); `fail_next` makes the next N requests
+answer HTTP 503; `requests` records every path served.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+SHARDS = 2
+
+
+@dataclass(frozen=True)
+class FakeRelease:
+    """One model's head commit: sha, config.model_type (None: no config), parameter count and bytes of its
+    safetensors shards (None: the hub reports none)."""
+
+    sha: str
+    model_type: str | None
+    num_parameters: int | None = None
+    checkpoint_bytes: int | None = None
+    architectures: tuple[str, ...] = ()
+
+    def info(self, model_id: str, with_sizes: bool) -> dict[str, object]:
+        config = {"model_type": self.model_type, "architectures": list(self.architectures)}
+        files = [("config.json", 1000)]
+        if self.checkpoint_bytes is not None:
+            shard = self.checkpoint_bytes // SHARDS
+            files += [(f"model-{i:05d}-of-{SHARDS:05d}.safetensors", shard) for i in range(1, SHARDS + 1)]
+        siblings = [{"rfilename": name, **({"size": size} if with_sizes else {})} for name, size in files]
+        info = {"id": model_id, "sha": self.sha, "config": config if self.model_type else None}
+        if self.num_parameters is not None:
+            info["safetensors"] = {"parameters": {"BF16": self.num_parameters}, "total": self.num_parameters}
+        return {**info, "siblings": siblings}
+
 
 class FakeHub:
-    def __init__(self, models: dict[str, tuple[str, str | None]]):
+    def __init__(self, models: dict[str, FakeRelease]):
         self.models = dict(models)
         self.fail_next = 0
         self.requests: list[str] = []
@@ -29,15 +59,15 @@ class FakeHub:
                     hub.fail_next -= 1
                     return self._send(503, {"error": "try again"})
                 url = urlparse(self.path)
+                query = parse_qs(url.query)
                 parts = url.path.strip("/").split("/")
                 if parts == ["api", "models"]:
-                    return self._send(200, hub.listing(parse_qs(url.query)))
+                    return self._send(200, hub.listing(query))
                 if len(parts) == 6 and parts[:2] == ["api", "models"] and parts[4] == "revision":
-                    model_id = f"{parts[2]}/{parts[3]}"
-                    if model_id in hub.models:
-                        sha, model_type = hub.models[model_id]
-                        config = {"model_type": model_type} if model_type else None
-                        return self._send(200, {"id": model_id, "sha": sha, "config": config})
+                    release = hub.models.get(f"{parts[2]}/{parts[3]}")
+                    if release is not None and parts[5] in ("main", release.sha):
+                        with_sizes = query.get("blobs") == ["true"]
+                        return self._send(200, release.info(f"{parts[2]}/{parts[3]}", with_sizes))
                 return self._send(404, {"error": f"{url.path} not found"})
 
             def _send(self, status: int, body: object) -> None:
@@ -69,3 +99,15 @@ class FakeHub:
     def __exit__(self, *exc_info: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+RELEASES = {
+    "Qwen/Qwen3-30B-A3B": FakeRelease("a" * 40, "qwen3_moe", 30_532_122_624, 61_064_245_248, ("Qwen3MoeForCausalLM",)),
+    "Qwen/Qwen3-8B": FakeRelease("b" * 40, "qwen3", 8_190_735_360, 16_381_470_720),  # dense: not an MoE
+    "Qwen/Qwen3-MoE-Custom": FakeRelease("c" * 40, "unknown_moe", 1_000_000_000, 2_000_000_000),
+    "Qwen/Qwen3-235B-A22B": FakeRelease("d" * 40, "qwen3_moe", 235_093_634_560, 470_187_269_120),
+    "deepseek-ai/DeepSeek-V2-Lite": FakeRelease("e" * 40, "deepseek_v2", 15_706_484_224, 31_412_968_448),
+    "allenai/OLMoE-1B-7B-0924": FakeRelease("9" * 40, "olmoe"),  # no size metadata on the hub
+    "someone/Mixtral-8x7B-copy": FakeRelease("f" * 40, "mixtral", 46_702_792_704, 93_405_585_408),
+}
+"""The fake hub's catalogue (newest last); `someone` is an organisation nobody watches."""

@@ -63,9 +63,9 @@ class TinyTeacher:
 
 def make_tiny_teacher(root: Path) -> TinyTeacher:
     """Write a small synthetic English text under `root` and train the tiny teacher on it."""
+    from moe2dense_core.teacher import TeacherModelConfig
     from tasks.corpus import CorpusSpec, write_corpus
     from tasks.teacher import train_or_reuse_teacher
-    from tasks.teacher_training import TeacherModelConfig
 
     text = root / "text.txt"
     text.write_text("\n\n".join(animal_paragraphs(3000)))

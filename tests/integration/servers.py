@@ -14,20 +14,16 @@ becomes healthy fails the test with the tail of its log. Every test in this fold
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pytest
+
+from tasks.local_stack import isolated_environment
+from tasks.processes import ProcessError, free_port, http_ok, log_tail, start_process, stop_group, wait_until
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).parent
@@ -50,60 +46,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class ServerProcess:
+    """A started server (tasks/processes.py); readiness failures fail the test with the server's log."""
+
     name: str
-    process: subprocess.Popen
+    pid: int
     log_path: Path
 
     def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+        return log_tail(self.log_path, chars)
+
+    def wait_ready(self, ready, timeout_s: float) -> None:
+        try:
+            wait_until(ready, self.pid, self.name, self.log_path, timeout_s)
+        except ProcessError as error:
+            self.stop()
+            pytest.fail(str(error))
 
     def wait_healthy(self, url: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.25)
-        self.stop()
-        pytest.fail(f"{self.name} not healthy at {url} after {timeout_s:.0f}s:\n{self.log_tail()}")
+        self.wait_ready(lambda: http_ok(url), timeout_s)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
+        stop_group(self.pid, timeout_s=15)
 
 
 def start_server(name: str, argv: list[str], env: dict[str, str], workdir: Path) -> ServerProcess:
     """Start `argv` in its own process group (so stop() reaches its workers), logging to workdir."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"{name}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return ServerProcess(name, process, log_path)
+    process = start_process(argv, env, workdir, workdir / f"{name}.log")
+    return ServerProcess(name, process.pid, workdir / f"{name}.log")
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "PREFECT_", "MOE2DENSE_"))}
-    return {**env, **DUMMY_AWS, "DO_NOT_TRACK": "true", **extra}
+    return isolated_environment(**DUMMY_AWS, **extra)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from tasks.artifact_manifest import UnsafeKeyError
 from tasks.s3_store import S3ArtifactStore
 from tasks.settings import MIB, Settings
 from tasks.storage import ArtifactIntegrityError, ArtifactNotFoundError, StorageError, open_artifact_store
@@ -101,6 +103,38 @@ def test_corrupted_object_is_detected_on_read(s3_server: S3Server, tmp_path: Pat
         store.get(ref, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
     assert not list(tmp_path.glob(".out.bin*"))  # no partial download left behind
+
+
+def test_a_manifest_pointing_outside_the_prefix_is_refused(s3_server: S3Server, tmp_path: Path) -> None:
+    """A tampered manifest in the bucket names neither an object outside the store's prefix nor a
+    local file outside the cache: the same key check as the local store refuses it on every read."""
+    store = open_artifact_store(s3_settings(s3_server, tmp_path / "home"))
+    ref = store.put_dir(make_checkpoint(tmp_path), kind="dense-model")
+    s3 = s3_server.client()
+    escape = "../../../../outside/config.json"  # from <prefix>/<kind>/<sha>/ckpt up to the bucket's top
+    s3.put_object(Bucket=s3_server.bucket, Key="outside/config.json", Body=b"foreign")
+    manifest_key = f"{store.prefix}/{ref.manifest_key}"
+    manifest = json.loads(s3.get_object(Bucket=s3_server.bucket, Key=manifest_key)["Body"].read())
+    manifest["files"] = [{"path": escape, "size": 7, "sha256": hashlib.sha256(b"foreign").hexdigest()}]
+    s3.put_object(Bucket=s3_server.bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
+
+    for read in (lambda: store.open(ref, escape).__enter__(), lambda: store.fetch(ref),
+                 lambda: store.get(ref, tmp_path / "a" / "b" / "copy")):
+        with pytest.raises(UnsafeKeyError, match=r"manifest file path '(\.\./){4}outside/config.json'"):
+            read()
+    assert not (tmp_path / "a").exists() and not list((tmp_path / "home").rglob("config.json"))
+
+
+def test_unsafe_prefixes_and_file_names_are_refused_before_any_request(s3_server: S3Server, tmp_path: Path) -> None:
+    for root in (f"s3://{s3_server.bucket}/a/../b", f"s3://{s3_server.bucket}/a\\b"):
+        with pytest.raises(UnsafeKeyError, match="bucket prefix"):
+            open_artifact_store(s3_settings(s3_server, tmp_path / "home", artifact_root=root))
+    store = open_artifact_store(s3_settings(s3_server, tmp_path / "home"))
+    source = make_checkpoint(tmp_path)
+    (source / "sub" / "bad\\name.json").write_text("{}")
+    with pytest.raises(UnsafeKeyError, match="backslash"):
+        store.put_dir(source, kind="dense-model")
+    assert keys_under(s3_server, store.prefix) == []
 
 
 def test_large_file_goes_multipart(s3_server: S3Server, tmp_path: Path) -> None:

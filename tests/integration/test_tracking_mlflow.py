@@ -21,6 +21,7 @@ from tasks.tracking import (
     TAG_SOURCE_MODEL,
     TAG_SOURCE_REVISION,
     TAG_STAGE,
+    TAG_TRUST_REMOTE_CODE,
     Lineage,
     converted_versions,
     log_dataset,
@@ -72,6 +73,7 @@ def test_parent_stage_runs_inputs_artifacts_and_registered_lineage(
     assert parent.data.params["plan.scoring"] == "do_acp"
     assert parent.data.params["distillation.train.max_steps"] == "150"
     assert parent.data.tags[TAG_PREFECT_FLOW_RUN] == "flow-run-123"
+    assert parent.data.params["source.trust_remote_code"] == parent.data.tags[TAG_TRUST_REMOTE_CODE] == "false"
     recipe_path = client.download_artifacts(run.run_id, RECIPE_ARTIFACT, str(tmp_path / "dl"))
     assert Path(recipe_path).read_text() == recipe_to_yaml(recipe)
 
@@ -85,6 +87,7 @@ def test_parent_stage_runs_inputs_artifacts_and_registered_lineage(
 
     assert (version.tags[TAG_SOURCE_MODEL], version.tags[TAG_SOURCE_REVISION]) == ("org/tiny-moe", "rev-1")
     assert version.tags[TAG_PLAN_DIGEST] == "p" * 64 and version.run_id == run.run_id
+    assert version.tags[TAG_TRUST_REMOTE_CODE] == "false"
     assert [v.version for v in converted_versions(client, "org/tiny-moe", "rev-1")] == [version.version]
     assert converted_versions(client, "org/tiny-moe", "rev-2") == []
 

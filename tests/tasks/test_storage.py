@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
-from tasks.artifact_manifest import MANIFEST_SUFFIX, ArtifactRef, ManifestFile, directory_digest
+from tasks.artifact_manifest import (
+    MANIFEST_SUFFIX,
+    ArtifactRef,
+    ManifestFile,
+    UnsafeKeyError,
+    check_key,
+    directory_digest,
+)
 from tasks.settings import Settings
 from tasks.storage import (
     ArtifactIntegrityError,
@@ -156,6 +163,69 @@ def test_empty_folder_and_foreign_uri_are_refused(tmp_path: Path) -> None:
         store.put_dir(tmp_path / "empty", kind="m")
     with pytest.raises(StorageError, match="not inside this store"):
         store.ref_from_uri("file:///elsewhere/m/" + "0" * 64 + "/x")
+
+
+UNSAFE_KEYS = ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "..", "a\\..\\b", "a\x00b", "a\nb"]
+
+
+@pytest.mark.parametrize("key", UNSAFE_KEYS)
+def test_check_key_refuses_every_way_out_of_the_store(key: str) -> None:
+    with pytest.raises(UnsafeKeyError, match="must stay inside the store"):
+        check_key(key)
+
+
+def test_check_key_accepts_nested_relative_keys() -> None:
+    for key in ("config.json", "sub/model-00001.safetensors", "m/" + "0" * 64 + "/x.manifest.json", "a..b/c"):
+        assert check_key(key) == key
+
+
+def tamper_manifest(store_root: Path, ref: ArtifactRef, **changes: object) -> None:
+    path = store_root / ref.manifest_key
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_manifest_pointing_outside_the_store_is_refused_on_every_read(tmp_path: Path) -> None:
+    """A tampered manifest must neither read nor write a file outside the store or the destination."""
+    store = LocalArtifactStore(tmp_path / "deep" / "store")
+    ref = store.put_dir(make_folder(tmp_path), kind="dense-model")
+    outside = tmp_path / "deep" / "outside.txt"
+    outside.write_text("not an artifact")
+    escape = "../../../../outside.txt"  # from <root>/<kind>/<sha>/ckpt up to tmp_path/deep
+    files = [{"path": escape, "size": 15, "sha256": hashlib.sha256(b"not an artifact").hexdigest()}]
+    tamper_manifest(store.root, ref, files=files)
+
+    for read in (lambda: store.open(ref, escape).__enter__(), lambda: store.fetch(ref, verify=True),
+                 lambda: store.get(ref, tmp_path / "a" / "b" / "copy")):
+        with pytest.raises(UnsafeKeyError, match=r"manifest file path '(\.\./){4}outside.txt'"):
+            read()
+    assert not (tmp_path / "a").exists() and outside.read_text() == "not an artifact"
+
+
+def test_a_file_name_that_is_not_a_safe_key_is_refused_before_writing(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    source = make_folder(tmp_path)
+    (source / "back\\slash.json").write_text("{}")
+    with pytest.raises(UnsafeKeyError, match="backslash"):
+        store.put_dir(source, kind="dense-model")
+    assert sorted(p.name for p in store.root.iterdir()) == []  # not even a staging folder
+
+
+def test_a_manifest_of_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    ref = store.put_bytes(b"{}", kind="plan", name="plan.json")
+    tamper_manifest(store.root, ref, schema_version=99)
+    with pytest.raises(StorageError, match=r"plan.json.manifest.json: schema_version 99 is not supported"):
+        store.fetch(ref)
+
+
+def test_a_manifest_describing_another_artifact_is_refused(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    ref = store.put_bytes(b"{}", kind="plan", name="plan.json")
+    tamper_manifest(store.root, ref, kind="stats")
+    with pytest.raises(StorageError, match="describes stats/"):
+        store.manifest(ref)
 
 
 def test_retry_policy_retries_transient_errors_only() -> None:

@@ -19,6 +19,7 @@ from tasks.tracking import (
     TAG_SHARD_DIGESTS,
     TAG_SHARDS_DIGEST,
     TAG_SOURCE_MODEL,
+    TAG_TRUST_REMOTE_CODE,
     Lineage,
     flatten_params,
     run_url,
@@ -49,6 +50,7 @@ def test_lineage_tags_summarise_shards_and_drop_unknowns() -> None:
     assert tags[TAG_SHARD_DIGESTS] == '{"a":"1","b":"2"}'
     assert tags[TAG_SHARDS_DIGEST] == Lineage("x", None, {"a": "1", "b": "2"}).shards_digest()
     assert "moe2dense.plan_digest" not in tags
+    assert tags[TAG_TRUST_REMOTE_CODE] == "false"  # remote code is never trusted, and lineage says so
     many = Lineage("org/moe", "abc", {f"model-{i:05d}.safetensors": "f" * 64 for i in range(200)}).as_tags()
     assert TAG_SHARD_DIGESTS not in many and TAG_SHARDS_DIGEST in many  # too long for one tag
 
@@ -87,21 +89,57 @@ def test_check_file_finds_a_secret_across_a_chunk_boundary(tmp_path: Path) -> No
     Redactor([secret]).check_file(folder)
 
 
-def test_log_lines_are_redacted_on_handlers() -> None:
+@pytest.fixture
+def record_factory():
+    """Restores the process's log-record factory after a test that installs redaction."""
+    factory = logging.getLogRecordFactory()
+    yield factory
+    logging.setLogRecordFactory(factory)
+
+
+def captured(logger_name: str) -> tuple[logging.Logger, io.StringIO]:
+    """A logger with its own handler, added AFTER redaction was installed (message + traceback)."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    logger = logging.getLogger("moe2dense.test.redaction")
-    logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(logger_name)
+    logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    return logger, stream
+
+
+def test_every_log_record_is_redacted_when_created(record_factory) -> None:
+    install_log_redaction(Redactor(["planted-log-secret"]))
+    logger, stream = captured("moe2dense.test.redaction")
+    logger.info("key=%s done", "planted-log-secret")
     try:
-        install_log_redaction(Redactor(["planted-log-secret"]))
-        logger.info("key=%s done", "planted-log-secret")
-        install_log_redaction(Redactor(["second-log-secret"]))  # replaces the first filter
-        logger.info("key=%s", "second-log-secret")
-    finally:
-        logger.removeHandler(handler)
-    assert stream.getvalue() == f"key={MASK} done\nkey={MASK}\n"
+        raise RuntimeError("connect failed for planted-log-secret")
+    except RuntimeError:
+        logger.exception("upload failed")
+    install_log_redaction(Redactor(["second-log-secret"]))  # replaces the redactor, does not stack
+    logger.info("key=%s, old planted-log-secret", "second-log-secret")
+    text = stream.getvalue()
+    assert "planted-log-secret" not in text.split("old")[0] and "second-log-secret" not in text
+    assert text.startswith(f"key={MASK} done\nupload failed\nTraceback")
+    assert f"RuntimeError: connect failed for {MASK}" in text
+    assert text.endswith(f"key={MASK}, old planted-log-secret\n")  # only the current secrets are hidden
+    assert logging.getLogRecordFactory().base is record_factory  # one wrapper around the original
+
+
+def test_every_runtime_installs_the_environments_redaction(record_factory, tmp_path, monkeypatch) -> None:
+    """What every flow run and stage task does first (Runtime.from_environment): a credential of the
+    environment is masked on Prefect's run loggers and on any stdlib logger."""
+    from tasks.runtime import Runtime
+
+    monkeypatch.setenv("MOE2DENSE_HOME", str(tmp_path))
+    monkeypatch.setenv("MOE2DENSE_AWS_SECRET_ACCESS_KEY", "FAKESECRET-runtime-123")
+    monkeypatch.setenv("SOME_SERVICE_TOKEN", "FAKESECRET-token-456")
+    Runtime.from_environment()
+    for name in ("prefect.flow_runs", "prefect.task_runs", "botocore.endpoint"):
+        logger, stream = captured(name)
+        logger.warning("using %s and %s", "FAKESECRET-runtime-123", "FAKESECRET-token-456")
+        assert stream.getvalue() == f"using {MASK} and {MASK}\n", name
 
 
 def test_run_url_points_at_the_mlflow_ui_page() -> None:
