@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -41,6 +41,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from typer.core import TyperCommand
+
+if TYPE_CHECKING:
+    import click
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -87,24 +91,25 @@ def load_recipe_or_exit(path: Path, overrides: list[str] | None):
 
 @contextmanager
 def finished_task_runs(on_finished: Callable[[str], None]) -> Iterator[None]:
-    """Call on_finished(task run name) for each task run Prefect reports finished (its log line)."""
+    """Call on_finished(task run name) for each finished stage run (the structured `moe2dense.stages`
+    records of tasks/stage_events.py; Completed, Cached or Failed)."""
+    from tasks.stage_events import STAGE_LOGGER
 
     class FinishedTaskRuns(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if "Finished in state" in record.getMessage():
-                on_finished(getattr(record, "task_run_name", "stage"))
+            on_finished(record.task_run_name)
 
-    handler, task_logger = FinishedTaskRuns(), logging.getLogger("prefect.task_runs")
-    task_logger.addHandler(handler)
+    handler = FinishedTaskRuns()
+    STAGE_LOGGER.addHandler(handler)
     try:
         yield
     finally:
-        task_logger.removeHandler(handler)
+        STAGE_LOGGER.removeHandler(handler)
 
 
 @contextmanager
 def stage_progress(description: str, total: int) -> Iterator[None]:
-    """Progress over a flow's `total` stages, advanced by each task run Prefect reports finished.
+    """Progress over a flow's `total` stages, advanced by each finished stage run (tasks/stage_events.py).
 
     On a terminal: a rich bar over the stages plus a bar of steps for each long stage that reports
     them (tasks.progress). Otherwise (CI logs, pipes, where rich would draw only at the end): one plain
@@ -161,13 +166,6 @@ TEACHER_FLOW_STAGES = 2
 """Task runs of the teacher flow: corpus, MoE teacher (+ 1 with the dense teacher)."""
 
 
-def convert_stage_count(recipe) -> int:
-    """Task runs of one convert flow: source, calibrate, plan, assemble, 2 evaluations, report
-    (+ distill and its evaluation, + register)."""
-    distills = recipe.distillation is not None and recipe.distillation.enabled
-    return 7 + 2 * distills + bool(recipe.tracking.registered_model)
-
-
 def print_where(settings, result) -> None:
     table = Table(title=f"moe2dense: {result.recipe_name}", show_header=True)
     table.add_column("model")
@@ -197,7 +195,7 @@ def demo(
     """The main job with no servers: train (or reuse) a small MoE teacher on text that ships with Python,
     convert it to a dense model, distill, evaluate, and print where everything is."""
     settings = configure(home)
-    from flows.convert import convert_flow
+    from flows.convert import convert_flow, planned_stages
     from flows.teacher import TeacherRecipe, teacher_flow
     from moe2dense_core.teacher import TeacherModelConfig
 
@@ -205,7 +203,7 @@ def demo(
     with stage_progress("teacher", TEACHER_FLOW_STAGES):
         teacher = teacher_flow(TeacherRecipe(model=model, output_dir=settings.home / "teachers"))
     recipe = load_recipe_or_exit(DEMO_RECIPE, [f"source.model={teacher.moe.path}"])
-    with stage_progress("converting", convert_stage_count(recipe)):
+    with stage_progress("converting", len(planned_stages(recipe))):
         result = convert_flow(recipe)
     print_where(settings, result)
 
@@ -215,23 +213,53 @@ def convert(recipe: Path, overrides: Overrides = None, home: HomeOption = None) 
     """Convert the MoE a YAML recipe names (validated before anything runs)."""
     settings = configure(home)
     parsed = load_recipe_or_exit(recipe, overrides)
-    from flows.convert import convert_flow
+    from flows.convert import convert_flow, planned_stages
 
-    with stage_progress("converting", convert_stage_count(parsed)):
+    with stage_progress("converting", len(planned_stages(parsed))):
         result = convert_flow(parsed)
     print_where(settings, result)
 
 
-@app.command()
+class MethodNamesHelp(TyperCommand):
+    """A command whose option help names the registered methods: `{scorers}`, `{compared_scorers}`,
+    `{groupers}` and `{scalings}` are filled in from the registries when the help is shown (they
+    import torch, which the CLI does not load to start)."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from moe2dense_core.grouping import grouper_names
+        from moe2dense_core.scaling import scaling_names
+        from moe2dense_core.scoring import compared_scorers, scorer_names
+
+        names = {
+            "{scorers}": scorer_names(),
+            "{compared_scorers}": compared_scorers(),
+            "{groupers}": grouper_names(),
+            "{scalings}": scaling_names(),
+        }
+        for param in self.params:
+            for placeholder, known in names.items():
+                if isinstance(param.help, str):
+                    param.help = param.help.replace(placeholder, ", ".join(known))
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=MethodNamesHelp)
 def sweep(
     recipe: Path,
     overrides: Overrides = None,
-    scorer: Annotated[list[str] | None, typer.Option(help="Scorers (repeat); default: all seven.")] = None,
+    scorer: Annotated[
+        list[str] | None,
+        typer.Option(help="Scorers (repeat): {scorers}; default: all but the controls: {compared_scorers}."),
+    ] = None,
     k: Annotated[
         list[int] | None, typer.Option("--k", help="Kept experts K (repeat); default: the teacher's k.")
     ] = None,
-    grouping: Annotated[list[str] | None, typer.Option(help="Groupers (repeat).")] = None,
-    scaling: Annotated[list[str] | None, typer.Option(help="Scalings (repeat).")] = None,
+    grouping: Annotated[
+        list[str] | None, typer.Option(help="Groupers (repeat): {groupers}; default: the recipe's plan.grouping.")
+    ] = None,
+    scaling: Annotated[
+        list[str] | None, typer.Option(help="Scalings (repeat): {scalings}; default: the recipe's plan.scaling.")
+    ] = None,
     distill_best: Annotated[int, typer.Option(help="Distill and evaluate the N best.")] = 1,
     home: HomeOption = None,
 ) -> None:

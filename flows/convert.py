@@ -1,7 +1,10 @@
 """Flow `convert`: one MoE → dense conversion end to end, from ONE validated Recipe parameter.
 
-Read top to bottom. Each stage is a cached Prefect task (tasks/<stage>.py) with URIs in and out; the
-flow opens the MLflow parent run, each task its nested stage run.
+Read top to bottom. Each stage is a cached Prefect task declared in its own module (tasks/<stage>.py,
+tasks/stage.py) with URIs in and out; the flow opens the MLflow parent run, each task its nested stage
+run, and the parent run is tagged with the run that produced each result (`moe2dense.stage_run.<label>`),
+so a fully cached re-run still links to the runs that made its results. `planned_stages(recipe)` is the
+list of stage task runs this flow makes for a recipe (the CLI's progress total).
 
     source      resolve + validate + digest the teacher snapshot
     (check)     the recipe fits the teacher's config (K ≥ k, K ≤ E, k' ≤ E, …) — refused before calibration
@@ -19,22 +22,31 @@ import shutil
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from tasks.assemble import CheckpointResult, assemble_task
-from tasks.calibrate import CalibrationResult, calibrate_task
+from tasks.assemble import assemble_task
+from tasks.calibrate import calibrate_task
 from tasks.distill import distill_task
-from tasks.evaluate import EvalTarget, EvaluationResult, evaluate_task
-from tasks.plan import PlanResult, plan_task
+from tasks.evaluate import evaluate_task
+from tasks.plan import plan_task
 from tasks.recipe import Recipe
 from tasks.recipe_teacher import check_recipe_fits_teacher
-from tasks.report import ReportInputs, register_task, report_task
+from tasks.report import register_task, report_task
 from tasks.result_storage import ensure_result_storage
+from tasks.results import (
+    CalibrationResult,
+    CheckpointResult,
+    EvalTarget,
+    EvaluationResult,
+    PlanResult,
+    ReportInputs,
+    SourceResult,
+)
 from tasks.runtime import Runtime
-from tasks.source import SourceResult, source_task
-from tasks.tracking import parent_run
+from tasks.source import source_task
+from tasks.tracking import link_stage_runs, parent_run, run_url
 
 
 class ConvertResult(BaseModel):
@@ -65,7 +77,7 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
         flow_run_url=flow_run.ui_url,
     ) as parent:
         link_mlflow_run(runtime, parent.run_id)
-        source = source_task(recipe.source)
+        source = source_task(recipe.source, parent.run_id)
         check_recipe_fits_teacher(recipe, source.local_path)
         calibration = calibrate_task(source, recipe.calibration, recipe.statistics, parent.run_id)
         plan = plan_task(source, calibration, recipe.plan, parent.run_id)
@@ -92,17 +104,23 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
             evaluations=evaluations,
             distill_run_id=distill_run_id,
         )
-        report_uri = report_task(inputs, recipe.digest(), parent.run_id)
+        report = report_task(inputs, recipe.digest(), parent.run_id)
         registered = None
         if recipe.tracking.registered_model:
             registered = register_task(
                 source, plan, final, recipe.tracking.registered_model, flow_run.id, parent.run_id
             )
+        produced_by = {"source": source, "calibrate": calibration, "plan": plan, "assemble": assembled,
+                       "report": report, "register": registered}
+        if final is not assembled:
+            produced_by["distill"] = final
+        produced_by.update({f"evaluate-{e.label}": e for e in evaluations})
+        link_stage_runs(parent, {label: r.mlflow_run_id for label, r in produced_by.items() if r is not None})
         if recipe.storage.export_dir is not None:
             export(runtime, final, recipe.storage.export_dir)
         for evaluation in evaluations:
             print(f"{evaluation.label}: held-out perplexity {evaluation.perplexity:.2f}")
-        print(f"report: {report_uri}")
+        print(f"report: {report.report_uri}")
         return ConvertResult(
             recipe_name=recipe.name,
             mlflow_run_id=parent.run_id,
@@ -112,9 +130,20 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
             assembled=assembled,
             final=final,
             evaluations=evaluations,
-            report_uri=report_uri,
-            registered_model=registered,
+            report_uri=report.report_uri,
+            registered_model=registered and registered.label,
         )
+
+
+def planned_stages(recipe: Recipe) -> list[str]:
+    """The stage task runs `convert_flow(recipe)` makes, in order (tested against a real run's records)."""
+    stages = ["source", "calibrate", "plan", "assemble", "evaluate", "evaluate"]
+    if recipe.distillation is not None and recipe.distillation.enabled:
+        stages += ["distill", "evaluate"]
+    stages.append("report")
+    if recipe.tracking.registered_model:
+        stages.append("register")
+    return stages
 
 
 def target(checkpoint: CheckpointResult, label: str) -> EvalTarget:
@@ -124,13 +153,22 @@ def target(checkpoint: CheckpointResult, label: str) -> EvalTarget:
 
 
 def link_mlflow_run(runtime: Runtime, run_id: str) -> None:
-    """A Prefect artifact on the flow run naming the MLflow run (tracking URI with no credentials)."""
+    """A Prefect link artifact on the flow run to the MLflow run's page (tracking URI with no credentials);
+    an embedded (file / SQLite) tracking store has no page: a markdown note naming the run instead."""
     uri = runtime.redactor.redact(runtime.settings.resolved_mlflow_tracking_uri)
-    create_markdown_artifact(
-        key="mlflow-run",
-        markdown=f"MLflow parent run `{run_id}` on `{uri}`",
-        description="Where this flow run's lineage, metrics and artifacts are recorded",
-    )
+    description = "Where this flow run's lineage, metrics and artifacts are recorded"
+    if uri.startswith(("http://", "https://")):
+        experiment_id = runtime.client.get_run(run_id).info.experiment_id
+        create_link_artifact(
+            key="mlflow-run", link=run_url(uri, experiment_id, run_id), link_text=f"MLflow run {run_id}",
+            description=description,
+        )
+    else:
+        create_markdown_artifact(
+            key="mlflow-run",
+            markdown=f"MLflow parent run `{run_id}` on `{uri}` (browse: `moe2dense ui`, `moe2dense report {run_id}`)",
+            description=description,
+        )
 
 
 def export(runtime: Runtime, checkpoint: CheckpointResult, export_dir: Path) -> None:

@@ -3,7 +3,7 @@
 Read top to bottom:
 1. source + ONE calibration of the teacher (cached: a later sweep on the same teacher and data
    calibrates zero times);
-2. every configuration of scorers × K × groupers × scalings is validated against the teacher first,
+2. every configuration of scorers × K × groupers × scalings (SweepGrid) is validated against the teacher first,
    then planned and assembled as concurrent task runs (two waves: plans, then checkpoints), and
    scored by pre-distillation held-out perplexity one model at a time;
 3. the best N configurations (lowest perplexity) are distilled and evaluated in full.
@@ -15,49 +15,64 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from moe2dense_core.plan import GrouperName, PlanConfig, ScalingName, ScorerName, validate_plan_config
+from moe2dense_core.plan import (
+    GrouperChoice,
+    PlanConfig,
+    ScalingChoice,
+    ScorerChoice,
+    grouping_fits,
+    validate_plan_config,
+)
+from moe2dense_core.scoring import compared_scorers
 from tasks.assemble import assemble_task
 from tasks.calibrate import calibrate_task
 from tasks.distill import distill_task
-from tasks.evaluate import EvalTarget, evaluate_task
+from tasks.evaluate import evaluate_task
 from tasks.plan import plan_task
 from tasks.recipe import Recipe
 from tasks.result_storage import ensure_result_storage
+from tasks.results import EvalTarget
 from tasks.runtime import Runtime
 from tasks.source import source_task
 from tasks.tracking import parent_run
 
 
 class SweepGrid(BaseModel):
-    """The design space: every combination is one PlanConfig (other PlanConfig fields from the recipe's plan).
+    """The design space: every combination of the four axes is one PlanConfig (num_groups from the recipe's
+    plan). A method written by its name takes its default options.
 
-    num_selected: values of K; None = k (pure pruning).
+    scorers: default every registered scorer but the controls (`random`);
+    num_selected: values of K, None = k (pure pruning);
+    groupings, scalings: default the recipe plan's grouping and scaling (with their options).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    scorers: tuple[ScorerName, ...] = Field(
-        default=("sf", "pp", "cp", "ean", "reap", "acp", "do_acp"), min_length=1
+    scorers: tuple[ScorerChoice, ...] = Field(
+        default_factory=lambda: tuple(compared_scorers()), validate_default=True, min_length=1
     )
     num_selected: tuple[int | None, ...] = Field(default=(None,), min_length=1)
-    groupings: tuple[GrouperName, ...] = Field(default=("prune",), min_length=1)
-    scalings: tuple[ScalingName, ...] = Field(default=("uniform",), min_length=1)
+    groupings: Annotated[tuple[GrouperChoice, ...], Field(min_length=1)] | None = None
+    scalings: Annotated[tuple[ScalingChoice, ...], Field(min_length=1)] | None = None
 
     def configs(self, base: PlanConfig, top_k: int) -> list[PlanConfig]:
-        """Every combination, except `prune` with K ≠ k (pruning keeps exactly k experts: not a point of
-        the design space); each remaining config is still validated against the teacher by the flow."""
-        product = itertools.product(self.scorers, self.num_selected, self.groupings, self.scalings)
-        return [
+        """Every combination whose grouping fits its K (plan.grouping_fits: a grouper that does not merge,
+        `prune`, only at K = k); the flow still validates each against the teacher."""
+        product = itertools.product(
+            self.scorers, self.num_selected, self.groupings or (base.grouping,), self.scalings or (base.scaling,)
+        )
+        combinations = (
             base.model_copy(update={"scoring": s, "num_selected": k, "grouping": g, "scaling": c})
             for s, k, g, c in product
-            if not (g == "prune" and k not in (None, top_k))
-        ]
+        )
+        return [config for config in combinations if grouping_fits(config, top_k)]
 
 
 class SweepRecipe(BaseModel):
@@ -66,7 +81,7 @@ class SweepRecipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     recipe: Recipe
-    grid: SweepGrid = SweepGrid()
+    grid: SweepGrid = Field(default_factory=SweepGrid)
     distill_best: int = Field(default=1, ge=0)
 
 
@@ -99,7 +114,7 @@ def sweep_flow(sweep: SweepRecipe) -> SweepResult:
         flow_run_url=flow_run.ui_url,
         extra_tags={"moe2dense.flow": "sweep"},
     ) as parent:
-        source = source_task(recipe.source)
+        source = source_task(recipe.source, parent.run_id)
         configs = sweep.grid.configs(recipe.plan, source.top_k)
         for config in configs:
             validate_plan_config(config, source.num_experts, source.top_k)
@@ -159,10 +174,10 @@ def publish(runtime: Runtime, run_id: str, entries: list[SweepEntry]) -> None:
     rows = [
         {
             "rank": rank,
-            "scoring": e.plan.scoring,
+            "scoring": str(e.plan.scoring),
             "K": e.plan.num_selected,
-            "grouping": e.plan.grouping,
-            "scaling": e.plan.scaling,
+            "grouping": str(e.plan.grouping),
+            "scaling": str(e.plan.scaling),
             "perplexity": round(e.perplexity, 4),
             "distilled_perplexity": e.distilled_perplexity,
         }

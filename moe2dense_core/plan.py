@@ -1,61 +1,62 @@
 """ConversionPlan: every decision of a conversion, per layer, as a serialisable value.
 
-A plan is a pure function of statistics and a PlanConfig (plus expert weights for `weight_cluster`),
-and assembling is a pure function of plan + teacher weights. Plans round-trip through JSON and
-carry a `schema_version`; a plan of any other schema version is refused on load.
+A plan is a pure function of statistics and a PlanConfig (plus expert weights for a grouper that reads
+them), and assembling is a pure function of plan + teacher weights. PlanConfig chooses one registered
+method of each kind, scoring/, grouping/ and scaling/, with its options (moe2dense_core/registry.py):
+the registries are the only list of names. Plans round-trip through JSON and carry a `schema_version`;
+a version-1 plan is upgraded on load (plan_v1.py), any other version is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moe2dense_core.arch import MoEDims, get_spec
 from moe2dense_core.errors import PlanError
-from moe2dense_core.grouping import ExpertWeightsFn, GroupingRequest, get_grouper, score_weighted
-from moe2dense_core.scaling import get_scaling, shared_scale
+from moe2dense_core.grouping import GROUPERS, ExpertWeightsFn, GroupingRequest, get_grouper, score_weighted
+from moe2dense_core.plan_v1 import refuse_flat_options, upgrade_v1_plan
+from moe2dense_core.scaling import SCALINGS, get_scaling, shared_scale
 from moe2dense_core.schema import check_schema_version
-from moe2dense_core.scoring import get_scorer, rank_experts, select_top_k
+from moe2dense_core.scoring import SCORERS, get_scorer, rank_experts
 from moe2dense_core.stats.layer_stats import LayerStats
 
 if TYPE_CHECKING:
     from moe2dense_core.stats.expert_stats import ExpertStats
 
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2
 
-ScorerName = Literal["sf", "pp", "cp", "ean", "reap", "acp", "do_acp", "random"]
-GrouperName = Literal["prune", "weight_cluster", "output_cluster", "router_cluster", "score_balanced"]
-ScalingName = Literal["uniform", "proportional"]
+ScorerChoice = SCORERS.choice
+GrouperChoice = GROUPERS.choice
+ScalingChoice = SCALINGS.choice
 
 
 class PlanConfig(BaseModel):
-    """What to decide: scorer, number of kept experts K, grouper, down-projection scaling.
+    """What to decide: scorer, number of kept experts K, grouper, number of groups k, down-projection scaling.
 
+    scoring / grouping / scaling: a registered method, written as its name (`do_acp`) or as its name and
+    options (`{name: do_acp, exhaustive_limit: 500}`); read as the method's MethodOptions model.
     num_selected K: experts kept per layer (same K in every layer [paper]); None = k (pure pruning).
     num_groups k: dense blocks per layer; None = the teacher's top-k.
-    router_mass: with `uniform`, multiply c_g by the mean applied routing mass [defined here].
-    do_acp_exchange: run Fedorov exchange from the greedy and top-K-by-acp starts [defined here].
-    do_acp_ridge: λ in log det(M_S + λI); None = mean(diag M)/k [defined here].
-    do_acp_exhaustive_limit: search all K-subsets exactly when C(E, K) is at most this [defined here].
-    seed: used only by the `random` scorer (the random-selection control).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    scoring: ScorerName = "do_acp"
+    scoring: ScorerChoice = Field("do_acp", validate_default=True)
     num_selected: int | None = Field(default=None, ge=1)
-    grouping: GrouperName = "prune"
-    scaling: ScalingName = "uniform"
+    grouping: GrouperChoice = Field("prune", validate_default=True)
+    scaling: ScalingChoice = Field("uniform", validate_default=True)
     num_groups: int | None = Field(default=None, ge=1)
-    router_mass: bool = False
-    do_acp_exchange: bool = True
-    do_acp_ridge: float | None = Field(default=None, gt=0)
-    do_acp_exhaustive_limit: int = Field(default=20_000, ge=0)
-    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_belong_to_methods(cls, data: Any) -> Any:
+        """A flat option of plan schema 1 (`router_mass: true`) is refused, naming its new place."""
+        refuse_flat_options(data)
+        return data
 
 
 class LayerPlan(BaseModel):
@@ -99,6 +100,14 @@ class ConversionPlan(BaseModel):
     layers: list[LayerPlan]
     stats_digest: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_version_1(cls, data: Any) -> Any:
+        """A version-1 plan (flat method options) read as version 2 (plan_v1.py)."""
+        if isinstance(data, dict) and type(data.get("schema_version")) is int and data["schema_version"] == 1:
+            return upgrade_v1_plan(data)
+        return data
+
     @field_validator("schema_version", mode="before")
     @classmethod
     def _known_schema(cls, version: object) -> int:
@@ -130,16 +139,28 @@ class PlanSizes(NamedTuple):
     num_groups: int
 
 
-def validate_plan_config(config: PlanConfig, num_experts: int, top_k: int) -> PlanSizes:
-    """Resolve K and k from the config and the teacher's E and top-k; PlanError before any work.
-
-    k = config.num_groups or top_k, 1 ≤ k ≤ E; K = config.num_selected or k, k ≤ K ≤ E;
-    `prune` needs K = k; `router_mass` applies only to `uniform` scaling.
-    """
+def resolve_sizes(config: PlanConfig, top_k: int) -> PlanSizes:
+    """k = config.num_groups or the teacher's top-k; K = config.num_selected or k (not yet validated)."""
     num_groups = config.num_groups if config.num_groups is not None else top_k
+    num_selected = config.num_selected if config.num_selected is not None else num_groups
+    return PlanSizes(num_selected=num_selected, num_groups=num_groups)
+
+
+def grouping_fits(config: PlanConfig, top_k: int) -> bool:
+    """K = k, or the grouper merges: one that keeps every expert unmerged (`prune`) makes K groups of one."""
+    sizes = resolve_sizes(config, top_k)
+    return sizes.num_selected == sizes.num_groups or get_grouper(config.grouping.name).merges
+
+
+def validate_plan_config(config: PlanConfig, num_experts: int, top_k: int) -> PlanSizes:
+    """The sizes of the plan for a teacher with E experts and top-k; PlanError before any work.
+
+    The one check of K and k: 1 ≤ k ≤ E, k ≤ K ≤ E, and K = k for a grouper that does not merge.
+    """
+    sizes = resolve_sizes(config, top_k)
+    num_selected, num_groups = sizes
     if not 1 <= num_groups <= num_experts:
         raise PlanError(f"num_groups: {num_groups} dense blocks is outside [1, {num_experts}] (E experts)")
-    num_selected = config.num_selected if config.num_selected is not None else num_groups
     if num_selected < num_groups:
         raise PlanError(
             f"num_selected: K = {num_selected} < k = {num_groups} (each of the k groups needs at least one "
@@ -147,14 +168,12 @@ def validate_plan_config(config: PlanConfig, num_experts: int, top_k: int) -> Pl
         )
     if num_selected > num_experts:
         raise PlanError(f"num_selected: K = {num_selected} > E = {num_experts}, the number of experts")
-    if config.grouping == "prune" and num_selected != num_groups:
+    if not grouping_fits(config, top_k):
         raise PlanError(
-            f"num_selected: grouping 'prune' keeps each expert unmerged, so K must equal k = {num_groups} "
-            f"(got {num_selected}); choose a merging grouper for K > k"
+            f"num_selected: grouping {config.grouping.name!r} keeps each expert unmerged, so K must equal "
+            f"k = {num_groups} (got {num_selected}); choose a merging grouper for K > k"
         )
-    if config.router_mass and config.scaling != "uniform":
-        raise PlanError(f"router_mass: applies only to scaling='uniform', not {config.scaling!r}")
-    return PlanSizes(num_selected=num_selected, num_groups=num_groups)
+    return sizes
 
 
 def build_plan(
@@ -164,17 +183,14 @@ def build_plan(
 
     Per MoE layer: score → select K (top-K, or the scorer's own set) → group into k → score-weighted
     merge weights → down-projection scales c_g → shared-expert scale. expert_weights(layer) gives the
-    layer's E experts in canonical layout; only `weight_cluster` needs it.
+    layer's E experts in canonical layout; only a grouper that reads weights (`weight_cluster`) needs it.
     target_width = max(k·I + shared_width, dense_width of the teacher's dense layers).
     Raises PlanError (or the spec's error) before any scoring when config, statistics and model disagree.
     """
     spec = get_spec(stats.model_type)
     dims = spec.dims(stats.config)
     sizes = validate_plan_config(config, dims.num_experts, dims.top_k)
-    if config.grouping == "weight_cluster" and expert_weights is None:
-        raise PlanError(
-            "grouping 'weight_cluster' needs expert weights: pass build_plan(..., expert_weights=fn)"
-        )
+    get_grouper(config.grouping.name).require_weights(expert_weights)
     _check_stats_fit_model(stats, dims)
     layers = [
         _plan_layer(
@@ -196,8 +212,6 @@ def build_plan(
         layers=layers,
         stats_digest=stats.digest(),
     )
-
-
 def _check_stats_fit_model(stats: ExpertStats, dims: MoEDims) -> None:
     """The statistics describe this config's model: same E, top-k, exactly its MoE layers, tokens seen."""
     if (stats.num_experts, stats.top_k) != (dims.num_experts, dims.top_k):
@@ -229,33 +243,18 @@ def _plan_layer(
     shared_scale: float | None,
     expert_weights: ExpertWeightsFn | None,
 ) -> LayerPlan:
-    """Score, select, group, weight and scale one MoE layer."""
-    scorer = get_scorer(config.scoring)
-    result = scorer(stats, sizes.num_selected, **_options(scorer.options, config))
-    kept = result.selected if result.selected is not None else select_top_k(result.scores, sizes.num_selected)
-    if (
-        len(kept) != sizes.num_selected
-        or len(set(kept)) != len(kept)
-        or not all(0 <= e < stats.num_experts for e in kept)
-    ):
-        raise PlanError(
-            f"scorer {config.scoring!r} on layer {stats.layer}: selected {kept}, not {sizes.num_selected} experts"
-        )
-    groups = get_grouper(config.grouping)(
-        GroupingRequest(stats, rank_experts(result.scores, kept), sizes.num_groups, expert_weights)
+    """Score and select, group, weight and scale one MoE layer, each by its chosen method and options."""
+    scored = get_scorer(config.scoring.name)(stats, sizes.num_selected, config.scoring)
+    ranked = rank_experts(scored.scores, scored.selected)
+    groups = get_grouper(config.grouping.name)(
+        GroupingRequest(stats, ranked, sizes.num_groups, expert_weights), config.grouping
     )
-    scaling = get_scaling(config.scaling)
     return LayerPlan(
         layer=stats.layer,
-        kept=sorted(kept),
-        scores=result.scores.tolist(),
+        kept=scored.selected,
+        scores=scored.scores.tolist(),
         groups=groups,
-        merge_weights=score_weighted(groups, result.scores),
-        scales=scaling(stats, groups, **_options(scaling.options, config)),
+        merge_weights=score_weighted(groups, scored.scores),
+        scales=get_scaling(config.scaling.name)(stats, groups, config.scaling),
         shared_scale=shared_scale,
     )
-
-
-def _options(fields: Mapping[str, str], config: PlanConfig) -> dict[str, object]:
-    """Keyword options of a method from the PlanConfig fields its registry entry names."""
-    return {option: getattr(config, field_name) for option, field_name in fields.items()}

@@ -4,22 +4,10 @@ A key is `moe2dense-<stage>-<sha256 of the canonical JSON of>`
 
     [stage, code digest, artifact store identity, what the stage's output depends on]
 
-and what the output depends on enters by content digest, never by path or run id:
-
-| stage     | key parts (besides code digest and store identity)                                    |
-|-----------|----------------------------------------------------------------------------------------|
-| source    | hub: id + commit sha (a branch or tag name is not cached: it moves); local folder:    |
-|           | its absolute path + every file's (name, size, mtime_ns) [defined here, see below]      |
-| calibrate | snapshot digest, corpus digest of `calibration.data`, the rest of `calibration`,      |
-|           | statistics config                                                                      |
-| plan      | stats digest, snapshot digest (weight_cluster reads expert weights), PlanConfig        |
-| assemble  | plan digest, snapshot digest, checkpoint dtype + shard size (not the export folder)    |
-| distill   | student digest, snapshot digest (online teacher), corpus digest of `distillation.data`,|
-|           | the rest of `distillation`                                                             |
-| evaluate  | checkpoint digest, corpus digest of `evaluation.perplexity_data`, the rest of          |
-|           | `evaluation`, with each local downstream task file replaced by its sha256               |
-| report    | recipe digest, every result it summarises                                              |
-| register  | checkpoint digest, registered model name, MLflow tracking URI (where it registers)     |
+and what the output depends on enters by content digest, never by path or run id. Each stage declares its own parts next to its task (tasks/stage.py, `key=`; the stage module's
+docstring says what they are): source (hub commit sha, or a local folder's file sizes and times),
+calibrate, plan, assemble, distill, evaluate, report, register. `tasks.stage.STAGES[name].key` is a
+stage's `StageKey`.
 
 - code digest (`code_digest`, once per process): sha256 over every `.py` file of `moe2dense_core/` and
   `tasks/` (relative path + bytes, sorted) and the installed versions of moe2dense, torch,
@@ -29,10 +17,6 @@ and what the output depends on enters by content digest, never by path or run id
   so switching stores never serves a result whose URIs point at the other one.
 - corpus digest: `tasks.corpus.corpus_digest`, the sha256 of the documents a CorpusSpec yields.
 - snapshot / stats / plan / checkpoint digests: the sha256s the upstream stages return.
-- local source folders [defined here]: (name, size, mtime_ns) of every file, so an untouched folder is
-  not re-hashed while any edit (which moves mtime) re-runs the stage; the folder's path is part of the
-  key because the result names it (`local_path`). The source stage's OUTPUT, the sha256 of every
-  file it reads, is what every later key uses.
 """
 
 from __future__ import annotations
@@ -49,8 +33,6 @@ from typing import Any
 from pydantic import BaseModel
 
 import moe2dense_core
-from moe2dense_core.io.digests import file_sha256
-from tasks.corpus import corpus_digest
 from tasks.settings import Settings
 
 TASKS_FOLDER = Path(__file__).resolve().parent
@@ -135,75 +117,3 @@ class StageKey:
 def without(section: BaseModel, *fields: str) -> dict[str, Any]:
     """A config section's JSON minus the fields that enter the key another way (data, output folders)."""
     return section.model_dump(mode="json", exclude=set(fields))
-
-
-def _source_parts(p: dict[str, Any]) -> list[Any] | None:
-    source = p["source"]
-    if not source.is_local:
-        return [source.model, source.revision] if COMMIT_SHA.match(source.revision or "") else None
-    folder = Path(source.model).expanduser().resolve()
-    files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
-    return [str(folder), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
-
-
-def _calibrate_parts(p: dict[str, Any]) -> list[Any]:
-    calibration = p["calibration"]
-    return [
-        p["source"].snapshot_digest,
-        corpus_digest(calibration.data),
-        without(calibration, "data"),
-        p["statistics"],
-    ]
-
-
-def _distill_parts(p: dict[str, Any]) -> list[Any]:
-    distillation = p["distillation"]
-    return [
-        p["student"].checkpoint_digest,
-        p["source"].snapshot_digest,
-        corpus_digest(distillation.data),
-        without(distillation, "data"),
-    ]
-
-
-def _evaluate_parts(p: dict[str, Any]) -> list[Any]:
-    evaluation = p["evaluation"]
-    downstream = None
-    if evaluation.downstream is not None:
-        downstream = without(evaluation.downstream, "tasks")
-        downstream["tasks"] = [
-            {
-                **without(task, "data_file", "fewshot_file"),
-                "data_file": task.data_file and file_sha256(task.data_file),
-                "fewshot_file": task.fewshot_file and file_sha256(task.fewshot_file),
-            }
-            for task in evaluation.downstream.tasks
-        ]
-    return [
-        p["checkpoint"].checkpoint_digest,
-        corpus_digest(evaluation.perplexity_data),
-        without(evaluation, "perplexity_data", "downstream"),
-        downstream,
-    ]
-
-
-source_key = StageKey("source", _source_parts)
-calibrate_key = StageKey("calibrate", _calibrate_parts)
-plan_key = StageKey(
-    "plan", lambda p: [p["calibration"].stats_digest, p["source"].snapshot_digest, p["plan"]]
-)
-assemble_key = StageKey(
-    "assemble",
-    lambda p: [p["plan"].plan_digest, p["source"].snapshot_digest, without(p["storage"], "export_dir")],
-)
-distill_key = StageKey("distill", _distill_parts)
-evaluate_key = StageKey("evaluate", _evaluate_parts)
-report_key = StageKey("report", lambda p: [p["recipe_digest"], p["results"]])
-register_key = StageKey(
-    "register",
-    lambda p: [
-        p["checkpoint"].checkpoint_digest,
-        p["model_name"],
-        Settings().resolved_mlflow_tracking_uri,
-    ],
-)

@@ -2,40 +2,41 @@
 
 rows = train-side text packed into sequences of `seq_len` tokens (tasks.corpus.token_rows); the first
 ⌊num_tokens / seq_len⌋ rows of a seeded permutation are run in batches of `batch_size` through
-`moe2dense_core.collect_stats`. The ExpertStats folder (stats.safetensors + stats.json) goes to the
-artifact store (kind `stats`) and to the stage's MLflow run; the calibration tokens are logged as an
-MLflow input with their digest. The expensive read of the teacher: cached on snapshot digest, the
-content digest of the calibration text (never its path), the rest of the calibration and collection
-config (tasks/caching.py), so a sweep over plans calibrates once.
+`moe2dense_core.collect_stats`. The ExpertStats folder (stats.safetensors + stats.json) is published
+once to the artifact store (kind `stats`; the stage's MLflow run records its URI and content address,
+tasks/publish.py); the calibration tokens are logged as an MLflow input with their digest. The
+expensive read of the teacher: cached on snapshot digest, the content digest of the calibration text
+(never its path), the rest of the calibration and collection config (`calibrate_parts`), so a sweep
+over plans calibrates once.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from prefect import task
-from pydantic import BaseModel, ConfigDict
 
 from moe2dense_core.distill.data import tokens_digest
 from moe2dense_core.distill.precision import compute_dtype
 from moe2dense_core.pretrained import load_tokenizer
 from moe2dense_core.stats.collect import collect_stats
-from tasks.caching import calibrate_key
-from tasks.corpus import token_rows
+from tasks.caching import without
+from tasks.corpus import corpus_digest, token_rows
 from tasks.progress import StageProgress
+from tasks.publish import finish, publish_dir
 from tasks.recipe import CalibrationConfig, StatisticsConfig
-from tasks.result_storage import RESULT_STORAGE
+from tasks.results import CalibrationResult, SourceResult
 from tasks.runtime import Runtime, log_token_input
-from tasks.source import SourceResult, open_source
+from tasks.source import open_source
+from tasks.stage import stage
+from tasks.tracking import TAG_DATA_DIGEST, TAG_SNAPSHOT_DIGEST, TAG_STATS_DIGEST
 
 
-class CalibrationResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    stats_uri: str
-    stats_digest: str
-    data_digest: str
-    num_tokens: int
-    mlflow_run_id: str
+def calibrate_parts(p: dict[str, Any]) -> list[Any]:
+    """Snapshot digest, corpus digest of `calibration.data`, the rest of `calibration`, statistics config."""
+    calibration = p["calibration"]
+    return [p["source"].snapshot_digest, corpus_digest(calibration.data), without(calibration, "data"),
+            p["statistics"]]
 
 
 def calibration_rows(source: SourceResult, calibration: CalibrationConfig) -> torch.Tensor:
@@ -56,7 +57,8 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-@task(name="calibrate", cache_key_fn=calibrate_key, persist_result=True, result_storage=RESULT_STORAGE)
+@stage("calibrate", result=CalibrationResult, key=calibrate_parts,
+       lineage={TAG_STATS_DIGEST: "stats_digest", TAG_DATA_DIGEST: "data_digest"})
 def calibrate_task(
     source: SourceResult, calibration: CalibrationConfig, statistics: StatisticsConfig, parent_run_id: str
 ) -> CalibrationResult:
@@ -86,14 +88,15 @@ def calibrate_task(
             )
         with runtime.scratch("stats") as scratch:
             stats_digest = stats.save(scratch / "stats")
-            ref = runtime.store.put_dir(scratch / "stats", kind="stats")
-            run.log_artifact(scratch / "stats")
-        run.set_tags({"moe2dense.stats_digest": stats_digest})
+            stats_uri = publish_dir(runtime, run, scratch / "stats", kind="stats")
+        run.set_tags({TAG_SNAPSHOT_DIGEST: source.snapshot_digest})
         run.log_metrics({"calibration/tokens": float(rows.numel())})
-        return CalibrationResult(
-            stats_uri=runtime.store.uri_for(ref),
+        result = CalibrationResult(
+            stats_uri=stats_uri,
             stats_digest=stats_digest,
             data_digest=data_digest,
             num_tokens=rows.numel(),
             mlflow_run_id=run.run_id,
         )
+        finish(run, "calibrate", result)
+        return result

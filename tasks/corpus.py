@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from moe2dense_core.distill.data import is_heldout, prepare_token_splits
 from moe2dense_core.errors import Moe2DenseError
 from moe2dense_core.io.atomic import atomic_write_text
+from tasks.stage_events import STATE_HOOKS
 
 MIN_DOCSTRING_CHARS = 200
 EXCLUDED_STDLIB_PACKAGES = frozenset(
@@ -220,7 +221,7 @@ def corpus_folder(spec: CorpusSpec, root: Path) -> Path:
     return Path(root) / "corpus" / hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-@task(name="corpus", cache_policy=NONE, persist_result=False)
+@task(name="corpus", cache_policy=NONE, persist_result=False, **STATE_HOOKS)
 def prepare_corpus_task(spec: CorpusSpec, root: str) -> CorpusFiles:
     """Prefect adapter of `write_corpus` into `corpus_folder(spec, root)` (cheap: seconds; not cached)."""
     return write_corpus(spec, corpus_folder(spec, Path(root)))

@@ -4,9 +4,9 @@ The teacher runs online from the snapshot; data = train-side text of `distillati
 rows of `distillation.seq_len` (tasks.corpus.token_rows; never held-out text). The core loop logs its
 curves (loss, KL, lr, grad norm, tokens/s) as step metrics on the stage's MLflow run. The distilled
 student is saved with `save_pretrained` next to its tokenizer and the assembly's model card and
-provenance, stored in the artifact store (kind `distilled-model`) and logged to MLflow.
-Cached on student digest + teacher snapshot digest + content digest of the training text + the rest
-of the distillation config (tasks/caching.py).
+provenance, and published once to the artifact store (kind `distilled-model`; the MLflow run records
+its URI and content address). Cached on student digest + teacher snapshot digest (online teacher) +
+content digest of the training text + the rest of the distillation config (`distill_parts`).
 
 Training checkpoints (every `distillation.train.checkpoint_every` steps and at the end) go to
 `<home>/distill-checkpoints/<the stage's cache key>`, not a temporary folder: a run that was killed
@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
-from prefect import task
 
 from moe2dense_core.distill import distill, tokens_digest
 from moe2dense_core.distill.precision import load_dtype
 from moe2dense_core.io.digests import file_sha256, snapshot_sha256
 from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
-from tasks.assemble import CheckpointResult
-from tasks.caching import distill_key
-from tasks.corpus import token_rows
+from tasks.caching import without
+from tasks.corpus import corpus_digest, token_rows
 from tasks.progress import ProgressMetricLogger
+from tasks.publish import finish, publish_dir, record_inputs
 from tasks.recipe import DistillationConfig
-from tasks.result_storage import RESULT_STORAGE
+from tasks.results import CheckpointResult, SourceResult
 from tasks.runtime import Runtime, log_token_input
-from tasks.source import SourceResult
+from tasks.stage import STAGES, stage
+from tasks.tracking import TAG_CHECKPOINT_DIGEST, TAG_PLAN_DIGEST, TAG_SNAPSHOT_DIGEST, TAG_STUDENT_DIGEST
 
 PROVENANCE_FILES = ("README.md", "moe2dense.json")
 CHECKPOINTS_FOLDER = "distill-checkpoints"
@@ -45,11 +46,19 @@ def checkpoint_folder(
     runtime: Runtime, source: SourceResult, student: CheckpointResult, distillation: DistillationConfig
 ) -> Path:
     """Where this stage's training checkpoints live: one folder per cache key (module docstring)."""
-    key = distill_key(None, {"source": source, "student": student, "distillation": distillation})
+    key = STAGES["distill"].key(None, {"source": source, "student": student, "distillation": distillation})
     return runtime.settings.home / CHECKPOINTS_FOLDER / key
 
 
-@task(name="distill", cache_key_fn=distill_key, persist_result=True, result_storage=RESULT_STORAGE)
+def distill_parts(p: dict[str, Any]) -> list[Any]:
+    """Student digest, snapshot digest, corpus digest of `distillation.data`, the rest of `distillation`."""
+    distillation = p["distillation"]
+    return [p["student"].checkpoint_digest, p["source"].snapshot_digest, corpus_digest(distillation.data),
+            without(distillation, "data")]
+
+
+@stage("distill", result=CheckpointResult, key=distill_parts,
+       lineage={TAG_PLAN_DIGEST: "plan_digest", TAG_CHECKPOINT_DIGEST: "checkpoint_digest"})
 def distill_task(
     source: SourceResult, student: CheckpointResult, distillation: DistillationConfig, parent_run_id: str
 ) -> CheckpointResult:
@@ -61,6 +70,7 @@ def distill_task(
         runtime.stage(parent_run_id, "distill", {"distillation": distillation}) as run,
         runtime.scratch("distill") as scratch,
     ):
+        record_inputs(run, runtime, student=student.checkpoint_uri)
         log_token_input(
             run,
             context="distillation",
@@ -87,17 +97,14 @@ def distill_task(
                 shutil.copy2(Path(student_dir) / name, out_dir / name)
         shards = {p.name: file_sha256(p) for p in sorted(out_dir.glob("*.safetensors"))}
         digest = snapshot_sha256(shards)
-        ref = runtime.store.put_dir(out_dir, kind="distilled-model", name="distilled_model")
-        run.log_artifact(out_dir)
-        run.set_tags(
-            {"moe2dense.checkpoint_digest": digest, "moe2dense.student_digest": student.checkpoint_digest}
-        )
+        uri = publish_dir(runtime, run, out_dir, kind="distilled-model", name="distilled_model")
+        run.set_tags({TAG_STUDENT_DIGEST: student.checkpoint_digest, TAG_SNAPSHOT_DIGEST: source.snapshot_digest})
         run.log_metrics(
             {"distill/steps": float(outcome.steps), "distill/tokens_seen": float(outcome.tokens_seen)}
         )
         shutil.rmtree(checkpoints, ignore_errors=True)  # stored: nothing left to resume
-        return CheckpointResult(
-            checkpoint_uri=runtime.store.uri_for(ref),
+        result = CheckpointResult(
+            checkpoint_uri=uri,
             checkpoint_digest=digest,
             shard_digests=shards,
             num_parameters=sum(p.numel() for p in model.parameters()),
@@ -105,3 +112,5 @@ def distill_task(
             mlflow_run_id=run.run_id,
             stage="distill",
         )
+        finish(run, "distill", result)
+        return result

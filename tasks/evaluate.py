@@ -4,9 +4,9 @@ Perplexity: the first `perplexity_tokens` tokens of the held-out rows of `evalua
 scored with a sliding window of `seq_len` and stride seq_len/2 (moe2dense_core.evaluate.perplexity).
 Downstream (when `evaluation.downstream` is set): the core's EvalConfig through lm-eval with the
 model in memory (local jsonl tasks offline, hub task names online). The JSON document (kind
-`eval`) goes to the artifact store and MLflow; the numbers ride in the result. Cached on checkpoint
-digest + content digests of the held-out text and local task files + the rest of the evaluation
-config (tasks/caching.py).
+`eval`) is published once (small: also browsable on the MLflow run); the numbers ride in the result.
+Cached on checkpoint digest + content digests of the held-out text and local task files + the rest of
+the evaluation config (`evaluate_parts`).
 """
 
 from __future__ import annotations
@@ -15,42 +15,45 @@ import json
 from typing import Any
 
 import torch
-from prefect import task
-from pydantic import BaseModel, ConfigDict
 
 from moe2dense_core.distill import tokens_digest
 from moe2dense_core.distill.precision import load_dtype
 from moe2dense_core.evaluate import evaluate_downstream, perplexity
+from moe2dense_core.io.digests import file_sha256
 from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
-from tasks.caching import evaluate_key
-from tasks.corpus import token_rows
+from tasks.caching import without
+from tasks.corpus import corpus_digest, token_rows
+from tasks.publish import finish, publish_text, record_inputs
 from tasks.recipe import EvaluationConfig
-from tasks.result_storage import RESULT_STORAGE
+from tasks.results import EvalTarget, EvaluationResult
 from tasks.runtime import Runtime, log_token_input
+from tasks.stage import stage
+from tasks.tracking import TAG_CHECKPOINT_DIGEST
 
 EVAL_SCHEMA_VERSION = 1
 
 
-class EvalTarget(BaseModel):
-    """The model to evaluate: a label (student, teacher, …), its digest, and an artifact URI or local folder."""
-
-    model_config = ConfigDict(frozen=True)
-
-    label: str
-    checkpoint_digest: str
-    location: str
-
-
-class EvaluationResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    label: str
-    checkpoint_digest: str
-    perplexity: float
-    downstream_mean_acc: float | None
-    downstream: dict[str, float | None]
-    eval_uri: str
-    mlflow_run_id: str
+def evaluate_parts(p: dict[str, Any]) -> list[Any]:
+    """Checkpoint digest, corpus digest of `evaluation.perplexity_data`, the rest of `evaluation`, with
+    each local downstream task file replaced by its sha256."""
+    evaluation = p["evaluation"]
+    downstream = None
+    if evaluation.downstream is not None:
+        downstream = without(evaluation.downstream, "tasks")
+        downstream["tasks"] = [
+            {
+                **without(task, "data_file", "fewshot_file"),
+                "data_file": task.data_file and file_sha256(task.data_file),
+                "fewshot_file": task.fewshot_file and file_sha256(task.fewshot_file),
+            }
+            for task in evaluation.downstream.tasks
+        ]
+    return [
+        p["checkpoint"].checkpoint_digest,
+        corpus_digest(evaluation.perplexity_data),
+        without(evaluation, "perplexity_data", "downstream"),
+        downstream,
+    ]
 
 
 def evaluate_model(model: Any, tokenizer: Any, evaluation: EvaluationConfig) -> dict[str, Any]:
@@ -80,7 +83,8 @@ def evaluate_model(model: Any, tokenizer: Any, evaluation: EvaluationConfig) -> 
     }
 
 
-@task(name="evaluate", cache_key_fn=evaluate_key, persist_result=True, result_storage=RESULT_STORAGE)
+@stage("evaluate", result=EvaluationResult, key=evaluate_parts,
+       lineage={TAG_CHECKPOINT_DIGEST: "checkpoint_digest"})
 def evaluate_task(
     checkpoint: EvalTarget, evaluation: EvaluationConfig, parent_run_id: str
 ) -> EvaluationResult:
@@ -88,6 +92,8 @@ def evaluate_task(
     location = checkpoint.location
     model_dir = runtime.fetch_uri(location) if "://" in location else location
     with runtime.stage(parent_run_id, f"evaluate-{checkpoint.label}", {"evaluation": evaluation}) as run:
+        if "://" in location:
+            record_inputs(run, runtime, checkpoint=location)
         model = load_causal_lm(model_dir, dtype=load_dtype(torch.device("cpu")))
         tokenizer = load_tokenizer(model_dir)
         numbers = evaluate_model(model, tokenizer, evaluation)
@@ -106,8 +112,7 @@ def evaluate_task(
             **numbers,
         }
         text = json.dumps(document, indent=2, sort_keys=True, default=str)
-        ref = runtime.store.put_bytes(text.encode(), kind="eval", name=f"eval_{checkpoint.label}.json")
-        run.log_text(text, f"eval/eval_{checkpoint.label}.json")
+        eval_uri = publish_text(runtime, run, text, kind="eval", name=f"eval_{checkpoint.label}.json")
         accuracies = {name: summary.get("acc") for name, summary in numbers["downstream"].items()}
         known = [acc for acc in accuracies.values() if acc is not None]
         mean = sum(known) / len(known) if known else None
@@ -116,12 +121,14 @@ def evaluate_task(
         if mean is not None:
             metrics["eval/mean_acc"] = mean
         run.log_metrics(metrics)
-        return EvaluationResult(
+        result = EvaluationResult(
             label=checkpoint.label,
             checkpoint_digest=checkpoint.checkpoint_digest,
             perplexity=numbers["perplexity"]["value"],
             downstream_mean_acc=mean,
             downstream=accuracies,
-            eval_uri=runtime.store.uri_for(ref),
+            eval_uri=eval_uri,
             mlflow_run_id=run.run_id,
         )
+        finish(run, "evaluate", result)
+        return result

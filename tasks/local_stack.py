@@ -181,6 +181,7 @@ class LocalStack:
                 PREFECT_HOME=str(data / "home"),
                 PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{data / 'prefect.db'}",
                 PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                PREFECT_UI_API_URL=config.prefect_api_url,  # the UI's default is port 4200, not --port
             )
             argv = [str(BIN / "prefect"), "server", "start", "--host", LOCALHOST, "--port", str(config.prefect_port)]
             return argv, env, lambda started: http_ok(f"{config.prefect_api_url}/health")

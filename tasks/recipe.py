@@ -175,9 +175,9 @@ class Recipe(_Section):
     @field_validator("plan")
     @classmethod
     def _plan_sizes_agree(cls, plan: PlanConfig) -> PlanConfig:
-        """The checks of `validate_plan_config` that need no teacher (K < k, `prune` with K != k,
-        router_mass without uniform scaling), run against the most permissive teacher the plan allows:
-        E = max(K, k) experts and top-k = k (K when num_groups is unset)."""
+        """The checks of `validate_plan_config` that need no teacher (K < k, a grouper that does not
+        merge with K != k), run against the most permissive teacher the plan allows: E = max(K, k)
+        experts and top-k = k (K when num_groups is unset)."""
         num_groups = plan.num_groups or plan.num_selected or 1
         num_selected = plan.num_selected or num_groups
         try:

@@ -3,12 +3,15 @@
 The report shows where the model came from (source id, revision, snapshot / stats / plan / checkpoint
 digests), the plan (kept experts per layer, target width), the evaluation table (teacher, assembled
 student before distillation, distilled student: held-out perplexity and downstream accuracy), and
-the distillation loss curve read back from the distill stage's MLflow run. Stored in the artifact
-store (kind `report`) and on the parent MLflow run under `report/`.
+the distillation loss curve read back from the distill stage's MLflow run. Published once to the
+artifact store (kind `report`); small (HTML + PNG), so its `report` stage run also shows it under
+`report/`. Cached on the recipe digest and every result it summarises.
 
 `register_task` registers the final checkpoint in the MLflow Model Registry with lineage tags
-(tasks.tracking.register_dense_model); a checkpoint already registered under that name is not
-registered twice.
+(tasks.tracking.register_dense_model): the model version's `source` is the checkpoint's store URI — the
+checkpoint is not uploaded again — with the store's content address as a tag; a checkpoint already
+registered under that name is not registered twice. Cached on checkpoint digest, model name and the
+tracking URI (where it registers).
 """
 
 from __future__ import annotations
@@ -16,28 +19,19 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from prefect import task
-from pydantic import BaseModel, ConfigDict
-
-from tasks.assemble import CheckpointResult
-from tasks.caching import register_key, report_key
-from tasks.evaluate import EvaluationResult
-from tasks.plan import PlanResult
-from tasks.result_storage import RESULT_STORAGE
+from tasks.publish import finish, publish_dir, record_inputs
+from tasks.results import (
+    CheckpointResult,
+    PlanResult,
+    RegistrationResult,
+    ReportInputs,
+    ReportResult,
+    SourceResult,
+)
 from tasks.runtime import Runtime
-from tasks.source import SourceResult
-from tasks.tracking import TAG_CHECKPOINT_DIGEST, Lineage, register_dense_model
-
-
-class ReportInputs(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    recipe_name: str
-    source: SourceResult
-    plan: PlanResult
-    checkpoint: CheckpointResult
-    evaluations: list[EvaluationResult]
-    distill_run_id: str | None = None
+from tasks.settings import Settings
+from tasks.stage import stage
+from tasks.tracking import TAG_CHECKPOINT_DIGEST, TAG_RECIPE_DIGEST, Lineage, register_dense_model
 
 
 def loss_curve_png(runtime: Runtime, run_id: str, path: Path) -> bool:
@@ -91,23 +85,31 @@ def report_html(inputs: ReportInputs, has_curve: bool) -> str:
 {curve}</body></html>"""
 
 
-@task(name="report", cache_key_fn=report_key, persist_result=True, result_storage=RESULT_STORAGE)
-def report_task(results: ReportInputs, recipe_digest: str, parent_run_id: str) -> str:
-    """Write the report; returns its artifact URI."""
+@stage("report", result=ReportResult, key=lambda p: [p["recipe_digest"], p["results"]])
+def report_task(results: ReportInputs, recipe_digest: str, parent_run_id: str) -> ReportResult:
+    """Write the report, in its own stage run."""
     runtime = Runtime.from_environment()
-    with runtime.scratch("report") as scratch:
+    with runtime.stage(parent_run_id, "report") as run, runtime.scratch("report") as scratch:
+        run.set_tags({TAG_RECIPE_DIGEST: recipe_digest})
+        record_inputs(run, runtime, checkpoint=results.checkpoint.checkpoint_uri, plan=results.plan.plan_uri)
         folder = scratch / "report"
         folder.mkdir()
         has_curve = bool(results.distill_run_id) and loss_curve_png(
             runtime, results.distill_run_id, folder / "loss_curve.png"
         )
         (folder / "index.html").write_text(report_html(results, has_curve), encoding="utf-8")
-        ref = runtime.store.put_dir(folder, kind="report", name="report")
-        runtime.client.log_artifacts(parent_run_id, str(folder), "report")
-    return runtime.store.uri_for(ref)
+        uri = publish_dir(runtime, run, folder, kind="report", name="report")
+        run.log_artifact(folder)  # small: browsable in the MLflow UI
+        result = ReportResult(report_uri=uri, mlflow_run_id=run.run_id)
+        finish(run, "report", result)
+        return result
 
 
-@task(name="register", cache_key_fn=register_key, persist_result=True, result_storage=RESULT_STORAGE)
+@stage(
+    "register",
+    result=RegistrationResult,
+    key=lambda p: [p["checkpoint"].checkpoint_digest, p["model_name"], Settings().resolved_mlflow_tracking_uri],
+)
 def register_task(
     source: SourceResult,
     plan: PlanResult,
@@ -115,14 +117,17 @@ def register_task(
     model_name: str,
     flow_run_id: str | None,
     parent_run_id: str,
-) -> str:
-    """Register the checkpoint as a new version of `model_name` (or return the existing one): 'name/version'."""
+) -> RegistrationResult:
+    """Register the stored checkpoint as a new version of `model_name` (or return the existing one)."""
     runtime = Runtime.from_environment()
     existing = runtime.client.search_model_versions(
         f"name = '{model_name}' and tags.`{TAG_CHECKPOINT_DIGEST}` = '{checkpoint.checkpoint_digest}'"
     )
     if existing:
-        return f"{model_name}/{existing[0].version}"
+        return RegistrationResult(
+            model_name=model_name, version=existing[0].version, checkpoint_uri=existing[0].source,
+            mlflow_run_id=existing[0].run_id,
+        )
     lineage = Lineage(
         source_model=source.model,
         source_revision=source.revision or source.snapshot_digest,
@@ -134,13 +139,11 @@ def register_task(
         flow_run_id=flow_run_id,
     )
     with runtime.stage(parent_run_id, "register") as run:
-        model_dir = runtime.fetch_uri(checkpoint.checkpoint_uri)
-        run.log_artifact(model_dir, "registered")
+        ref = runtime.store.ref_from_uri(checkpoint.checkpoint_uri)  # it is in the store: refuse if not
         version = register_dense_model(
-            run,
-            f"registered/{model_dir.name}",
-            model_name,
-            lineage,
-            description=f"moe2dense conversion of {source.model}",
+            run, ref.sha256, model_name, lineage, description=f"moe2dense conversion of {source.model}"
         )
-    return f"{model_name}/{version.version}"
+        return RegistrationResult(
+            model_name=model_name, version=version.version, checkpoint_uri=checkpoint.checkpoint_uri,
+            mlflow_run_id=run.run_id,
+        )

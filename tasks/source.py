@@ -7,34 +7,35 @@ The checkpoint is validated from headers (model_type supported, every tensor vs 
 vocabulary: `open_teacher`) before anything downstream spends time on it; later stages re-open it with
 `open_source`, which checks the recorded digests and validates only when this process has not. Cached on (hub id, commit sha) for hub models (a branch or tag name is
 resolved and hashed on every run), and for local folders on the path plus every file's size and
-modification time (tasks/caching.py), so an edited folder is hashed again while an untouched one is not.
+modification time (key parts below), so an edited folder is hashed again while an untouched one is not.
+In a flow it opens its stage run (`source`, snapshot digest and source tags) under the parent run.
 """
 
 from __future__ import annotations
 
-from prefect import task
-from pydantic import BaseModel, ConfigDict
+from pathlib import Path
+from typing import Any
 
 from moe2dense_core.checkpoint.teacher import Teacher, open_teacher
-from tasks.caching import source_key
+from tasks.caching import COMMIT_SHA
+from tasks.publish import finish
 from tasks.recipe import SourceConfig
-from tasks.result_storage import RESULT_STORAGE
-from tasks.runtime import transient_failure
+from tasks.results import SourceResult
+from tasks.runtime import Runtime
+from tasks.stage import stage
+from tasks.tracking import TAG_SNAPSHOT_DIGEST, TAG_SOURCE_MODEL, TAG_SOURCE_REVISION
 
 
-class SourceResult(BaseModel):
-    """The resolved teacher snapshot."""
-
-    model_config = ConfigDict(frozen=True)
-
-    model: str
-    revision: str | None
-    local_path: str
-    model_type: str
-    num_experts: int
-    top_k: int
-    file_digests: dict[str, str]
-    snapshot_digest: str
+def source_parts(p: dict[str, Any]) -> list[Any] | None:
+    """Hub: id + commit sha (a branch or tag name is not cached: it moves). Local folder: its absolute path
+    (the result names it) + every file's (name, size, mtime_ns): an untouched folder is not re-hashed, any
+    edit (which moves mtime) re-runs the stage. Later keys use this stage's OUTPUT, the file sha256s."""
+    source = p["source"]
+    if not source.is_local:
+        return [source.model, source.revision] if COMMIT_SHA.match(source.revision or "") else None
+    folder = Path(source.model).expanduser().resolve()
+    files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+    return [str(folder), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
 
 
 def resolve_source(source: SourceConfig) -> SourceResult:
@@ -64,14 +65,18 @@ def open_source(source: SourceResult) -> Teacher:
     return open_teacher(source.local_path, expected_digests=source.file_digests)
 
 
-@task(
-    name="source",
-    cache_key_fn=source_key,
-    persist_result=True,
-    result_storage=RESULT_STORAGE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=transient_failure,
+@stage(
+    "source",
+    result=SourceResult,
+    key=source_parts,
+    lineage={TAG_SOURCE_MODEL: "model", TAG_SOURCE_REVISION: "revision", TAG_SNAPSHOT_DIGEST: "snapshot_digest"},
 )
-def source_task(source: SourceConfig) -> SourceResult:
-    return resolve_source(source)
+def source_task(source: SourceConfig, parent_run_id: str | None = None) -> SourceResult:
+    """The resolved snapshot; with `parent_run_id` (in a flow) also its `source` stage run."""
+    if parent_run_id is None:
+        return resolve_source(source)
+    runtime = Runtime.from_environment()
+    with runtime.stage(parent_run_id, "source", {"source": source}) as run:
+        result = resolve_source(source).model_copy(update={"mlflow_run_id": run.run_id})
+        finish(run, "source", result)
+        return result

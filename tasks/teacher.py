@@ -26,6 +26,7 @@ from moe2dense_core.logging import MetricLogger
 from moe2dense_core.teacher import TeacherModelConfig, train_teacher
 from tasks.corpus import DOCUMENT_SEPARATOR, CorpusFiles
 from tasks.progress import StageProgress
+from tasks.stage_events import STATE_HOOKS
 
 TEACHER_RECORD = "teacher.json"
 
@@ -98,7 +99,7 @@ def train_or_reuse_teacher(
     return TeacherResult(str(final), key, False, **result)
 
 
-@task(name="teacher", cache_policy=NONE, persist_result=False)
+@task(name="teacher", cache_policy=NONE, persist_result=False, **STATE_HOOKS)
 def train_teacher_task(corpus: CorpusFiles, config: TeacherModelConfig, out_root: str) -> TeacherResult:
     """Prefect adapter of `train_or_reuse_teacher` (the folder key is the cache: see module docstring).
     Training steps are reported as progress of stage `teacher-<kind>` (tasks/progress.py: bars for the

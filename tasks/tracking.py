@@ -8,7 +8,7 @@ tasks in any thread or process can log to the run whose id they were given.
         with stage_run(client, run.run_id, "calibrate", redactor) as stage:
             stage.log_metrics({"tokens": 32768})
             log_dataset(stage, name="calibration", source_uri=..., digest=..., context="calibration")
-    register_dense_model(client, run.run_id, "dense_model", "demo-dense", lineage)
+    register_dense_model(stage, checkpoint_sha256, "demo-dense", lineage)   # source = lineage.checkpoint_uri
 
 Lineage tag names are the constants below; every param, tag, artifact and metric key passes the
 Redactor (tasks/redaction.py) first.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -52,6 +51,11 @@ TAG_STATS_DIGEST = "moe2dense.stats_digest"
 TAG_PLAN_DIGEST = "moe2dense.plan_digest"
 TAG_CHECKPOINT_DIGEST = "moe2dense.checkpoint_digest"
 TAG_CHECKPOINT_URI = "moe2dense.checkpoint_uri"
+TAG_CHECKPOINT_SHA256 = "moe2dense.checkpoint_sha256"
+TAG_SNAPSHOT_DIGEST = "moe2dense.snapshot_digest"
+TAG_STUDENT_DIGEST = "moe2dense.student_digest"
+TAG_DATA_DIGEST = "moe2dense.data_digest"
+TAG_STAGE_RUN = "moe2dense.stage_run"
 TAG_TRUST_REMOTE_CODE = "moe2dense.trust_remote_code"
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 RECIPE_ARTIFACT = "recipe/recipe.yaml"
@@ -282,26 +286,47 @@ def remote_code_tag() -> dict[str, str]:
 
 
 def register_dense_model(
-    logger: MLflowLogger, artifact_path: str, model_name: str, lineage: Lineage, description: str = ""
+    logger: MLflowLogger, checkpoint_sha256: str, model_name: str, lineage: Lineage, description: str = ""
 ) -> ModelVersion:
-    """Register the run's artifact folder `artifact_path` (a plain HF checkpoint) as a new version of
-    `model_name`, tagged with the lineage; the full shard list is also logged as `lineage/shards.json`."""
+    """Register the stored checkpoint `lineage.checkpoint_uri` as a new version of `model_name`: the
+    version's `source` IS that store URI (nothing is uploaded), tagged with the lineage and the store's
+    content address `checkpoint_sha256`; the full shard list is also logged as `lineage/shards.json`."""
     client, redactor = logger.client, logger.redactor
+    if not lineage.checkpoint_uri:
+        raise ValueError(f"registering {model_name!r}: the lineage names no stored checkpoint URI")
     try:
         client.create_registered_model(model_name)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    with tempfile.TemporaryDirectory() as tmp:
-        shards = Path(tmp) / "shards.json"
-        shards.write_text(json.dumps(dict(sorted(lineage.shard_digests.items())), indent=2))
-        logger.log_artifact(shards, "lineage")
+    logger.log_text(json.dumps(dict(sorted(lineage.shard_digests.items())), indent=2), "lineage/shards.json")
     tags = dict(redactor.redact_item(k, v) for k, v in lineage.as_tags().items())
+    tags[TAG_CHECKPOINT_SHA256] = checkpoint_sha256
     logger.set_tags(tags)
-    source = f"{client.get_run(logger.run_id).info.artifact_uri}/{artifact_path}"
     return client.create_model_version(
-        model_name, source, run_id=logger.run_id, tags=tags, description=redactor.redact(description)
+        model_name, lineage.checkpoint_uri, run_id=logger.run_id, tags=tags,
+        description=redactor.redact(description),
     )
+
+
+def link_stage_runs(parent: MLflowLogger, runs: Mapping[str, str]) -> None:
+    """Tag the parent run with the run that produced each stage's result: `moe2dense.stage_run.<label>`
+    = run id (a cached result names the run of the flow that computed it)."""
+    parent.set_tags({f"{TAG_STAGE_RUN}.{label}": run_id for label, run_id in runs.items()})
+
+
+def stage_runs(client: MlflowClient, parent_run_id: str) -> dict[str, Run]:
+    """{label: run} of a parent run's stages: the runs its tags link (cached results included), and its
+    nested runs (a run that failed before linking)."""
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+    )
+    prefix = f"{TAG_STAGE_RUN}."
+    linked = {tag[len(prefix):]: run_id for tag, run_id in parent.data.tags.items() if tag.startswith(prefix)}
+    found = {run.info.run_name: run for run in children}
+    found.update({label: client.get_run(run_id) for label, run_id in linked.items() if label not in found})
+    return found
 
 
 def run_url(ui_base_url: str, experiment_id: str, run_id: str) -> str:

@@ -7,15 +7,24 @@ from moe2dense_core.arch import (  # noqa: F401  (importing a family module regi
     deepseek_v2,
     deepseek_v3,
     gpt_oss,
+    granitemoe,
     mixtral,
     olmoe,
     qwen2_moe,
     qwen3_moe,
 )
 from moe2dense_core.arch.expert_weights import Activation, ExpertWeights
-from moe2dense_core.arch.spec import MoEArchSpec, MoEDims, get_spec, register_spec, supported_model_types
+from moe2dense_core.arch.spec import (
+    FAMILIES,
+    MoEArchSpec,
+    MoEDims,
+    get_spec,
+    register_spec,
+    supported_model_types,
+)
 
 __all__ = [
+    "FAMILIES",
     "Activation",
     "ExpertWeights",
     "MoEArchSpec",

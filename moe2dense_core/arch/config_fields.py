@@ -1,4 +1,5 @@
-"""Typed reads of config.json fields that name the field when it is missing or wrong."""
+"""Typed reads of config.json fields that name the field when it is missing or wrong, and the layer
+placement rules read from them."""
 
 from __future__ import annotations
 
@@ -40,3 +41,14 @@ def optional_int(config: dict[str, Any], key: str, default: int, *, minimum: int
 def without_keys(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """A copy of config without `keys` (the fields a dense target does not have)."""
     return {k: v for k, v in config.items() if k not in keys}
+
+
+def sparse_step_moe_layers(config: dict[str, Any], num_layers: int) -> tuple[int, ...]:
+    """Qwen2/3-MoE placement: layer i is MoE iff i ∉ mlp_only_layers and (i + 1) % decoder_sparse_step == 0."""
+    step = optional_int(config, "decoder_sparse_step", 1, minimum=1)
+    mlp_only = config.get("mlp_only_layers") or []
+    if not isinstance(mlp_only, list) or not all(isinstance(i, int) for i in mlp_only):
+        raise CheckpointError(
+            f"config.json field 'mlp_only_layers' must be a list of layer indices, got {mlp_only!r}"
+        )
+    return tuple(i for i in range(num_layers) if i not in mlp_only and (i + 1) % step == 0)

@@ -22,16 +22,16 @@ from __future__ import annotations
 from typing import Any
 
 from moe2dense_core.arch.config_fields import optional_int, require_int
-from moe2dense_core.arch.fused_swiglu import FusedSwigluMoESpec
-from moe2dense_core.arch.spec import register_spec
+from moe2dense_core.arch.spec import ModuleNames, MoEArchSpec, register_spec
 from moe2dense_core.errors import CheckpointError
 
 
-class DeepseekMoESpec(FusedSwigluMoESpec):
+class DeepseekMoESpec(MoEArchSpec):
     """What DeepSeek-V2 and V3 share: names, layer placement, shared experts, all-dense target."""
 
     num_experts_keys = ("n_routed_experts", "num_local_experts", "num_experts")
-    shared_block = "shared_experts"
+    modules = ModuleNames(shared="shared_experts")
+    disk = ModuleNames(shared="shared_experts")
 
     def moe_layer_indices(self, config: dict[str, Any], num_layers: int) -> tuple[int, ...]:
         if optional_int(config, "moe_layer_freq", 1, minimum=1) != 1:
@@ -53,9 +53,7 @@ class DeepseekMoESpec(FusedSwigluMoESpec):
 
     def dense_config(self, config: dict[str, Any], ffn_width: int) -> dict[str, Any]:
         num_layers = self.dims(config).num_layers
-        dense = {k: v for k, v in config.items() if k != "quantization_config"}
-        dense.update(first_k_dense_replace=num_layers, intermediate_size=ffn_width)
-        return dense
+        return {**super().dense_config(config, ffn_width), "first_k_dense_replace": num_layers}
 
 
 @register_spec

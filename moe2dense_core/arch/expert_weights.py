@@ -15,16 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from moe2dense_core.errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class Activation:
-    """The gated activation act(g, u) of one family.
+    """The gated activation act(g, u) of one family, and the config.json fields that select it.
 
-    kind = "swiglu":          act(g, u) = silu(g) · u                            (Qwen, Mixtral, DeepSeek, OLMoE)
+    kind = "swiglu":          act(g, u) = silu(g) · u                            (Qwen, Mixtral, DeepSeek, OLMoE,
+                                                                                  Granite: `hidden_act` silu)
     kind = "clamped_swiglu":  g' = min(g, limit), u' = clamp(u, -limit, limit),
                               act(g, u) = (u' + 1) · g' · sigmoid(alpha · g')    (GPT-OSS: alpha 1.702, limit 7)
     Both are elementwise in the intermediate dimension, which is what makes concatenating experts exact.
@@ -44,6 +48,24 @@ class Activation:
         raise ValueError(
             f"Activation.kind: unknown activation {self.kind!r} (expected 'swiglu' or 'clamped_swiglu')"
         )
+
+    def config_fields(self) -> dict[str, tuple[object, ...]]:
+        """config.json field → the values under which transformers 5.24 computes this activation; an absent
+        field takes transformers' default, which is the first value. swiglu: `hidden_act` (ACT2FN maps both
+        "silu" and "swish" to SiLU); clamped_swiglu: GPT-OSS's `swiglu_alpha`, `swiglu_limit`."""
+        if self.kind == "swiglu":
+            return {"hidden_act": ("silu", "swish")}
+        return {"swiglu_alpha": (self.alpha,), "swiglu_limit": (self.limit,)}
+
+    def check_config(self, config: dict[str, Any]) -> None:
+        """CheckpointError naming the field when config.json selects another activation than this one."""
+        for key, accepted in self.config_fields().items():
+            value = config.get(key, accepted[0])
+            if isinstance(value, bool) or value not in accepted:
+                raise CheckpointError(
+                    f"config.json field {key!r} = {value!r}: model_type {config.get('model_type')!r} is "
+                    f"converted as {self.kind} and needs {' or '.join(map(repr, accepted))}"
+                )
 
 
 @dataclass(frozen=True)

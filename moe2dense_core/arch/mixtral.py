@@ -15,37 +15,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from moe2dense_core.arch.config_fields import without_keys
-from moe2dense_core.arch.fused_swiglu import FusedSwigluMoESpec
-from moe2dense_core.arch.spec import register_spec
-
-DROPPED_FIELDS = (  # MoE-only fields, and quantization: the student is written unquantised
-    "quantization_config",
-    "num_local_experts",
-    "num_experts",
-    "num_experts_per_tok",
-    "output_router_logits",
-    "router_aux_loss_coef",
-    "router_jitter_noise",
-)
+from moe2dense_core.arch.layouts import MLPLayout, PerExpertLayout
+from moe2dense_core.arch.spec import ModuleNames, MoEArchSpec, register_spec
 
 
 @register_spec
-class MixtralSpec(FusedSwigluMoESpec):
+class MixtralSpec(MoEArchSpec):
     model_type = "mixtral"
     dense_model_type = "mistral"
-    disk_block = "block_sparse_moe"
-    disk_projections = ("w1", "w3", "w2")
+    dense_architecture = "MistralForCausalLM"
     num_experts_keys = ("num_local_experts", "num_experts")
     expert_width_key = "intermediate_size"
+    disk = ModuleNames(block="block_sparse_moe")
+    disk_experts = PerExpertLayout(MLPLayout(("w1", "w3", "w2")))
+    moe_config_fields = (
+        "num_local_experts",
+        "num_experts",
+        "num_experts_per_tok",
+        "output_router_logits",
+        "router_aux_loss_coef",
+        "router_jitter_noise",
+    )
 
     def dense_config(self, config: dict[str, Any], ffn_width: int) -> dict[str, Any]:
-        self.dims(config)
-        dense = without_keys(config, DROPPED_FIELDS)
-        dense.update(
-            model_type=self.dense_model_type,
-            architectures=["MistralForCausalLM"],
-            intermediate_size=ffn_width,
-            sliding_window=config.get("sliding_window"),
-        )
-        return dense
+        return {**super().dense_config(config, ffn_width), "sliding_window": config.get("sliding_window")}

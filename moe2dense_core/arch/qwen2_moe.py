@@ -19,18 +19,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from moe2dense_core.arch.config_fields import require_int, sparse_step_moe_layers
+from moe2dense_core.arch.spec import ModuleNames, MoEArchSpec, register_spec
 
-from moe2dense_core.arch.config_fields import require_int
-from moe2dense_core.arch.fused_swiglu import FusedSwigluMoESpec, sparse_step_moe_layers
-from moe2dense_core.arch.spec import register_spec
+BLOCK = ModuleNames(shared="shared_expert", shared_gate="shared_expert_gate")
 
 
 @register_spec
-class Qwen2MoeSpec(FusedSwigluMoESpec):
+class Qwen2MoeSpec(MoEArchSpec):
     model_type = "qwen2_moe"
     dense_model_type = "qwen2_moe"
-    shared_block = "shared_expert"
+    modules = BLOCK
+    disk = BLOCK
 
     def moe_layer_indices(self, config: dict[str, Any], num_layers: int) -> tuple[int, ...]:
         return sparse_step_moe_layers(config, num_layers)
@@ -38,25 +38,6 @@ class Qwen2MoeSpec(FusedSwigluMoESpec):
     def shared_width(self, config: dict[str, Any]) -> int:
         return require_int(config, "shared_expert_intermediate_size")
 
-    def shared_gate_module(self, model: nn.Module, layer: int) -> nn.Module:
-        return self.moe_block(model, layer).shared_expert_gate
-
-    def shared_gate_tensor_name(self, layer: int) -> str:
-        """On-disk weight [1, H] of the shared expert's sigmoid gate."""
-        return f"{self.block_prefix(layer)}shared_expert_gate.weight"
-
-    def shared_tensor_names(self, config: dict[str, Any], layer: int) -> list[str]:
-        return [*super().shared_tensor_names(config, layer), self.shared_gate_tensor_name(layer)]
-
-    def expected_shapes(self, config: dict[str, Any], layer: int) -> dict[str, tuple[int, ...]]:
-        shapes = super().expected_shapes(config, layer)
-        dims = self.dims(config)
-        if layer in dims.moe_layers:
-            shapes[self.shared_gate_tensor_name(layer)] = (1, dims.hidden)
-        return shapes
-
     def dense_config(self, config: dict[str, Any], ffn_width: int) -> dict[str, Any]:
         num_layers = self.dims(config).num_layers
-        dense = {k: v for k, v in config.items() if k != "quantization_config"}  # the student is unquantised
-        dense.update(mlp_only_layers=list(range(num_layers)), intermediate_size=ffn_width)
-        return dense
+        return {**super().dense_config(config, ffn_width), "mlp_only_layers": list(range(num_layers))}

@@ -54,7 +54,7 @@ need knowledge distillation from its teacher before it is useful.
 - plan digest (sha256): `{record.plan_digest}`
 - scoring `{config.scoring}`, kept experts per layer K = {len(plan.layers[0].kept) if plan.layers else 0}
   of E = {plan.num_experts}, grouping `{config.grouping}` into k = {len(plan.layers[0].groups) if plan.layers else 0}
-  groups, scaling `{config.scaling}`{" with router mass" if config.router_mass else ""}
+  groups, scaling `{config.scaling}`
 - dtype `{record.dtype}`; the full plan and every digest are in `{PROVENANCE_FILE}`
 
 | layer | kept experts | groups | down-projection scales c_g | shared scale |

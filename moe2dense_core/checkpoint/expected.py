@@ -18,16 +18,14 @@ converted names outside each decoder layer's FFN block (attention, norms, embedd
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from moe2dense_core.arch.spec import MoEArchSpec, MoEDims
+from moe2dense_core.arch.spec import LAYER_PREFIX, MoEArchSpec, MoEDims
 from moe2dense_core.errors import CheckpointError
 
-LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
 MOE_FIELDS = "the MoE fields"
 
 

@@ -12,10 +12,11 @@ from moe2dense_core.grouping import (  # noqa: F401  (registration)
     weight_cluster,
 )
 from moe2dense_core.grouping.merge_weights import score_weighted
-from moe2dense_core.grouping.registry import Grouper, get_grouper, grouper_names, register_grouper
+from moe2dense_core.grouping.registry import GROUPERS, Grouper, get_grouper, grouper_names, register_grouper
 from moe2dense_core.grouping.request import ExpertWeightsFn, GroupingRequest
 
 __all__ = [
+    "GROUPERS",
     "ExpertWeightsFn",
     "Grouper",
     "GroupingRequest",

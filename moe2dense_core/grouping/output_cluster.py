@@ -13,9 +13,10 @@ from __future__ import annotations
 from moe2dense_core.grouping.registry import register_grouper
 from moe2dense_core.grouping.request import GroupingRequest
 from moe2dense_core.grouping.seeded_assignment import groups_by_gram
+from moe2dense_core.registry import MethodOptions
 
 
 @register_grouper("output_cluster")
-def output_cluster(request: GroupingRequest) -> list[list[int]]:
+def output_cluster(request: GroupingRequest, options: MethodOptions) -> list[list[int]]:
     """Seeded groups by output cosine similarity (see module docstring)."""
     return groups_by_gram(request.ranked, request.num_groups, request.stats.gram)

@@ -1,28 +1,43 @@
-"""Grouper registry: every grouping method under its METHOD.md name.
+"""Grouper registry: every grouping method under its METHOD.md name (moe2dense_core/registry.py).
 
-A grouper is `fn(request: GroupingRequest) -> list[list[int]]`: exactly k = request.num_groups
-non-empty, disjoint groups covering the K kept experts, deterministic. Calling a registered
-grouper checks that contract, so a broken method fails loudly instead of producing a wrong model.
+A grouper is `fn(request: GroupingRequest, options) -> list[list[int]]`, `options` its MethodOptions
+model: exactly k = request.num_groups non-empty, disjoint groups covering the K kept experts,
+deterministic. Calling a registered grouper checks that contract, so a broken method fails loudly
+instead of producing a wrong model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from moe2dense_core.errors import PlanError
-from moe2dense_core.grouping.request import GroupingRequest
+from moe2dense_core.grouping.request import ExpertWeightsFn, GroupingRequest
+from moe2dense_core.registry import Method, MethodOptions, MethodRegistry
 
 
 @dataclass(frozen=True)
-class Grouper:
-    """A registered grouping method; calling it returns validated groups."""
+class Grouper(Method):
+    """A registered grouping method.
 
-    name: str
-    fn: Callable[[GroupingRequest], list[list[int]]]
+    merges: whether a group may hold several experts; a grouper that does not (`prune`) needs K = k,
+        which plan.validate_plan_config checks from the config alone.
+    needs_weights: the grouper reads expert weights (`weight_cluster`): request.expert_weights must be set.
+    """
 
-    def __call__(self, request: GroupingRequest) -> list[list[int]]:
-        groups = self.fn(request)
+    merges: bool = True
+    needs_weights: bool = False
+
+    def require_weights(self, expert_weights: ExpertWeightsFn | None) -> None:
+        """PlanError when the grouper reads expert weights and none are given."""
+        if self.needs_weights and expert_weights is None:
+            raise PlanError(
+                f"grouping {self.name!r} needs expert weights: pass build_plan(..., expert_weights=fn)"
+            )
+
+    def __call__(self, request: GroupingRequest, options: MethodOptions | None = None) -> list[list[int]]:
+        """Validated groups; options default to the method's defaults."""
+        self.require_weights(request.expert_weights)
+        groups = self.fn(request, options or self.defaults())
         members = [e for group in groups for e in group]
         if (
             len(groups) != request.num_groups
@@ -36,29 +51,7 @@ class Grouper:
         return groups
 
 
-_GROUPERS: dict[str, Grouper] = {}
-
-
-def register_grouper(name: str) -> Callable[[Callable], Callable]:
-    """Decorator: register `fn(request) -> groups` under `name`."""
-
-    def register(fn: Callable) -> Callable:
-        if name in _GROUPERS:
-            raise ValueError(f"grouper {name!r} is registered twice")
-        _GROUPERS[name] = Grouper(name=name, fn=fn)
-        return fn
-
-    return register
-
-
-def grouper_names() -> list[str]:
-    """Every registered grouper name, sorted."""
-    return sorted(_GROUPERS)
-
-
-def get_grouper(name: str) -> Grouper:
-    """The grouper registered under `name`; PlanError listing the known ones otherwise."""
-    try:
-        return _GROUPERS[name]
-    except KeyError:
-        raise PlanError(f"grouping: unknown grouper {name!r}; known: {', '.join(grouper_names())}") from None
+GROUPERS: MethodRegistry[Grouper] = MethodRegistry("grouping", "grouper", PlanError, Grouper)
+register_grouper = GROUPERS.register
+get_grouper = GROUPERS.get
+grouper_names = GROUPERS.names

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from moe2dense_core.grouping.registry import register_grouper
 from moe2dense_core.grouping.request import GroupingRequest
+from moe2dense_core.registry import MethodOptions
 
 
 @register_grouper("score_balanced")
-def score_balanced(request: GroupingRequest) -> list[list[int]]:
+def score_balanced(request: GroupingRequest, options: MethodOptions) -> list[list[int]]:
     """Serpentine dealing of the ranked experts into k groups (see module docstring)."""
     k = request.num_groups
     groups: list[list[int]] = [[] for _ in range(k)]

@@ -8,7 +8,8 @@ inner products:
 
 then seeded assignment (seeded_assignment.py): the k highest-scoring kept experts seed the groups,
 every other kept expert joins its most similar seed; merged score-weighted.
-Weights come from `request.expert_weights(layer)` (all E experts of the layer, canonical layout).
+Weights come from `request.expert_weights(layer)` (all E experts of the layer, canonical layout); the
+registry refuses a request without them (`needs_weights`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ from moe2dense_core.errors import PlanError
 from moe2dense_core.grouping.registry import register_grouper
 from moe2dense_core.grouping.request import GroupingRequest
 from moe2dense_core.grouping.seeded_assignment import assign_to_seeds, cosine_from_gram
+from moe2dense_core.registry import MethodOptions
 
 
-@register_grouper("weight_cluster")
-def weight_cluster(request: GroupingRequest) -> list[list[int]]:
+@register_grouper("weight_cluster", needs_weights=True)
+def weight_cluster(request: GroupingRequest, options: MethodOptions) -> list[list[int]]:
     """Seeded groups by weight cosine similarity (see module docstring)."""
     layer = request.stats.layer
-    if request.expert_weights is None:
-        raise PlanError(
-            "grouping 'weight_cluster' needs expert weights: pass build_plan(..., expert_weights=fn)"
-        )
     weights = request.expert_weights(layer)
     if weights.num_experts != request.stats.num_experts:
         raise PlanError(

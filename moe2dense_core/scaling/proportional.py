@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scaling.registry import register_scaling
 from moe2dense_core.stats.layer_stats import LayerStats
 
 
 @register_scaling("proportional")
-def proportional(stats: LayerStats, groups: list[list[int]]) -> list[float]:
+def proportional(stats: LayerStats, groups: list[list[int]], options: MethodOptions) -> list[float]:
     """c_g per group (see module docstring)."""
     total_count = float(stats.counts.sum())
     fallback = float(stats.weight_sums.sum()) / total_count if total_count > 0 else 1.0 / len(groups)

@@ -5,7 +5,7 @@
                  = (1/N) Σ_t sigmoid(g(x_t))     Qwen2-MoE's sigmoid-gated shared expert [defined here]:
                  = shared_gate_sum / N           the token-dependent gate replaced by its calibration mean
 
-A family's shared experts are gated exactly when its MoEArchSpec provides `shared_gate_module`.
+A family's shared experts are gated exactly when its MoEArchSpec declares a `modules.shared_gate`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from moe2dense_core.stats.layer_stats import LayerStats
 
 
 def has_shared_gate(spec: MoEArchSpec) -> bool:
-    """Whether the family overrides MoEArchSpec.shared_gate_module (Qwen2-MoE)."""
-    return type(spec).shared_gate_module is not MoEArchSpec.shared_gate_module
+    """Whether the family declares a shared-expert gate module (Qwen2-MoE)."""
+    return spec.modules.shared_gate is not None
 
 
 def shared_scale(spec: MoEArchSpec, shared_width: int, stats: LayerStats) -> float | None:

@@ -12,6 +12,7 @@ that multiply by a routed scaling factor.
 from __future__ import annotations
 
 from moe2dense_core.errors import PlanError
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scaling.registry import register_scaling
 from moe2dense_core.stats.layer_stats import LayerStats
 
@@ -26,10 +27,15 @@ def mean_routing_mass(stats: LayerStats) -> float:
     return float(stats.weight_sums.sum()) / num_tokens
 
 
-@register_scaling("uniform", options={"router_mass": "router_mass"})
-def uniform(stats: LayerStats, groups: list[list[int]], *, router_mass: bool = False) -> list[float]:
+class UniformOptions(MethodOptions):
+    router_mass: bool = False
+    """Multiply 1/k by the mean applied routing mass [defined here] (see the module docstring)."""
+
+
+@register_scaling("uniform", UniformOptions)
+def uniform(stats: LayerStats, groups: list[list[int]], options: UniformOptions) -> list[float]:
     """c_g per group (see module docstring)."""
     scale = 1.0 / len(groups)
-    if router_mass:
+    if options.router_mass:
         scale *= mean_routing_mass(stats)
     return [scale] * len(groups)

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import torch
 
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring.cp import conditional_probability
 from moe2dense_core.scoring.ratios import token_count
 from moe2dense_core.scoring.registry import register_scorer
+from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
 
 
-@register_scorer("acp")
 def activation_weighted_cp(stats: LayerStats) -> torch.Tensor:
     """acp [E] float64 (see module docstring)."""
     rms_output = torch.sqrt(stats.output_sq_norm_sums.clamp(min=0) / token_count(stats))
     return conditional_probability(stats) * rms_output
+
+
+@register_scorer("acp")
+def acp(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
+    """The acp scorer: scores = acp."""
+    return ScoreResult(scores=activation_weighted_cp(stats))

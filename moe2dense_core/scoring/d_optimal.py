@@ -40,7 +40,7 @@ def log_det(matrix: torch.Tensor) -> float:
     factor, info = torch.linalg.cholesky_ex(matrix)
     if int(info) != 0:
         raise PlanError(
-            "do_acp: the regularised matrix M_S + λI is not positive definite (raise do_acp_ridge)"
+            "do_acp: the regularised matrix M_S + λI is not positive definite (raise the option scoring.ridge)"
         )
     return float(2.0 * torch.log(torch.diagonal(factor)).sum())
 
@@ -60,7 +60,7 @@ def greedy_d_optimal(matrix: torch.Tensor, num_selected: int) -> list[int]:
         pivot = int(torch.argmax(candidates))  # first maximum: the lower index wins ties
         if not float(residual[pivot]) > 0:
             raise PlanError(
-                "do_acp: the regularised matrix M + λI is not positive definite (raise do_acp_ridge)"
+                "do_acp: the regularised matrix M + λI is not positive definite (raise the option scoring.ridge)"
             )
         previous = factor_rows[:step]
         row = (matrix[pivot] - previous.T @ previous[:, pivot]) / torch.sqrt(residual[pivot])
@@ -109,7 +109,9 @@ def exhaustive_d_optimal(matrix: torch.Tensor, num_selected: int) -> list[int]:
     blocks = matrix[subsets[:, :, None], subsets[:, None, :]]  # [C, K, K]
     factors, info = torch.linalg.cholesky_ex(blocks)
     if bool((info != 0).any()):
-        raise PlanError("do_acp: the regularised matrix M + λI is not positive definite (raise do_acp_ridge)")
+        raise PlanError(
+            "do_acp: the regularised matrix M + λI is not positive definite (raise the option scoring.ridge)"
+        )
     log_dets = 2.0 * torch.log(torch.diagonal(factors, dim1=-2, dim2=-1)).sum(dim=-1)  # [C]
     return subsets[int(torch.argmax(log_dets))].tolist()
 

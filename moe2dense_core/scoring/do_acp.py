@@ -23,8 +23,9 @@ Returns ScoreResult(scores = acp [E], selected = S ascending): the merge weights
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from moe2dense_core.errors import PlanError
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring.acp import activation_weighted_cp
 from moe2dense_core.scoring.d_optimal import (
     exhaustive_d_optimal,
@@ -53,42 +54,28 @@ def default_ridge(quality_matrix: torch.Tensor, top_k: int) -> float:
     return mean_diagonal / top_k if mean_diagonal > 0 else 1.0
 
 
-DEFAULT_EXHAUSTIVE_LIMIT = 20_000
-"""Search every K-subset exactly when there are at most this many (C(E, K)) [defined here]."""
+class DoAcpOptions(MethodOptions):
+    exchange: bool = True
+    """Improve the greedy and the top-K-by-acp starts by Fedorov exchange [defined here]."""
+    ridge: float | None = Field(None, gt=0)
+    """λ in log det(M_S + λI); None = mean(diag M)/k [defined here]."""
+    exhaustive_limit: int = Field(20_000, ge=0)
+    """Search every K-subset exactly when there are at most this many (C(E, K)) [defined here]."""
 
 
-@register_scorer(
-    "do_acp",
-    chooses_set=True,
-    options={
-        "ridge": "do_acp_ridge",
-        "exchange": "do_acp_exchange",
-        "exhaustive_limit": "do_acp_exhaustive_limit",
-    },
-)
-def d_optimal_acp(
-    stats: LayerStats,
-    num_selected: int,
-    *,
-    ridge: float | None = None,
-    exchange: bool = True,
-    exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT,
-) -> ScoreResult:
+@register_scorer("do_acp", DoAcpOptions)
+def d_optimal_acp(stats: LayerStats, num_selected: int, options: DoAcpOptions) -> ScoreResult:
     """The D-optimal kept set of size K = num_selected and acp scores (see module docstring)."""
-    if not 1 <= num_selected <= stats.num_experts:
-        raise PlanError(f"num_selected: {num_selected} is outside [1, {stats.num_experts}] experts")
-    if ridge is not None and not ridge > 0:
-        raise PlanError(f"do_acp_ridge: {ridge} must be > 0")
     quality_matrix = quality_gram(stats)
-    lam = default_ridge(quality_matrix, stats.top_k) if ridge is None else ridge
+    lam = default_ridge(quality_matrix, stats.top_k) if options.ridge is None else options.ridge
     regularised = quality_matrix + lam * torch.eye(stats.num_experts, dtype=torch.float64)
     acp = activation_weighted_cp(stats)
-    if subset_count(stats.num_experts, num_selected) <= exhaustive_limit:
+    if subset_count(stats.num_experts, num_selected) <= options.exhaustive_limit:
         return ScoreResult(scores=acp, selected=exhaustive_d_optimal(regularised, num_selected))
     best: list[int] | None = None
     best_log_det = -float("inf")
     for start in (greedy_d_optimal(regularised, num_selected), select_top_k(acp, num_selected)):
-        candidate = fedorov_exchange(regularised, start) if exchange else start
+        candidate = fedorov_exchange(regularised, start) if options.exchange else start
         candidate_log_det = log_det(regularised[candidate][:, candidate])
         if candidate_log_det > best_log_det:
             best, best_log_det = candidate, candidate_log_det

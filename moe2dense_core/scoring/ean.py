@@ -7,14 +7,14 @@ The mean output norm of expert e over the tokens routed to it.
 
 from __future__ import annotations
 
-import torch
-
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring.ratios import ratio_or_zero
 from moe2dense_core.scoring.registry import register_scorer
+from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
 
 
 @register_scorer("ean")
-def expert_activation_norm(stats: LayerStats) -> torch.Tensor:
-    """ean [E] float64 (see module docstring)."""
-    return ratio_or_zero(stats.routed_norm_sums, stats.counts)
+def expert_activation_norm(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
+    """ean scores [E] float64 (see module docstring)."""
+    return ScoreResult(scores=ratio_or_zero(stats.routed_norm_sums, stats.counts))

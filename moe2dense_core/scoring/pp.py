@@ -8,14 +8,14 @@ router_probs: softmax over all E, or DeepSeek-V3's sigmoid scores without the se
 
 from __future__ import annotations
 
-import torch
-
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring.ratios import token_count
 from moe2dense_core.scoring.registry import register_scorer
+from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
 
 
 @register_scorer("pp")
-def pre_selection_probability(stats: LayerStats) -> torch.Tensor:
-    """pp [E] float64 (see module docstring)."""
-    return stats.prob_sums / token_count(stats)
+def pre_selection_probability(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
+    """pp scores [E] float64 (see module docstring)."""
+    return ScoreResult(scores=stats.prob_sums / token_count(stats))

@@ -3,7 +3,8 @@
     score_e ~ Uniform[0, 1), i.i.d., from a generator seeded by sha256("{seed}:{layer}")
 
 so the top-K is a uniformly random K-subset, different per layer and reproducible from (seed, layer)
-on any machine. Statistics are not read (beyond E and the layer index).
+on any machine. Statistics are not read (beyond E and the layer index). A control, not a method to
+compare: a sweep's default grid leaves it out.
 """
 
 from __future__ import annotations
@@ -12,8 +13,15 @@ import hashlib
 
 import torch
 
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring.registry import register_scorer
+from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
+
+
+class RandomOptions(MethodOptions):
+    seed: int = 0
+    """Seed of the random selection (with the layer index, see the module docstring)."""
 
 
 def layer_seed(seed: int, layer: int) -> int:
@@ -22,8 +30,8 @@ def layer_seed(seed: int, layer: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-@register_scorer("random", options={"seed": "seed"})
-def random_scores(stats: LayerStats, *, seed: int = 0) -> torch.Tensor:
+@register_scorer("random", RandomOptions, control=True)
+def random_scores(stats: LayerStats, num_selected: int, options: RandomOptions) -> ScoreResult:
     """Uniform random scores [E] float64 (see module docstring)."""
-    generator = torch.Generator().manual_seed(layer_seed(seed, stats.layer))
-    return torch.rand(stats.num_experts, generator=generator, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(layer_seed(options.seed, stats.layer))
+    return ScoreResult(scores=torch.rand(stats.num_experts, generator=generator, dtype=torch.float64))

@@ -9,14 +9,16 @@ scores high when it both contributes strongly to the output and is weighted stro
 
 from __future__ import annotations
 
-import torch
-
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring.ratios import ratio_or_zero
 from moe2dense_core.scoring.registry import register_scorer
+from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
 
 
 @register_scorer("reap")
-def router_weighted_activation_norm(stats: LayerStats) -> torch.Tensor:
-    """reap [E] float64 (see module docstring)."""
-    return ratio_or_zero(stats.routed_weighted_norm_sums, stats.counts)
+def router_weighted_activation_norm(
+    stats: LayerStats, num_selected: int, options: MethodOptions
+) -> ScoreResult:
+    """reap scores [E] float64 (see module docstring)."""
+    return ScoreResult(scores=ratio_or_zero(stats.routed_weighted_norm_sums, stats.counts))

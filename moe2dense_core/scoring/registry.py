@@ -1,64 +1,55 @@
-"""Scorer registry: every scoring method under its METHOD.md name.
+"""Scorer registry: every scoring method under its METHOD.md name (moe2dense_core/registry.py).
 
-Two kinds of scorer:
-- ranking scorers `fn(stats: LayerStats, **options) -> Tensor [E] float64`: one value per expert;
-  the kept set is the top-K (selection.py);
-- set scorers (`chooses_set=True`) `fn(stats, num_selected, **options) -> ScoreResult` that choose
-  the K experts themselves (`do_acp`) and return per-expert scores for merging.
-`options` maps each keyword option of the function to the PlanConfig field that feeds it, so the
-function signature is the method's config schema.
+A scorer is `fn(stats: LayerStats, num_selected: int, options) -> ScoreResult`, `options` its
+MethodOptions model: scores [E] (higher = keep) and, for a scorer that chooses the K kept experts
+itself (`do_acp`), that set. Calling a registered scorer completes and checks the result: without a
+chosen set the kept set is the top-K by score (selection.py); the set must be K distinct experts in
+[0, E). K itself is validated once, by plan.validate_plan_config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from moe2dense_core.errors import PlanError
+from moe2dense_core.registry import Method, MethodOptions, MethodRegistry
 from moe2dense_core.scoring.result import ScoreResult
+from moe2dense_core.scoring.selection import select_top_k
 from moe2dense_core.stats.layer_stats import LayerStats
 
 
 @dataclass(frozen=True)
-class Scorer:
-    """A registered scoring method; calling it always gives a ScoreResult."""
+class Scorer(Method):
+    """A registered scoring method. control: a reference point (the `random` selection), not a method
+    to compare, so a sweep's default grid leaves it out."""
 
-    name: str
-    fn: Callable
-    chooses_set: bool = False
-    options: Mapping[str, str] = field(default_factory=dict)
+    control: bool = False
 
-    def __call__(self, stats: LayerStats, num_selected: int, **options: object) -> ScoreResult:
-        if self.chooses_set:
-            return self.fn(stats, num_selected, **options)
-        return ScoreResult(scores=self.fn(stats, **options))
-
-
-_SCORERS: dict[str, Scorer] = {}
-
-
-def register_scorer(
-    name: str, *, chooses_set: bool = False, options: Mapping[str, str] | None = None
-) -> Callable[[Callable], Callable]:
-    """Decorator: register `fn` under `name` (see module docstring for the two signatures)."""
-
-    def register(fn: Callable) -> Callable:
-        if name in _SCORERS:
-            raise ValueError(f"scorer {name!r} is registered twice")
-        _SCORERS[name] = Scorer(name=name, fn=fn, chooses_set=chooses_set, options=dict(options or {}))
-        return fn
-
-    return register
+    def __call__(
+        self, stats: LayerStats, num_selected: int, options: MethodOptions | None = None
+    ) -> ScoreResult:
+        """ScoreResult with `selected` always set (ascending); options default to the method's defaults."""
+        result = self.fn(stats, num_selected, options or self.defaults())
+        kept = result.selected if result.selected is not None else select_top_k(result.scores, num_selected)
+        if (
+            result.scores.numel() != stats.num_experts
+            or len(kept) != num_selected
+            or len(set(kept)) != len(kept)
+            or not all(0 <= e < stats.num_experts for e in kept)
+        ):
+            raise PlanError(
+                f"scorer {self.name!r} on layer {stats.layer}: {result.scores.numel()} scores and kept set "
+                f"{kept}, not {stats.num_experts} scores and {num_selected} distinct experts"
+            )
+        return ScoreResult(scores=result.scores, selected=sorted(kept))
 
 
-def scorer_names() -> list[str]:
-    """Every registered scorer name, sorted."""
-    return sorted(_SCORERS)
+SCORERS: MethodRegistry[Scorer] = MethodRegistry("scoring", "scorer", PlanError, Scorer)
+register_scorer = SCORERS.register
+get_scorer = SCORERS.get
+scorer_names = SCORERS.names
 
 
-def get_scorer(name: str) -> Scorer:
-    """The scorer registered under `name`; PlanError listing the known ones otherwise."""
-    try:
-        return _SCORERS[name]
-    except KeyError:
-        raise PlanError(f"scoring: unknown scorer {name!r}; known: {', '.join(scorer_names())}") from None
+def compared_scorers() -> list[str]:
+    """Every registered scorer that is not a control: the default scorers of a sweep."""
+    return [scorer.name for scorer in SCORERS.entries() if not scorer.control]

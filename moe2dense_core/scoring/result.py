@@ -13,8 +13,8 @@ class ScoreResult:
 
     scores: [E] float64, one value per expert (higher = keep); also the per-expert weights that
         score-weighted merging uses.
-    selected: the chosen set of K expert indices (ascending) for set scorers such as `do_acp`;
-        None for ranking scorers, whose set is the top-K by `scores` (see selection.py).
+    selected: the K kept expert indices (ascending), chosen by a set scorer such as `do_acp`; a ranking
+        scorer leaves it None and the registry fills in the top-K by `scores` (registry.py).
     """
 
     scores: torch.Tensor

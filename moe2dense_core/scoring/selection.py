@@ -27,7 +27,6 @@ def rank_experts(scores: torch.Tensor, experts: Sequence[int] | None = None) -> 
 
 
 def select_top_k(scores: torch.Tensor, num_selected: int) -> list[int]:
-    """The K = num_selected highest-scoring experts (ties: lower index wins), ascending."""
-    if not 1 <= num_selected <= scores.numel():
-        raise PlanError(f"num_selected: {num_selected} is outside [1, {scores.numel()}] experts")
+    """The K = num_selected highest-scoring experts (ties: lower index wins), ascending; 1 ≤ K ≤ E is the
+    caller's (plan.validate_plan_config), a larger K gives all E."""
     return sorted(rank_experts(scores)[:num_selected])

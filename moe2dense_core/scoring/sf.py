@@ -7,14 +7,14 @@ The fraction of tokens whose top-k set contains expert e.
 
 from __future__ import annotations
 
-import torch
-
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring.ratios import token_count
 from moe2dense_core.scoring.registry import register_scorer
+from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
 
 
 @register_scorer("sf")
-def selection_frequency(stats: LayerStats) -> torch.Tensor:
-    """sf [E] float64 (see module docstring)."""
-    return stats.counts / token_count(stats)
+def selection_frequency(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
+    """sf scores [E] float64 (see module docstring)."""
+    return ScoreResult(scores=stats.counts / token_count(stats))

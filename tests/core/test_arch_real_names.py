@@ -18,14 +18,16 @@ REAL_DIRS = {
     "mixtral": "mistralai__Mixtral-8x7B-v0.1",
     "deepseek_v3": "deepseek-ai__DeepSeek-R1",
     "gpt_oss": "openai__gpt-oss-20b",
+    "granitemoe": "ibm-granite__granite-3.1-1b-a400m-instruct",
 }
 REAL_DIMS = {  # (E, k, I, H, layers, first MoE layer, shared width, dense width) from the model cards
     "qwen3_moe": (128, 8, 768, 2048, 48, 0, 0, 0),
     "mixtral": (8, 2, 14336, 4096, 32, 0, 0, 0),
     "deepseek_v3": (256, 8, 2048, 7168, 61, 3, 2048, 18432),
     "gpt_oss": (32, 4, 2880, 2880, 24, 0, 0, 0),
+    "granitemoe": (32, 8, 512, 1024, 24, 0, 0, 0),
 }
-WITH_INDEX = ["mixtral", "gpt_oss"]
+WITH_INDEX = ["mixtral", "gpt_oss", "granitemoe"]
 
 
 def _real(shared_data: Path, family: str, name: str) -> dict:

@@ -18,18 +18,13 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from moe2dense_core.arch.expert_weights import ExpertWeights
+from moe2dense_core.arch.layouts import PerExpertLayout
 from moe2dense_core.arch.spec import get_spec
 from moe2dense_core.assembly import PROVENANCE_FILE, assemble
 from moe2dense_core.io.reader import CheckpointReader
 from moe2dense_core.plan import ConversionPlan, LayerPlan, PlanConfig
 from tests.fixtures.tiny_moe import FAMILIES, add_tensor_on_disk, build_tiny_moe
 
-SHARED_EXPERT_MODULE = {
-    "qwen2_moe": "shared_expert",
-    "deepseek_v2": "shared_experts",
-    "deepseek_v3": "shared_experts",
-}
-"""Attribute of the always-on shared expert MLP inside the teacher's MoE block (transformers 5.24)."""
 PADDING = 8
 """Extra zero columns beyond the natural width: the identity must hold through the padding."""
 
@@ -128,7 +123,7 @@ def check_identity(family: str, teacher_dir: Path, student_dir: Path, plan: Conv
     with torch.no_grad():
         for layer in range(dims.num_layers):
             got = mlp_output(student.model.layers[layer].mlp, x)
-            if layer not in layer_plans:
+            if layer not in layer_plans:  # a teacher layer that is already dense: `mlp` in every family
                 expected = mlp_output(teacher.model.layers[layer].mlp, x)
             else:
                 lp = layer_plans[layer]
@@ -138,7 +133,7 @@ def check_identity(family: str, teacher_dir: Path, student_dir: Path, plan: Conv
                     for group, weights, c in zip(lp.groups, lp.merge_weights, lp.scales, strict=True)
                 )
                 if lp.shared_scale is not None:
-                    shared = getattr(teacher.model.layers[layer].mlp, SHARED_EXPERT_MODULE[family])
+                    shared = spec.shared_module(teacher, layer)
                     expected = expected + lp.shared_scale * shared(x[None])[0]
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-10, msg=f"{family} layer {layer}")
 
@@ -291,7 +286,7 @@ class RecordingReader(CheckpointReader):
         return super().get(name)
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2", "gpt_oss"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2", "gpt_oss", "granitemoe"])
 def test_a_layer_reads_only_its_kept_experts(family, teacher_dirs):
     from moe2dense_core.assembly.layer_ffn import moe_layer_ffn
 
@@ -311,7 +306,7 @@ def test_a_layer_reads_only_its_kept_experts(family, teacher_dirs):
     allowed = set(spec.shared_tensor_names(reader.config, layer_plan.layer))
     routed = set(spec.routed_tensor_names(reader.config, layer_plan.layer))
     assert set(reader.read) <= allowed | routed
-    if family != "gpt_oss":  # per-expert tensors on disk (GPT-OSS fuses them): exactly the kept ones are read
+    if isinstance(spec.disk_experts, PerExpertLayout):  # fused layouts hold every expert in one tensor
         assert {
             int(name.split(".experts.")[1].split(".")[0]) for name in reader.read if ".experts." in name
         } == {2, 3, 6}

@@ -12,18 +12,7 @@ from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.evaluate.config import EvalConfig, TaskSpec
 from moe2dense_core.plan import PlanConfig
 from tasks import caching
-from tasks.caching import (
-    LIBRARY_FOLDERS,
-    assemble_key,
-    calibrate_key,
-    distill_key,
-    evaluate_key,
-    library_digest,
-    plan_key,
-    register_key,
-    report_key,
-    source_key,
-)
+from tasks.caching import LIBRARY_FOLDERS, library_digest
 from tasks.corpus import CorpusSpec
 from tasks.recipe import (
     CalibrationConfig,
@@ -33,6 +22,10 @@ from tasks.recipe import (
     StatisticsConfig,
     StorageConfig,
 )
+from tests.tasks.declared_stages import STAGES
+
+source_key, calibrate_key, plan_key, assemble_key = (STAGES[n].key for n in ("source", "calibrate", "plan", "assemble"))
+distill_key, evaluate_key, report_key, register_key = (STAGES[n].key for n in ("distill", "evaluate", "report", "register"))
 
 ANIMAL_TEXT = "\n\n".join(f"The cat number {i} sat near the dog and looked at the bird." for i in range(200))
 

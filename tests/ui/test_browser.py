@@ -1,0 +1,215 @@
+"""The Prefect and MLflow UIs of `moe2dense stack up`, driven in headless Chromium as a person uses them.
+
+After one tiny `moe2dense convert` from the command line (tests/ui/conftest.py):
+- Prefect UI (its default, the v2 UI): the run is listed Completed, and its Task Runs tab shows every
+  stage Completed;
+- the `convert` deployment's Run → Custom run form, pre-filled by `moe2dense deploy --recipe`, with the
+  recipe's name changed, starts a run that the stack's process worker picks up and completes, with the
+  changed value in its parameters;
+- MLflow UI: the experiment's parent run, expanded, shows its nested stage runs; the parent run links
+  back to the Prefect flow run; the registered model's version shows the lineage tags (source model,
+  statistics / plan / checkpoint digests, checkpoint URI, Prefect flow run).
+Screenshots of each page land in test-artifacts/ui/ (tests/ui/browser.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tasks.local_stack import WORKER_NAME
+from tasks.tracking import (
+    TAG_CHECKPOINT_DIGEST,
+    TAG_CHECKPOINT_URI,
+    TAG_PLAN_DIGEST,
+    TAG_PREFECT_FLOW_RUN,
+    TAG_PREFECT_FLOW_RUN_URL,
+    TAG_SHARDS_DIGEST,
+    TAG_SOURCE_MODEL,
+    TAG_STATS_DIGEST,
+)
+from tests.flows.test_worker_run import STAGES as NESTED_STAGE_RUNS
+from tests.ui import browser as ui
+
+MISSING = ui.missing()
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
+
+CONVERT_TASKS = {"source", "calibrate", "plan", "assemble", "evaluate", "distill", "report", "register"}
+RUN_TIMEOUT_S = 300.0
+LINEAGE_DIGESTS = (TAG_STATS_DIGEST, TAG_PLAN_DIGEST, TAG_SHARDS_DIGEST, TAG_CHECKPOINT_DIGEST)
+TERMINAL = {"Completed", "Failed", "Crashed", "Cancelled"}
+SHA256 = re.compile(r"[0-9a-f]{64}")
+STATE_BADGE = "*[@data-slot='badge' and contains(@class, 'bg-state-')]"  # Prefect v2 UI
+
+
+# ---- Prefect UI -----------------------------------------------------------------------------------
+def run_card(driver, link_xpath: str, what: str):
+    """The card (list row) holding the link, waited for."""
+    return ui.element(driver, f"{link_xpath}/ancestor::*[@data-slot='card'][1]", what)
+
+
+def state_badge(container) -> str:
+    """The state shown by the first state badge in `container` ("Completed", "Running", ...)."""
+    from selenium.webdriver.common.by import By
+
+    return container.find_element(By.XPATH, f".//{STATE_BADGE}").text
+
+
+def open_tab(driver, name: str):
+    """Click the tab `name` of a run page; returns its panel once it shows."""
+    ui.element(driver, f"//button[@role='tab' and normalize-space()='{name}']", f"tab {name}").click()
+    return ui.element(driver, "//*[@role='tabpanel' and @data-state='active']", f"panel of tab {name}")
+
+
+def test_prefect_ui_lists_the_cli_run_with_every_stage_completed(browser, ui_stack):
+    from selenium.webdriver.common.by import By
+
+    run = ui_stack.cli_run
+    browser.get(ui_stack.prefect_ui)
+    ui.element(browser, "//nav//a[normalize-space()='Runs']", "Runs in the navigation").click()
+    link = f"//a[normalize-space()='{run.name}' and contains(@href, '/runs/flow-run/{run.id}')]"
+    card = run_card(browser, link, f"flow run {run.name} in the runs list")
+    assert state_badge(card) == "Completed"
+    ui.screenshot(browser, "prefect-1-runs")
+
+    card.find_element(By.XPATH, f".{link}").click()
+    panel = open_tab(browser, "Task Runs")
+    cards = ui.wait(
+        browser,
+        lambda: panel.find_elements(By.XPATH, ".//a[contains(@href, '/runs/task-run/')]/ancestor::*[@data-slot='card'][1]"),
+        "task runs of the flow run",
+    )
+    shown = {
+        card.find_element(By.XPATH, ".//a[contains(@href, '/runs/task-run/')]").text: state_badge(card)
+        for card in cards
+    }
+    count = ui.wait(browser, lambda: re.match(r"(\d+) Task runs?\b", panel.text), "the task run count")[1]
+    assert int(count) == len(shown), shown  # every task run is on the page
+    assert {name.rsplit("-", 1)[0] for name in shown} == CONVERT_TASKS, shown
+    assert set(shown.values()) == {"Completed"}, shown
+    ui.screenshot(browser, "prefect-2-task-runs")
+
+
+def field(driver, label: str):
+    """The input of the form field labelled `label` (exactly one such label)."""
+    from selenium.webdriver.common.by import By
+
+    label_element = ui.element(driver, f"//label[normalize-space()='{label}']", f"form field {label!r}")
+    assert len(driver.find_elements(By.XPATH, f"//label[normalize-space()='{label}']")) == 1, label
+    return driver.find_element(By.ID, label_element.get_attribute("for"))
+
+
+def replace_text(input_element, value: str) -> None:
+    """Select the field's text and type `value` over it (keystrokes, so the form's state sees them)."""
+    from selenium.webdriver.common.keys import Keys
+
+    input_element.send_keys(Keys.CONTROL, "a")
+    input_element.send_keys(value)
+    assert input_element.get_attribute("value") == value
+
+
+def wait_for_final_state(driver, run_name: str) -> str:
+    """Reload the run page until its state badge is final (at most RUN_TIMEOUT_S); returns the state."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        header = ui.element(driver, f"//*[normalize-space(text())='{run_name}']/ancestor::*[.//{STATE_BADGE}][1]",
+                            f"header of run {run_name}")
+        state = state_badge(header)
+        if state in TERMINAL or time.monotonic() > deadline:
+            return state
+        time.sleep(3)
+        driver.refresh()
+
+
+def test_a_custom_run_from_the_deployment_form_completes_on_the_worker(browser, ui_stack):
+    from selenium.webdriver.common.by import By
+
+    run_name, recipe_name = "ui-custom-run", "ui-form-changed"
+    browser.get(f"{ui_stack.prefect_ui}/v2/deployments")
+    convert_row = ui.element(browser, "//tr[.//a[contains(@href, '/deployments/deployment/')] and .//*[text()='convert']]",
+                             "the convert deployment")
+    convert_row.find_element(By.XPATH, ".//a[contains(@href, '/deployments/deployment/')]").click()
+    ui.element(browser, "//button[normalize-space()='Run']", "the Run button").click()
+    ui.element(browser, "//*[@role='menuitem' and normalize-space()='Custom run']", "Run → Custom run").click()
+
+    name = field(browser, "Name")  # the recipe's name: pre-filled by `deploy --recipe`
+    ui.wait(browser, lambda: name.get_attribute("value") == ui_stack.recipe.name, "the pre-filled recipe name")
+    replace_text(name, recipe_name)
+    replace_text(field(browser, "Run Name"), run_name)
+    ui.screenshot(browser, "prefect-3-custom-run-form")
+    ui.element(browser, "//button[@type='submit' and normalize-space()='Submit']", "Submit").click()
+    ui.text_shown(browser, f"{run_name} scheduled", "the run-created notice")
+
+    ui.element(browser, "//nav//a[normalize-space()='Runs']", "Runs in the navigation").click()
+    ui.element(browser, f"//a[normalize-space()='{run_name}' and contains(@href, '/runs/flow-run/')]",
+               f"{run_name} in the runs list").click()
+    state = wait_for_final_state(browser, run_name)
+    ui.screenshot(browser, "prefect-4-custom-run")
+    logs = ui.page_text(browser)
+    assert state == "Completed", f"run {run_name} is {state} after {RUN_TIMEOUT_S:.0f} s:\n{logs[:3000]}"
+    assert f"Worker '{WORKER_NAME}' submitting flow run" in logs  # the stack's worker ran it
+    assert f"Work Pool\n{ui_stack.config.work_pool}" in logs
+    parameters = open_tab(browser, "Parameters")
+    assert f'"name": "{recipe_name}"' in ui.wait(browser, lambda: parameters.text, "the run's parameters")
+
+
+# ---- MLflow UI ------------------------------------------------------------------------------------
+def grid_rows(driver) -> dict[str, str]:
+    """{run id: run name} of the rows the runs table shows."""
+    from selenium.webdriver.common.by import By
+
+    cells = driver.find_elements(By.XPATH, "//*[@role='row' and @row-id]//*[@col-id='attributes.`Run Name`']")
+    return {cell.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-id"): cell.text
+            for cell in cells if cell.text}
+
+
+def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_lineage(browser, ui_stack):
+    from selenium.webdriver.common.by import By
+
+    recipe, cli_run = ui_stack.recipe, ui_stack.cli_run
+    browser.get(f"{ui_stack.mlflow_ui}/#/experiments")
+    ui.element(browser, f"//a[normalize-space()='{recipe.tracking.experiment}']", "the experiment").click()
+    experiment_id = ui.wait(browser, lambda: re.search(r"#/experiments/(\d+)", browser.current_url), "experiment page")[1]
+    browser.get(f"{ui_stack.mlflow_ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+
+    parent = ui.element(browser, f"//*[@role='row' and .//a[normalize-space()='{recipe.name}']]", "the parent run")
+    parent_id = parent.get_attribute("row-id")
+    before = ui.wait(browser, lambda: grid_rows(browser), "the runs table")
+    parent.find_element(By.XPATH, ".//*[@col-id='attributes.`Run Name`']//button").click()  # expand
+    nested = ui.wait(browser, lambda: {i: n for i, n in grid_rows(browser).items() if i not in before},
+                     "the nested stage runs")
+    assert set(nested.values()) >= NESTED_STAGE_RUNS, nested
+    ui.screenshot(browser, "mlflow-1-nested-stage-runs")
+
+    ui.element(browser, f"//a[normalize-space()='{recipe.name}' and contains(@href, '/runs/{parent_id}')]",
+               "the parent run's link").click()
+    ui.element(browser, "//*[normalize-space()='Child runs']", "the parent run's child runs")
+    page = ui.text_shown(browser, TAG_PREFECT_FLOW_RUN_URL, "the parent run's tags")
+    assert all(stage in page for stage in NESTED_STAGE_RUNS)
+    flow_run_url = re.search(rf"{re.escape(TAG_PREFECT_FLOW_RUN_URL)}\n: (\S+)", page)[1]
+    assert cli_run.id in flow_run_url
+    ui.screenshot(browser, "mlflow-2-parent-run")
+
+    browser.get(f"{ui_stack.mlflow_ui}/#/models")
+    ui.element(browser, f"//a[normalize-space()='{recipe.tracking.registered_model}']", "the registered model").click()
+    ui.element(browser, "//a[normalize-space()='Version 1']", "version 1").click()
+    tags = version_tags(ui.text_shown(browser, TAG_CHECKPOINT_DIGEST, "the version's tags"))
+    assert tags[TAG_SOURCE_MODEL] == recipe.source.model
+    assert tags[TAG_PREFECT_FLOW_RUN] == cli_run.id
+    assert tags[TAG_CHECKPOINT_URI].startswith(f"s3://{ui_stack.config.bucket}/artifacts/")
+    for digest in LINEAGE_DIGESTS:
+        assert SHA256.fullmatch(tags[digest]), (digest, tags.get(digest))
+    ui.screenshot(browser, "mlflow-3-model-version-lineage")
+
+    browser.get(flow_run_url)  # the lineage link back to Prefect opens the flow run
+    assert "Completed" in ui.text_shown(browser, cli_run.name, "the flow run the MLflow tag links to")
+
+
+def version_tags(page: str) -> dict[str, str]:
+    """{tag: value} of the lineage tags a model version page shows (the value on the line after the name)."""
+    tags = (TAG_SOURCE_MODEL, TAG_PREFECT_FLOW_RUN, TAG_CHECKPOINT_URI, *LINEAGE_DIGESTS)
+    shown = {tag: re.search(rf"^{re.escape(tag)}\n(.+)$", page, re.MULTILINE) for tag in tags}
+    assert all(shown.values()), f"tags not shown: {[tag for tag, match in shown.items() if not match]}\n{page}"
+    return {tag: match[1] for tag, match in shown.items()}
