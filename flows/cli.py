@@ -554,7 +554,7 @@ def report(
 ) -> None:
     """List recent conversions, or show one run's evaluation numbers and report files."""
     settings = configure(home)
-    from tasks.tracking import tracking_client
+    from tasks.tracking import TAG_OUTPUT, stage_runs, tracking_client
 
     client = tracking_client(settings)
     if run_id is None:
@@ -574,14 +574,15 @@ def report(
             table.add_row(run.info.run_id, run.info.run_name, run.info.status, started)
         console.print(table)
         return
-    children = client.search_runs(
-        [client.get_run(run_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"
-    )
-    for child in children:
-        ppl = child.data.metrics.get("eval/perplexity")
+    runs = stage_runs(client, run_id)  # nested runs and, for cached results, the runs that made them
+    for label, run in sorted(runs.items()):
+        ppl = run.data.metrics.get("eval/perplexity")
         if ppl is not None:
-            console.print(f"{child.info.run_name}: held-out perplexity {ppl:.3f}")
-    console.print(f"report artifacts: {client.get_run(run_id).info.artifact_uri}/report/index.html")
+            console.print(f"{label}: held-out perplexity {ppl:.3f}")
+    if "report" in runs:
+        console.print(f"report: {runs['report'].data.tags[f'{TAG_OUTPUT}.report.uri']}/index.html", soft_wrap=True)
+    else:
+        console.print(f"no report stage run for {run_id}", soft_wrap=True)
 
 
 @app.command()

@@ -31,6 +31,7 @@ from tasks.calibrate import calibrate_task
 from tasks.distill import distill_task
 from tasks.evaluate import evaluate_task
 from tasks.plan import plan_task
+from tasks.preflight import preflight
 from tasks.recipe import Recipe
 from tasks.recipe_teacher import check_recipe_fits_teacher
 from tasks.report import register_task, report_task
@@ -68,6 +69,7 @@ class ConvertResult(BaseModel):
 def convert_flow(recipe: Recipe) -> ConvertResult:
     ensure_result_storage()  # the stage tasks persist their results in the artifact store
     runtime = Runtime.from_environment()
+    preflight(runtime.settings, runtime.redactor)  # tracking server, bucket, credentials: seconds, not minutes
     with parent_run(
         runtime.client,
         recipe,

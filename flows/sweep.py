@@ -36,6 +36,7 @@ from tasks.calibrate import calibrate_task
 from tasks.distill import distill_task
 from tasks.evaluate import evaluate_task
 from tasks.plan import plan_task
+from tasks.preflight import preflight
 from tasks.recipe import Recipe
 from tasks.result_storage import ensure_result_storage
 from tasks.results import EvalTarget
@@ -66,7 +67,10 @@ class SweepGrid(BaseModel):
         """Every combination whose grouping fits its K (plan.grouping_fits: a grouper that does not merge,
         `prune`, only at K = k); the flow still validates each against the teacher."""
         product = itertools.product(
-            self.scorers, self.num_selected, self.groupings or (base.grouping,), self.scalings or (base.scaling,)
+            self.scorers,
+            self.num_selected,
+            self.groupings or (base.grouping,),
+            self.scalings or (base.scaling,),
         )
         combinations = (
             base.model_copy(update={"scoring": s, "num_selected": k, "grouping": g, "scaling": c})
@@ -105,6 +109,7 @@ def sweep_flow(sweep: SweepRecipe) -> SweepResult:
     recipe = sweep.recipe
     ensure_result_storage()  # the stage tasks persist their results in the artifact store
     runtime = Runtime.from_environment()
+    preflight(runtime.settings, runtime.redactor)  # tracking server, bucket, credentials: seconds, not minutes
     with parent_run(
         runtime.client,
         recipe,

@@ -212,6 +212,8 @@ def build_plan(
         layers=layers,
         stats_digest=stats.digest(),
     )
+
+
 def _check_stats_fit_model(stats: ExpertStats, dims: MoEDims) -> None:
     """The statistics describe this config's model: same E, top-k, exactly its MoE layers, tokens seen."""
     if (stats.num_experts, stats.top_k) != (dims.num_experts, dims.top_k):

@@ -4,9 +4,10 @@ Version 1 kept every method option as a flat PlanConfig field; version 2 nests e
 choice of its method. A version-1 plan is upgraded on load: each flat option moves into its method
 when that method is the one chosen, and is dropped otherwise (it had no effect):
 
-    do_acp_exchange, do_acp_ridge, do_acp_exhaustive_limit   →  scoring: {name: do_acp, exchange, ridge, exhaustive_limit}
-    seed                                                     →  scoring: {name: random, seed}
-    router_mass                                              →  scaling: {name: uniform, router_mass}
+    do_acp_exchange, do_acp_ridge, do_acp_exhaustive_limit
+                  →  scoring: {name: do_acp, exchange, ridge, exhaustive_limit}
+    seed          →  scoring: {name: random, seed}
+    router_mass   →  scaling: {name: uniform, router_mass}
 
 A recipe (or any new PlanConfig) that still writes a flat option is refused, naming its new place.
 """
@@ -14,6 +15,9 @@ A recipe (or any new PlanConfig) that still writes a flat option is refused, nam
 from __future__ import annotations
 
 from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails
 
 FLAT_OPTIONS = {
     "do_acp_exchange": ("scoring", "do_acp", "exchange"),
@@ -32,7 +36,9 @@ def upgrade_v1_plan(data: dict[str, Any]) -> dict[str, Any]:
     config = data.get("config")
     if not isinstance(config, dict):
         return {**data, "schema_version": 2}  # nothing to move: validation reports the missing config
-    rest = {key: value for key, value in config.items() if key not in FLAT_OPTIONS and key not in METHOD_KINDS}
+    rest = {
+        key: value for key, value in config.items() if key not in FLAT_OPTIONS and key not in METHOD_KINDS
+    }
     choices = {kind: {"name": config[kind]} for kind in METHOD_KINDS if kind in config}
     for flat, (kind, method, option) in FLAT_OPTIONS.items():
         if flat in config and kind in choices and choices[kind]["name"] == method:
@@ -41,10 +47,14 @@ def upgrade_v1_plan(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def refuse_flat_options(config: object) -> None:
-    """ValueError naming the new place of the first version-1 flat option in a PlanConfig mapping."""
-    if isinstance(config, dict):
-        for flat, (kind, method, option) in FLAT_OPTIONS.items():
-            if flat in config:
-                raise ValueError(
-                    f"{flat}: is now an option of its method, written {kind}: {{name: {method}, {option}: …}}"
-                )
+    """A pydantic ValidationError at each version-1 flat option of a PlanConfig mapping, naming its new place."""
+    if not isinstance(config, dict):
+        return
+    moved = [
+        InitErrorDetails(type="value_error", loc=(flat,), input=config[flat], ctx={"error": new_place})
+        for flat, (kind, method, option) in FLAT_OPTIONS.items()
+        if flat in config
+        for new_place in [f"is now an option of its method, written {kind}: {{name: {method}, {option}: …}}"]
+    ]
+    if moved:
+        raise ValidationError.from_exception_data("PlanConfig", moved)

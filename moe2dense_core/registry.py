@@ -22,40 +22,36 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
-from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
+from pydantic_core import CoreSchema, InitErrorDetails, core_schema
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Registry(Generic[T]):
-    """Name → entry for one kind; `field` and `kind` word the errors (`scoring: unknown scorer 'x'; known: …`)."""
+    """Name → entry for one kind; `field` and `kind` word its error (`scoring: unknown scorer 'x'; known: …`)."""
 
     def __init__(self, field: str, kind: str, error: type[Exception]) -> None:
         self.field, self.kind, self.error = field, kind, error
         self._entries: dict[str, T] = {}
 
-    def add(self, name: str, entry: T) -> T:
+    def add(self, name: str, entry: T) -> None:
         """Register `entry` under `name`; ValueError if the name is taken."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
-        return entry
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""
         return sorted(self._entries)
-
-    def unknown(self, name: object) -> str:
-        """`unknown <kind> <name>; known: …`."""
-        return f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
 
     def get(self, name: str) -> T:
         """The entry registered under `name`; the kind's error listing the known names otherwise."""
         try:
             return self._entries[name]
         except KeyError:
-            raise self.error(f"{self.field}: {self.unknown(name)}") from None
+            known = ", ".join(self.names())
+            raise self.error(f"{self.field}: unknown {self.kind} {name!r}; known: {known}") from None
 
     def entries(self) -> list[T]:
         """Every entry, in name order."""
@@ -105,7 +101,9 @@ class MethodRegistry(Registry[M]):
         super().__init__(field, kind, error)
         self.entry = entry
 
-    def register(self, name: str, options: type[MethodOptions] = MethodOptions, **traits: Any) -> Callable[[F], F]:
+    def register(
+        self, name: str, options: type[MethodOptions] = MethodOptions, **traits: Any
+    ) -> Callable[[F], F]:
         """Decorator: register `fn` under `name` with its options model and the kind's traits."""
 
         def register(fn: F) -> F:
@@ -120,36 +118,43 @@ class MethodRegistry(Registry[M]):
         return Annotated[MethodOptions, self]
 
     def choose(self, value: object) -> MethodOptions:
-        """A name, a mapping {name, **options} or a MethodOptions as the method's options model;
-        a pydantic ValidationError located at the bad key otherwise."""
+        """A name, a mapping {name, **options} or a MethodOptions as the method's options model.
+
+        A pydantic ValidationError otherwise, located at the bad key and of pydantic's own error types
+        (a name not registered is a `literal_error`, an unknown option a `value_error` listing the
+        allowed keys), so callers can re-raise it with other errors.
+        """
         if isinstance(value, MethodOptions):
             if value.name in self._entries and type(value) is self._entries[value.name].options:
                 return value
             value = value.model_dump()
         data = {"name": value} if isinstance(value, str) else value
         if not isinstance(data, dict):
-            raise PydanticCustomError(
-                "method_choice", f"Input should be a {self.kind} name or a mapping with its `name` and options"
-            )
+            raise ValueError(f"Input should be a {self.kind} name or a mapping with its `name` and options")
         if "name" not in data:
             raise _errors([InitErrorDetails(type="missing", loc=("name",), input=data)])
         name = data["name"]
         if not isinstance(name, str) or name not in self._entries:
             loc = () if isinstance(value, str) else ("name",)
-            error = PydanticCustomError("unknown_method", self.unknown(name))
-            raise _errors([InitErrorDetails(type=error, loc=loc, input=name)])
+            expected = {"expected": self._one_of()}
+            raise _errors([InitErrorDetails(type="literal_error", loc=loc, input=name, ctx=expected)])
         model = self._entries[name].options
         try:
             return model.model_validate(data)
         except ValidationError as error:
             allowed = ", ".join(model.model_fields)
-            unknown_key = PydanticCustomError("unknown_option", f"unknown key (allowed: {allowed})")
+            unknown_key = {"type": "value_error", "ctx": {"error": f"unknown key (allowed: {allowed})"}}
             raise _errors(
                 [
-                    {**item, "type": unknown_key} if item["type"] == "extra_forbidden" else item
+                    {**item, **unknown_key} if item["type"] == "extra_forbidden" else item
                     for item in error.errors()
                 ]
             ) from None
+
+    def _one_of(self) -> str:
+        """The registered names the way pydantic words a choice: `'a', 'b' or 'c'`."""
+        *rest, last = [repr(name) for name in self.names()]
+        return f"{', '.join(rest)} or {last}" if rest else last
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         return core_schema.no_info_plain_validator_function(
@@ -159,7 +164,9 @@ class MethodRegistry(Registry[M]):
             ),
         )
 
-    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
         """anyOf: a registered name, or per method an object with `name` fixed and its options."""
         names = {"type": "string", "enum": self.names(), "title": f"{self.kind} name"}
         return {"anyOf": [names, *(self._object_schema(method, handler) for method in self.entries())]}

@@ -25,10 +25,7 @@ from tasks.artifact_manifest import ArtifactRef
 from tasks.redaction import CredentialLeakError
 from tasks.runtime import Runtime
 from tasks.stage import STAGES
-from tasks.tracking import MLflowLogger
-
-OUTPUT_TAG = "moe2dense.output"
-INPUT_TAG = "moe2dense.input"
+from tasks.tracking import TAG_INPUT, TAG_OUTPUT, MLflowLogger
 
 
 def address_tags(prefix: str, name: str, uri: str, ref: ArtifactRef) -> dict[str, str]:
@@ -41,7 +38,7 @@ def publish_dir(runtime: Runtime, run: MLflowLogger, path: Path, kind: str, name
     runtime.redactor.check_file(path)
     ref = runtime.store.put_dir(path, kind=kind, name=name)
     uri = runtime.store.uri_for(ref)
-    run.set_tags(address_tags(OUTPUT_TAG, kind, uri, ref))
+    run.set_tags(address_tags(TAG_OUTPUT, kind, uri, ref))
     return uri
 
 
@@ -52,7 +49,7 @@ def publish_text(runtime: Runtime, run: MLflowLogger, text: str, kind: str, name
     ref = runtime.store.put_bytes(text.encode(), kind=kind, name=name)
     uri = runtime.store.uri_for(ref)
     run.log_text(text, f"{kind}/{name}")
-    run.set_tags(address_tags(OUTPUT_TAG, kind, uri, ref))
+    run.set_tags(address_tags(TAG_OUTPUT, kind, uri, ref))
     return uri
 
 
@@ -60,7 +57,7 @@ def record_inputs(run: MLflowLogger, runtime: Runtime, **uris: str) -> None:
     """Tag the stage run with each input artifact's URI and store content address (`name=uri`)."""
     tags: dict[str, str] = {}
     for name, uri in uris.items():
-        tags.update(address_tags(INPUT_TAG, name, uri, runtime.store.ref_from_uri(uri)))
+        tags.update(address_tags(TAG_INPUT, name, uri, runtime.store.ref_from_uri(uri)))
     run.set_tags(tags)
 
 

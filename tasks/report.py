@@ -125,7 +125,7 @@ def register_task(
     )
     if existing:
         return RegistrationResult(
-            model_name=model_name, version=existing[0].version, checkpoint_uri=existing[0].source,
+            model_name=model_name, version=str(existing[0].version), checkpoint_uri=existing[0].source,
             mlflow_run_id=existing[0].run_id,
         )
     lineage = Lineage(
@@ -144,6 +144,6 @@ def register_task(
             run, ref.sha256, model_name, lineage, description=f"moe2dense conversion of {source.model}"
         )
         return RegistrationResult(
-            model_name=model_name, version=version.version, checkpoint_uri=checkpoint.checkpoint_uri,
+            model_name=model_name, version=str(version.version), checkpoint_uri=checkpoint.checkpoint_uri,
             mlflow_run_id=run.run_id,
         )

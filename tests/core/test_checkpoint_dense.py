@@ -21,9 +21,10 @@ from moe2dense_core.errors import CheckpointError
 from moe2dense_core.io import CheckpointReader
 from tests.fixtures.tiny_moe import add_tensor_on_disk, build_tiny_moe, edit_shard
 
-FAMILIES = ["qwen3_moe", "olmoe", "deepseek_v2", "gpt_oss"]
-"""Dense targets of different kinds: stock dense (qwen3), one-expert MoE classes stored per expert (olmoe,
-deepseek_v2 with its leading dense layer) and in the fused layout (gpt_oss)."""
+FAMILIES = ["qwen3_moe", "olmoe", "deepseek_v2", "gpt_oss", "granitemoe"]
+"""Dense targets of different kinds: stock dense (qwen3; granite with tied embeddings, so no lm_head), the
+teacher's class with every layer dense (deepseek_v2, with its leading dense layer), one-expert MoE classes
+stored per expert (olmoe) and in the fused layout (gpt_oss)."""
 DOWN_PROJ = "model.layers.0.mlp.down_proj.weight"
 
 

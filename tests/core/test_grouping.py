@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from moe2dense_core.errors import PlanError
-from moe2dense_core.grouping import Grouper, GroupingRequest, get_grouper, grouper_names, score_weighted
+from moe2dense_core.grouping import (
+    GROUPERS,
+    Grouper,
+    GroupingRequest,
+    get_grouper,
+    grouper_names,
+    score_weighted,
+)
 from moe2dense_core.grouping.seeded_assignment import assign_to_seeds, cosine_from_gram
+from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring import get_scorer, rank_experts, select_top_k
 from tests.fixtures.synthetic_stats import permute_layer_stats, random_expert_weights, simulate_layer_stats
 
@@ -28,6 +36,8 @@ def permuted_weights(perm: list[int]):
 
 def test_registry_lists_every_method() -> None:
     assert grouper_names() == sorted(["prune", *MERGING_GROUPERS])
+    assert [g.name for g in GROUPERS.entries() if not g.merges] == ["prune"]
+    assert [g.name for g in GROUPERS.entries() if g.needs_weights] == ["weight_cluster"]
     with pytest.raises(PlanError, match="unknown grouper 'kmeans'; known: output_cluster, prune"):
         get_grouper("kmeans")
 
@@ -55,12 +65,12 @@ def test_groupers_are_permutation_equivariant(name: str) -> None:
         assert [[perm[e] for e in g] for g in permuted] == original
 
 
-def test_prune_keeps_each_expert_alone_and_needs_k_equal_k() -> None:
+def test_prune_keeps_each_expert_alone_and_so_needs_k_equal_k() -> None:
     stats = simulate_layer_stats(0, NUM_EXPERTS, TOP_K, seed=3)
     request = request_for(stats, TOP_K)
     assert get_grouper("prune")(request) == [[e] for e in request.ranked]
-    with pytest.raises(PlanError, match="num_selected \\(4\\) must equal the number of groups \\(3\\)"):
-        get_grouper("prune")(request_for(stats, 4))
+    with pytest.raises(PlanError, match="grouping 'prune' on layer 0: .* is not 3 non-empty groups"):
+        get_grouper("prune")(request_for(stats, 4))  # build_plan refuses this before scoring
 
 
 def test_seeded_assignment_joins_the_most_similar_seed() -> None:
@@ -135,7 +145,7 @@ def test_registered_grouper_contract_rejects_a_wrong_partition() -> None:
     request = GroupingRequest(stats, [0, 1, 2, 3], 2)
     for bad in ([[0, 1, 2, 3]], [[0, 1], [2]], [[0, 1], [2, 3, 3]], [[0, 1, 2, 3], []]):
         with pytest.raises(PlanError, match="is not 2 non-empty groups partitioning"):
-            Grouper(name="broken", fn=lambda r, bad=bad: bad)(request)
+            Grouper(name="broken", fn=lambda r, options, bad=bad: bad, options=MethodOptions)(request)
 
 
 def test_merge_weights_are_score_weighted_with_guards() -> None:

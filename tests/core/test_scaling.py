@@ -7,7 +7,7 @@ import torch
 
 from moe2dense_core.arch import get_spec
 from moe2dense_core.errors import PlanError
-from moe2dense_core.scaling import get_scaling, scaling_names, shared_scale
+from moe2dense_core.scaling import SCALINGS, get_scaling, scaling_names, shared_scale
 from moe2dense_core.scaling.shared import has_shared_gate
 from moe2dense_core.stats.layer_stats import LayerStats
 
@@ -27,6 +27,9 @@ def stats_with(
     )
 
 
+ROUTER_MASS = SCALINGS.choose({"name": "uniform", "router_mass": True})
+
+
 def test_registry_lists_both_methods() -> None:
     assert scaling_names() == ["proportional", "uniform"]
     with pytest.raises(PlanError, match="unknown scaling 'learned'; known: proportional, uniform"):
@@ -41,14 +44,14 @@ def test_uniform_is_one_over_k() -> None:
 def test_uniform_with_router_mass_multiplies_by_mean_applied_mass() -> None:
     # N = 10 tokens, Σ_t Σ_e w_e(t) = 2 + 1 + 1.5 + 0.5 = 5  →  mass 0.5, c_g = 0.5 / 2
     stats = stats_with([5, 5, 5, 5], [2.0, 1.0, 1.5, 0.5])
-    assert get_scaling("uniform")(stats, [[0, 1], [2]], router_mass=True) == pytest.approx(
+    assert get_scaling("uniform")(stats, [[0, 1], [2]], ROUTER_MASS) == pytest.approx(
         [0.25, 0.25], abs=1e-15
     )
 
 
 def test_router_mass_refuses_statistics_without_tokens() -> None:
     with pytest.raises(PlanError, match="router_mass: layer 1 has no calibration tokens"):
-        get_scaling("uniform")(stats_with([0, 0], [0, 0], num_tokens=0.0), [[0], [1]], router_mass=True)
+        get_scaling("uniform")(stats_with([0, 0], [0, 0], num_tokens=0.0), [[0], [1]], ROUTER_MASS)
 
 
 def test_proportional_is_the_group_mean_applied_weight() -> None:

@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from moe2dense_core.errors import PlanError
-from moe2dense_core.scoring import ScoreResult, get_scorer, rank_experts, scorer_names, select_top_k
+from moe2dense_core.registry import MethodOptions
+from moe2dense_core.scoring import (
+    SCORERS,
+    Scorer,
+    ScoreResult,
+    compared_scorers,
+    get_scorer,
+    rank_experts,
+    scorer_names,
+    select_top_k,
+)
 from moe2dense_core.stats.layer_stats import LayerStats
 from tests.fixtures.synthetic_stats import permute_layer_stats, simulate_layer_stats
 
@@ -47,7 +57,7 @@ def hand_stats() -> LayerStats:
 )
 def test_scorer_matches_hand_numbers(name: str, expected: list[float]) -> None:
     result = get_scorer(name)(hand_stats(), 1)
-    assert result.selected is None
+    assert result.selected == select_top_k(result.scores, 1)
     assert result.scores.dtype == torch.float64
     torch.testing.assert_close(result.scores, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
 
@@ -66,10 +76,9 @@ def test_do_acp_is_permutation_equivariant(exhaustive_limit: int) -> None:
     stats = simulate_layer_stats(0, 10, 2, seed=4)
     perm = [3, 9, 0, 7, 1, 8, 2, 6, 4, 5]
     for k in range(1, 10):
-        original = get_scorer("do_acp")(stats, k, exhaustive_limit=exhaustive_limit)
-        permuted = get_scorer("do_acp")(
-            permute_layer_stats(stats, perm), k, exhaustive_limit=exhaustive_limit
-        )
+        options = SCORERS.choose({"name": "do_acp", "exhaustive_limit": exhaustive_limit})
+        original = get_scorer("do_acp")(stats, k, options)
+        permuted = get_scorer("do_acp")(permute_layer_stats(stats, perm), k, options)
         assert sorted(perm[j] for j in permuted.selected) == original.selected
         torch.testing.assert_close(permuted.scores, original.scores[perm], rtol=1e-12, atol=0)
 
@@ -83,16 +92,19 @@ def test_every_scorer_is_deterministic_and_float64(name: str) -> None:
 
 
 def test_random_scorer_depends_on_seed_and_layer_only() -> None:
-    random = get_scorer("random")
+    def random(stats: LayerStats, seed: int) -> torch.Tensor:
+        return get_scorer("random")(stats, 4, SCORERS.choose({"name": "random", "seed": seed})).scores
+
     layer0, layer1 = simulate_layer_stats(0, 16, 2, seed=1), simulate_layer_stats(1, 16, 2, seed=1)
     other_stats_same_layer = simulate_layer_stats(0, 16, 2, seed=9)
-    assert torch.equal(random(layer0, 4, seed=7).scores, random(other_stats_same_layer, 4, seed=7).scores)
-    assert not torch.equal(random(layer0, 4, seed=7).scores, random(layer1, 4, seed=7).scores)
-    assert not torch.equal(random(layer0, 4, seed=7).scores, random(layer0, 4, seed=8).scores)
+    assert torch.equal(random(layer0, 7), random(other_stats_same_layer, 7))
+    assert not torch.equal(random(layer0, 7), random(layer1, 7))
+    assert not torch.equal(random(layer0, 7), random(layer0, 8))
 
 
 def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
     assert scorer_names() == sorted(["sf", "pp", "cp", "ean", "reap", "acp", "do_acp", "random"])
+    assert compared_scorers() == sorted(["sf", "pp", "cp", "ean", "reap", "acp", "do_acp"])  # not the control
     with pytest.raises(PlanError, match="unknown scorer 'frequency'.*acp, cp, do_acp"):
         get_scorer("frequency")
 
@@ -109,11 +121,24 @@ def test_selection_takes_top_k_with_ties_to_lower_index() -> None:
     assert rank_experts(scores, [3, 2, 0]) == [0, 2, 3]
 
 
-def test_selection_rejects_nan_and_out_of_range_sizes() -> None:
+def test_selection_rejects_nan() -> None:
     with pytest.raises(PlanError, match="NaN for experts \\[1\\]"):
         rank_experts(torch.tensor([0.1, float("nan")], dtype=torch.float64))
-    with pytest.raises(PlanError, match="num_selected: 3 is outside \\[1, 2\\]"):
-        select_top_k(torch.tensor([0.1, 0.2], dtype=torch.float64), 3)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        ScoreResult(scores=torch.arange(4, dtype=torch.float64), selected=[0, 0]),  # an expert twice
+        ScoreResult(scores=torch.arange(4, dtype=torch.float64), selected=[1, 4]),  # outside [0, E)
+        ScoreResult(scores=torch.arange(4, dtype=torch.float64), selected=[1]),  # not K experts
+        ScoreResult(scores=torch.arange(3, dtype=torch.float64)),  # not one score per expert
+    ],
+)
+def test_registered_scorer_contract_rejects_a_wrong_result(result: ScoreResult) -> None:
+    broken = Scorer(name="broken", fn=lambda stats, num_selected, options: result, options=MethodOptions)
+    with pytest.raises(PlanError, match="scorer 'broken' on layer 0: .* not 4 scores and 2 distinct experts"):
+        broken(simulate_layer_stats(0, 4, 2, seed=1), 2)
 
 
 def test_scorers_needing_token_count_refuse_empty_statistics() -> None:

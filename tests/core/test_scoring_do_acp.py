@@ -7,14 +7,19 @@ import itertools
 import pytest
 import torch
 
-from moe2dense_core.errors import PlanError
-from moe2dense_core.scoring import get_scorer, select_top_k
+from moe2dense_core.registry import MethodOptions
+from moe2dense_core.scoring import SCORERS, get_scorer, select_top_k
 from moe2dense_core.scoring.d_optimal import fedorov_exchange, greedy_d_optimal, log_det
 from moe2dense_core.scoring.do_acp import default_ridge, quality_gram
 from moe2dense_core.stats.layer_stats import LayerStats
 from tests.fixtures.synthetic_stats import simulate_layer_stats
 
 do_acp = get_scorer("do_acp")
+
+
+def heuristic(exhaustive_limit: int) -> MethodOptions:
+    """do_acp's options with exact search up to C(E, K) ≤ exhaustive_limit (0: always the heuristic)."""
+    return SCORERS.choose({"name": "do_acp", "exhaustive_limit": exhaustive_limit})
 
 
 def regularised(stats: LayerStats, top_k: int | None = None) -> torch.Tensor:
@@ -83,7 +88,7 @@ def test_do_acp_heuristic_beats_top_k_by_acp_on_random_statistics() -> None:
         matrix = regularised(stats)
         acp = get_scorer("acp")(stats, 4).scores
         for k in (4, 6, 9):
-            chosen = do_acp(stats, k, exhaustive_limit=0).selected
+            chosen = do_acp(stats, k, heuristic(0)).selected
             assert len(chosen) == k == len(set(chosen))
             assert set_log_det(matrix, chosen) >= set_log_det(matrix, select_top_k(acp, k)) - 1e-12
 
@@ -142,7 +147,7 @@ def test_do_acp_prefers_diverse_experts_over_duplicates() -> None:
     stats = duplicate_expert_stats()
     assert select_top_k(get_scorer("acp")(stats, 2).scores, 2) == [0, 1]
     for exhaustive_limit in (20_000, 0):
-        assert do_acp(stats, 2, exhaustive_limit=exhaustive_limit).selected == [0, 2]
+        assert do_acp(stats, 2, heuristic(exhaustive_limit)).selected == [0, 2]
 
 
 def test_do_acp_with_all_zero_outputs_keeps_the_lowest_indices() -> None:
@@ -150,17 +155,10 @@ def test_do_acp_with_all_zero_outputs_keeps_the_lowest_indices() -> None:
     stats.gram.zero_()
     stats.output_sq_norm_sums.zero_()
     for exhaustive_limit in (20_000, 0):
-        assert do_acp(stats, 3, exhaustive_limit=exhaustive_limit).selected == [0, 1, 2]
+        assert do_acp(stats, 3, heuristic(exhaustive_limit)).selected == [0, 1, 2]
 
 
 def test_do_acp_returns_acp_as_its_scores() -> None:
     stats = simulate_layer_stats(0, 6, 2, seed=4)
     assert torch.equal(do_acp(stats, 2).scores, get_scorer("acp")(stats, 2).scores)
 
-
-def test_do_acp_rejects_bad_sizes_and_ridge() -> None:
-    stats = simulate_layer_stats(0, 4, 2)
-    with pytest.raises(PlanError, match="num_selected: 5 is outside"):
-        do_acp(stats, 5)
-    with pytest.raises(PlanError, match="do_acp_ridge"):
-        do_acp(stats, 2, ridge=0.0)

@@ -40,7 +40,7 @@ def assert_refused_before_any_flow(result: subprocess.CompletedProcess, home: Pa
         ),
         (
             "name: demo\nsource: {model: ./t}\nplan: {scoring: '[bold]x'}\n",
-            "plan.scoring: Input should be 'sf', 'pp', 'cp', 'ean', 'reap', 'acp', 'do_acp' or 'random' (got '[bold]x')",
+            "plan.scoring: Input should be 'acp', 'cp', 'do_acp', 'ean', 'pp', 'random', 'reap' or 'sf' (got '[bold]x')",
         ),
     ],
 )

@@ -3,26 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
-from flows.convert import convert_flow
+from flows.cli import app
+from flows.convert import convert_flow, planned_stages
 from tasks.storage import open_artifact_store
 from tasks.tracking import (
+    TAG_CHECKPOINT_SHA256,
     TAG_PLAN_DIGEST,
     TAG_PREFECT_FLOW_RUN,
     TAG_SOURCE_MODEL,
     TAG_STAGE,
     TAG_STATS_DIGEST,
+    stage_runs,
     tracking_client,
 )
 
 pytestmark = pytest.mark.integration
 
 STAGES = {
+    "source",
     "calibrate",
     "plan",
     "assemble",
@@ -30,6 +42,7 @@ STAGES = {
     "evaluate-assembled",
     "distill",
     "evaluate-distilled",
+    "report",
     "register",
 }
 
@@ -62,7 +75,7 @@ def test_lineage_chain_is_complete_in_mlflow(team_stack, converted):
     client = tracking_client(team_stack)
     parent = client.get_run(result.mlflow_run_id)
     flow_run_id = parent.data.tags[TAG_PREFECT_FLOW_RUN]
-    assert parent.data.params["plan.scoring"] == recipe.plan.scoring
+    assert parent.data.params["plan.scoring.name"] == recipe.plan.scoring.name
     assert "recipe/recipe.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id, "recipe")]
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
@@ -102,7 +115,39 @@ def test_every_artifact_is_in_the_bucket_with_its_recorded_digest(team_stack, co
             body = s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()
             assert hashlib.sha256(body).hexdigest() == entry.sha256, key
     mlflow_objects = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix="mlflow/")
-    assert mlflow_objects["KeyCount"] > 0  # MLflow's own artifacts also landed in S3
+    assert mlflow_objects["KeyCount"] > 0  # MLflow's own artifacts (plans, reports, JSON) landed in S3
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket)
+            for o in page.get("Contents", [])]
+    shards = [key for key in keys if key.endswith(".safetensors") and not key.startswith("artifacts/stats/")]
+    # one copy of each checkpoint (the assembled and the distilled one), in the store only
+    assert len(shards) == len(result.assembled.shard_digests) + len(result.final.shard_digests), shards
+    assert not [key for key in shards if not key.startswith("artifacts/")], shards
+
+
+def test_the_registered_version_serves_the_stored_checkpoint(team_stack, converted):
+    _, result = converted
+    name, number = result.registered_model.split("/")
+    version = tracking_client(team_stack).get_model_version(name, number)
+    assert version.source == result.final.checkpoint_uri
+    store = open_artifact_store(team_stack)
+    ref = store.ref_from_uri(version.source)  # the project's store downloads s3:// (verified)
+    assert version.tags[TAG_CHECKPOINT_SHA256] == ref.sha256
+    model = AutoModelForCausalLM.from_pretrained(store.fetch(ref))
+    assert sum(p.numel() for p in model.parameters()) == result.final.num_parameters
+
+
+def test_the_prefect_artifact_links_to_the_mlflow_run(team_stack, converted):
+    _, result = converted
+    flow_run_id = tracking_client(team_stack).get_run(result.mlflow_run_id).data.tags[TAG_PREFECT_FLOW_RUN]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    (link,) = [a for a in artifacts if a.key == "mlflow-run"]
+    tracking_uri = team_stack.resolved_mlflow_tracking_uri
+    # Prefect stores a link artifact as a markdown link: [text](url)
+    assert re.fullmatch(rf"\[MLflow run {result.mlflow_run_id}\]\({re.escape(tracking_uri)}/#/experiments/\d+/runs/"
+                        rf"{result.mlflow_run_id}\)", link.data), link.data
 
 
 def test_a_second_run_re_executes_no_stage(team_stack, converted):
@@ -114,6 +159,23 @@ def test_a_second_run_re_executes_no_stage(team_stack, converted):
     states = task_run_states(flow_run_id, expected=stages)
     assert set(states) >= stages
     assert set(states.values()) == {"Cached"}, states
+    client = tracking_client(team_stack)
+    first_runs, second_runs = stage_runs(client, first.mlflow_run_id), stage_runs(client, second.mlflow_run_id)
+    assert set(second_runs) == STAGES  # the cached parent links to the runs that made each result
+    assert {k: r.info.run_id for k, r in second_runs.items()} == {k: r.info.run_id for k, r in first_runs.items()}
+    shown = CliRunner().invoke(app, ["report", second.mlflow_run_id])
+    assert shown.exit_code == 0, shown.output
+    assert "evaluate-distilled: held-out perplexity" in shown.output and "report: s3://" in shown.output
+    listed = CliRunner().invoke(app, ["report", "--experiment", recipe.tracking.experiment])
+    assert second.mlflow_run_id[:8] in listed.output
+
+
+def test_planned_stages_are_the_stages_a_run_makes(team_stack, converted):
+    recipe, result = converted
+    flow_run_id = tracking_client(team_stack).get_run(result.mlflow_run_id).data.tags[TAG_PREFECT_FLOW_RUN]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    assert sorted(run.name.rsplit("-", 1)[0] for run in runs) == sorted(planned_stages(recipe))
 
 
 def test_an_impossible_plan_fails_before_calibration(team_stack, tiny_teacher):

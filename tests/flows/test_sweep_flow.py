@@ -1,15 +1,49 @@
-"""flows/sweep.py against the real servers: one calibration for the whole grid, the best one distilled."""
+"""flows/sweep.py: the grid's design space (from the registries and the plan's one K-and-k rule), and
+against the real servers one calibration for the whole grid, the best one distilled."""
 
 from __future__ import annotations
 
 import pytest
 
 from flows.sweep import SweepGrid, SweepRecipe, sweep_flow
+from moe2dense_core.errors import PlanError
+from moe2dense_core.plan import PlanConfig, validate_plan_config
+from moe2dense_core.scoring import compared_scorers
 from tasks.tracking import TAG_STAGE, tracking_client
 
-pytestmark = pytest.mark.integration
+
+def test_the_default_grid_sweeps_every_compared_scorer_with_the_recipe_plan_methods() -> None:
+    base = PlanConfig(scoring="sf", grouping="prune", scaling={"name": "uniform", "router_mass": True})
+    configs = SweepGrid().configs(base, top_k=2)
+    assert [config.scoring.name for config in configs] == compared_scorers() and "random" not in compared_scorers()
+    assert {(str(c.grouping), str(c.scaling), c.num_selected) for c in configs} == {
+        ("prune", "uniform(router_mass=True)", None)
+    }
 
 
+def test_the_grid_keeps_exactly_the_configs_whose_grouping_fits_k() -> None:
+    """k is the plan's num_groups when set (here 3; the teacher's top-k is 2): `prune` fits only K = k = 3.
+    The grid drops only what its grouping cannot be; K = 2 < k = 3 is left to the flow's validation."""
+    base = PlanConfig(num_groups=3)
+    grid = SweepGrid(scorers=("sf",), num_selected=(None, 2, 3, 4), groupings=("prune", "score_balanced"))
+    configs = grid.configs(base, top_k=2)
+    assert [(c.grouping.name, c.num_selected) for c in configs] == [
+        ("prune", None),
+        ("score_balanced", None),
+        ("score_balanced", 2),
+        ("prune", 3),
+        ("score_balanced", 3),
+        ("score_balanced", 4),
+    ]
+    for config in configs:
+        if config.num_selected == 2:
+            with pytest.raises(PlanError, match="num_selected: K = 2 < k = 3"):
+                validate_plan_config(config, num_experts=8, top_k=2)
+        else:
+            assert validate_plan_config(config, num_experts=8, top_k=2).num_groups == 3
+
+
+@pytest.mark.integration
 def test_sweep_calibrates_once_and_ranks_every_configuration(team_stack, tiny_teacher):
     recipe = tiny_teacher.recipe(
         "name=sweep-it", "calibration.seed=7", "distillation.train.seed=7"
@@ -34,4 +68,4 @@ def test_sweep_calibrates_once_and_ranks_every_configuration(team_stack, tiny_te
     stages = [run.data.tags[TAG_STAGE] for run in children]
     assert stages.count("calibrate") == 1
     assert stages.count("plan") == 9 and stages.count("assemble") == 9 and stages.count("distill") == 1
-    assert {e.plan.scoring for e in result.entries} == {"sf", "do_acp", "random"}
+    assert {e.plan.scoring.name for e in result.entries} == {"sf", "do_acp", "random"}

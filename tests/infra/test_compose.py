@@ -143,7 +143,7 @@ def test_services_start_after_what_they_need_is_healthy(stack: dict) -> None:
 
 
 def test_commands_run_with_the_worker_image_are_real_commands_of_its_pinned_programs(stack: dict) -> None:
-    for name, service in stack["services"].items():
+    for service in stack["services"].values():
         if "build" in service:
             assert_real_command(service["command"])
 

@@ -16,6 +16,7 @@ from tasks.redaction import MASK, CredentialLeakError, Redactor, install_log_red
 from tasks.settings import Settings
 from tasks.tracking import (
     RECIPE_ARTIFACT,
+    TAG_CHECKPOINT_SHA256,
     TAG_PLAN_DIGEST,
     TAG_PREFECT_FLOW_RUN,
     TAG_SOURCE_MODEL,
@@ -63,14 +64,15 @@ def test_parent_stage_runs_inputs_artifacts_and_registered_lineage(
             log_dataset(stage, name="calibration", source_uri="builtin://python-docs", digest="abc123",
                         context="calibration", profile={"num_tokens": 32768})
         run.log_artifact(checkpoint, None)
+        stored = f"s3://{s3_server.bucket}/artifacts/dense-model/{'a' * 64}/dense_model"
         lineage = Lineage(source_model="org/tiny-moe", source_revision="rev-1",
                           shard_digests={"model.safetensors": "f" * 64}, plan_digest="p" * 64,
-                          flow_run_id="flow-run-123")
-        version = register_dense_model(run, "dense_model", f"dense-{tmp_path.name}", lineage)
+                          checkpoint_uri=stored, flow_run_id="flow-run-123")
+        version = register_dense_model(run, "a" * 64, f"dense-{tmp_path.name}", lineage)
 
     parent = client.get_run(run.run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["plan.scoring"] == "do_acp"
+    assert parent.data.params["plan.scoring.name"] == "do_acp"
     assert parent.data.params["distillation.train.max_steps"] == "150"
     assert parent.data.tags[TAG_PREFECT_FLOW_RUN] == "flow-run-123"
     assert parent.data.params["source.trust_remote_code"] == parent.data.tags[TAG_TRUST_REMOTE_CODE] == "false"
@@ -87,6 +89,7 @@ def test_parent_stage_runs_inputs_artifacts_and_registered_lineage(
 
     assert (version.tags[TAG_SOURCE_MODEL], version.tags[TAG_SOURCE_REVISION]) == ("org/tiny-moe", "rev-1")
     assert version.tags[TAG_PLAN_DIGEST] == "p" * 64 and version.run_id == run.run_id
+    assert version.source == stored and version.tags[TAG_CHECKPOINT_SHA256] == "a" * 64  # points, no upload
     assert version.tags[TAG_TRUST_REMOTE_CODE] == "false"
     assert [v.version for v in converted_versions(client, "org/tiny-moe", "rev-1")] == [version.version]
     assert converted_versions(client, "org/tiny-moe", "rev-2") == []

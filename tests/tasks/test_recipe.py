@@ -54,7 +54,7 @@ def test_paper_recipes_match_method_md(file: str, model: str, tokens: float) -> 
     recipe = load_recipe(CONFIGS / "paper" / file)
     assert recipe.source.model == model and recipe.source.revision
     plan = recipe.plan
-    assert (plan.scoring, plan.num_selected, plan.grouping, plan.scaling) == ("do_acp", None, "prune", "uniform")
+    assert (str(plan.scoring), plan.num_selected, str(plan.grouping), str(plan.scaling)) == ("do_acp", None, "prune", "uniform")
     train = recipe.distillation.train
     budget = train.max_steps * train.sequences_per_step(world_size=8) * recipe.distillation.seq_len
     assert budget == pytest.approx(tokens, rel=0.02)
@@ -132,7 +132,7 @@ def test_overrides_apply_in_order_create_levels_and_index_lists() -> None:
 
 def test_overrides_on_a_recipe_file_are_validated_with_their_path() -> None:
     recipe = load_recipe(CONFIGS / "demo.yaml", ["plan.num_selected=6", "plan.grouping=weight_cluster"])
-    assert (recipe.plan.num_selected, recipe.plan.grouping) == (6, "weight_cluster")
+    assert (recipe.plan.num_selected, recipe.plan.grouping.name) == (6, "weight_cluster")
     with pytest.raises(RecipeError, match=r"(?s)with overrides.*plan\.num_selected: Input should be greater"):
         load_recipe(CONFIGS / "demo.yaml", ["plan.num_selected=0"])
     with pytest.raises(RecipeError, match=r"plan.scorin: unknown key \(allowed: scoring, .*\); did you mean 'scoring'\?"):
@@ -214,7 +214,10 @@ def test_yaml_out_quotes_strings_that_read_back_as_floats(tmp_path: Path) -> Non
       "distillation.train.weight_decay: Input should be a finite number (got 'inf')"),
      ({"distillation": {"train": {"max_steps": 2, "lr": float("nan")}}},
       "distillation.train.lr: Input should be a finite number (got nan)"),
-     ({"plan": {"do_acp_ridge": float("inf")}}, "plan.do_acp_ridge: Input should be a finite number (got inf)")],
+     ({"plan": {"scoring": {"name": "do_acp", "ridge": float("inf")}}},
+      "plan.scoring.ridge: Input should be a finite number (got inf)"),
+     ({"plan": {"scoring": {"name": "do_acp", "exhaustive_limit": True}}},
+      "plan.scoring.exhaustive_limit: Input should be a valid integer (got True)")],
 )
 def test_lax_numbers_are_refused(sections: dict, line: str) -> None:
     """pydantic reads `true` as 1 and accepts ±inf where only a lower bound is set; a recipe does not."""
@@ -248,7 +251,7 @@ def test_token_counts_need_two_tokens(sections: dict, path: str) -> None:
     "plan, line",
     [({"num_selected": 2, "num_groups": 4, "grouping": "output_cluster"}, "plan.num_selected: K = 2 < k = 4"),
      ({"num_selected": 8, "num_groups": 4}, "plan.num_selected: grouping 'prune' keeps each expert unmerged"),
-     ({"router_mass": True, "scaling": "proportional"}, "plan.router_mass: applies only to scaling='uniform'")],
+     ({"num_selected": 8, "num_groups": 4, "grouping": {"name": "prune"}}, "plan.num_selected: grouping 'prune'")],
 )
 def test_plan_sizes_that_no_teacher_allows_are_refused_at_load(plan: dict, line: str) -> None:
     """Known from the recipe alone: refused before the teacher is even resolved."""

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from moe2dense_core.registry import Method, MethodRegistry
 from tasks.recipe import Recipe, RecipeError, parse_recipe
 from tasks.recipe_io import _RecipeDumper, load_recipe, recipe_to_yaml
 
@@ -52,9 +53,13 @@ FIXED = {("source",), ("evaluation", "downstream", "tasks")}
 
 @dataclass(frozen=True)
 class Leaf:
+    """A generated field; a method choice (plan.scoring…) is a Literal of its registry's names that also
+    takes {name, **options}."""
+
     path: tuple[str, ...]
     annotation: Any
     bounds: dict[str, Any]
+    registry: MethodRegistry | None = None
 
     @property
     def dotted(self) -> str:
@@ -91,8 +96,11 @@ def walk(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> tuple[list[Lea
         path = (*prefix, name)
         if path in FIXED:
             continue
+        registry = next((m for m in field.metadata if isinstance(m, MethodRegistry)), None)
         inner = _model_of(field.annotation)
-        if inner is not None:
+        if registry is not None:
+            leaves.append(Leaf(path, Literal[tuple(registry.names())], {}, registry))
+        elif inner is not None:
             sub_leaves, sub_sections = walk(inner, path)
             leaves += sub_leaves
             sections += sub_sections
@@ -149,6 +157,8 @@ YAML_LOOKALIKES = [
 
 def valid_values(leaf: Leaf) -> st.SearchStrategy[Any]:
     """Values the field's type and bounds accept (cross-field rules are left to `assume`)."""
+    if leaf.registry is not None:
+        return method_choices(leaf.registry)
     if leaf.path[-1] == "adam_betas":  # tuple[float, float], each in [0, 1) by a model validator
         return st.tuples(BETA, BETA).map(list)
     inner = (
@@ -189,6 +199,16 @@ def valid_values(leaf: Leaf) -> st.SearchStrategy[Any]:
     else:
         raise AssertionError(f"{leaf.dotted}: no strategy for {inner!r}; teach valid_values this type")
     return (st.none() | value) if leaf.optional else value
+
+
+def method_choices(registry: MethodRegistry) -> st.SearchStrategy[Any]:
+    """A registered name, or {name, some options} with option values from the method's options model."""
+
+    def with_options(method: Method) -> st.SearchStrategy[dict[str, Any]]:
+        options = {leaf.path[-1]: valid_values(leaf) for leaf in walk(method.options)[0] if leaf.path != ("name",)}
+        return st.fixed_dictionaries({"name": st.just(method.name)}, optional=options)
+
+    return st.sampled_from(registry.names()) | st.one_of([with_options(m) for m in registry.entries()])
 
 
 def wrong_values(leaf: Leaf) -> list[Any]:
@@ -354,3 +374,28 @@ def test_an_override_equals_setting_the_field(base: dict[str, Any], draw: st.Dat
             )
         else:
             assert load_recipe(path, [override]) == expected
+
+
+CHOICES = [leaf for leaf in LEAVES if leaf.registry is not None]
+
+
+def test_every_method_choice_of_the_plan_is_generated() -> None:
+    assert [leaf.dotted for leaf in CHOICES] == ["plan.scoring", "plan.grouping", "plan.scaling"]
+
+
+@pytest.mark.parametrize(
+    ("leaf", "method"),
+    [(leaf, method) for leaf in CHOICES for method in leaf.registry.entries()],
+    ids=lambda value: value.dotted if isinstance(value, Leaf) else value.name,
+)
+def test_an_unknown_option_is_refused_with_the_options_of_its_method(leaf: Leaf, method: Method) -> None:
+    lines = error_lines(lambda: parse_recipe(set_in(BASE, leaf.path, {"name": method.name, "colour": 1})))
+    allowed = ", ".join(method.options.model_fields)
+    assert lines == [f"  {leaf.dotted}.colour: unknown key (allowed: {allowed}) (got 1)"]
+
+
+def test_an_option_of_plan_schema_1_is_refused_naming_its_new_place() -> None:
+    lines = error_lines(lambda: parse_recipe({**BASE, "plan": {"scaling": "uniform", "router_mass": True}}))
+    assert lines == [
+        "  plan.router_mass: is now an option of its method, written scaling: {name: uniform, router_mass: …} (got True)"
+    ]

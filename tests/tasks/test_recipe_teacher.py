@@ -90,7 +90,7 @@ def test_an_unsupported_or_unreadable_config_is_named(teacher: Path) -> None:
     config = teacher / "config.json"
     config.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
     with pytest.raises(
-        RecipeError, match=rf"teacher {config}: config.model_type 'llama' is not a supported MoE family"
+        RecipeError, match=rf"teacher {config}: config.model_type: unknown MoE family 'llama'"
     ):
         check_recipe_fits_teacher(recipe_for(str(teacher)))
     config.write_text("{not json")

@@ -18,7 +18,7 @@ from typing import TypeVar
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "ui"
 WAIT_S = 30.0
-WINDOW = "1600,1000"
+WINDOW = "1600,1300"
 T = TypeVar("T")
 
 
@@ -35,7 +35,7 @@ def missing() -> str | None:
 
 
 def start_chromium(log_path: Path):
-    """A headless Chromium session (1600×1000) that resolves no host but 127.0.0.1; driver log at `log_path`."""
+    """A headless Chromium session (1600×1300) that resolves no host but 127.0.0.1; driver log at `log_path`."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -109,3 +109,8 @@ def text_shown(driver, needle: str, what: str, timeout_s: float = WAIT_S) -> str
         return text if needle in text else None
 
     return wait(driver, containing, what, timeout_s)
+
+
+def reached(driver, url_part: str, what: str, timeout_s: float = WAIT_S) -> str:
+    """The current URL once it contains `url_part` (a click navigated), waited for."""
+    return wait(driver, lambda: url_part in driver.current_url and driver.current_url, what, timeout_s)

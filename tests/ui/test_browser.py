@@ -45,11 +45,8 @@ STATE_BADGE = "*[@data-slot='badge' and contains(@class, 'bg-state-')]"  # Prefe
 
 
 # ---- Prefect UI -----------------------------------------------------------------------------------
-def run_card(driver, link_xpath: str, what: str):
-    """The card (list row) holding the link, waited for."""
-    return ui.element(driver, f"{link_xpath}/ancestor::*[@data-slot='card'][1]", what)
-
-
+# The UIs re-render lists as their queries refresh, so each read of elements happens inside `ui.wait`
+# (retried when an element went stale) and returns plain values.
 def state_badge(container) -> str:
     """The state shown by the first state badge in `container` ("Completed", "Running", ...)."""
     from selenium.webdriver.common.by import By
@@ -57,36 +54,53 @@ def state_badge(container) -> str:
     return container.find_element(By.XPATH, f".//{STATE_BADGE}").text
 
 
-def open_tab(driver, name: str):
-    """Click the tab `name` of a run page; returns its panel once it shows."""
-    ui.element(driver, f"//button[@role='tab' and normalize-space()='{name}']", f"tab {name}").click()
-    return ui.element(driver, "//*[@role='tabpanel' and @data-state='active']", f"panel of tab {name}")
+def card_state(driver, link_xpath: str) -> str | None:
+    """The state badge of the card (list row) holding the link, or None while it is not shown."""
+    from selenium.webdriver.common.by import By
+
+    cards = driver.find_elements(By.XPATH, f"{link_xpath}/ancestor::*[@data-slot='card'][1]")
+    return state_badge(cards[0]) if cards else None
+
+
+def active_panel(driver):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.XPATH, "//*[@role='tabpanel' and @data-state='active']")
+
+
+def open_tab(driver, name: str) -> None:
+    """Click the tab `name` of a run page (its id ends in `-trigger-<name without spaces>`, which tells it
+    from the runs list's tabs) and wait for its panel."""
+    key = name.replace(" ", "")
+    ui.element(driver, f"//button[@role='tab' and substring-after(@id, '-trigger-')='{key}']", f"tab {name}").click()
+    ui.element(driver, f"//*[@role='tabpanel' and @data-state='active' and substring-after(@id, '-content-')='{key}']",
+               f"panel of tab {name}")
+
+
+def task_run_states(driver) -> dict[str, str] | None:
+    """{task run name: state} of the Task Runs panel once it lists as many as its count says."""
+    from selenium.webdriver.common.by import By
+
+    panel = active_panel(driver)
+    count = re.match(r"(\d+) Task runs?\b", panel.text)
+    links = panel.find_elements(By.XPATH, ".//a[contains(@href, '/runs/task-run/')]")
+    if count is None or not links or len(links) != int(count[1]):
+        return None
+    return {link.text: state_badge(link.find_element(By.XPATH, "./ancestor::*[@data-slot='card'][1]")) for link in links}
 
 
 def test_prefect_ui_lists_the_cli_run_with_every_stage_completed(browser, ui_stack):
-    from selenium.webdriver.common.by import By
-
     run = ui_stack.cli_run
     browser.get(ui_stack.prefect_ui)
-    ui.element(browser, "//nav//a[normalize-space()='Runs']", "Runs in the navigation").click()
+    ui.element(browser, "//a[normalize-space()='Runs' and contains(@href, '/runs')]", "Runs in the navigation").click()
     link = f"//a[normalize-space()='{run.name}' and contains(@href, '/runs/flow-run/{run.id}')]"
-    card = run_card(browser, link, f"flow run {run.name} in the runs list")
-    assert state_badge(card) == "Completed"
+    assert ui.wait(browser, lambda: card_state(browser, link), f"flow run {run.name} in the runs list") == "Completed"
     ui.screenshot(browser, "prefect-1-runs")
 
-    card.find_element(By.XPATH, f".{link}").click()
-    panel = open_tab(browser, "Task Runs")
-    cards = ui.wait(
-        browser,
-        lambda: panel.find_elements(By.XPATH, ".//a[contains(@href, '/runs/task-run/')]/ancestor::*[@data-slot='card'][1]"),
-        "task runs of the flow run",
-    )
-    shown = {
-        card.find_element(By.XPATH, ".//a[contains(@href, '/runs/task-run/')]").text: state_badge(card)
-        for card in cards
-    }
-    count = ui.wait(browser, lambda: re.match(r"(\d+) Task runs?\b", panel.text), "the task run count")[1]
-    assert int(count) == len(shown), shown  # every task run is on the page
+    ui.element(browser, link, f"the link to flow run {run.name}").click()
+    ui.reached(browser, f"/runs/flow-run/{run.id}", f"the page of flow run {run.name}")
+    open_tab(browser, "Task Runs")
+    shown = ui.wait(browser, lambda: task_run_states(browser), "every task run of the flow run")
     assert {name.rsplit("-", 1)[0] for name in shown} == CONVERT_TASKS, shown
     assert set(shown.values()) == {"Completed"}, shown
     ui.screenshot(browser, "prefect-2-task-runs")
@@ -112,11 +126,12 @@ def replace_text(input_element, value: str) -> None:
 
 def wait_for_final_state(driver, run_name: str) -> str:
     """Reload the run page until its state badge is final (at most RUN_TIMEOUT_S); returns the state."""
+    from selenium.webdriver.common.by import By
+
+    header = f"//*[normalize-space(text())='{run_name}']/ancestor::*[.//{STATE_BADGE}][1]"
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
-        header = ui.element(driver, f"//*[normalize-space(text())='{run_name}']/ancestor::*[.//{STATE_BADGE}][1]",
-                            f"header of run {run_name}")
-        state = state_badge(header)
+        state = ui.wait(driver, lambda: state_badge(driver.find_element(By.XPATH, header)), f"state of run {run_name}")
         if state in TERMINAL or time.monotonic() > deadline:
             return state
         time.sleep(3)
@@ -142,7 +157,7 @@ def test_a_custom_run_from_the_deployment_form_completes_on_the_worker(browser, 
     ui.element(browser, "//button[@type='submit' and normalize-space()='Submit']", "Submit").click()
     ui.text_shown(browser, f"{run_name} scheduled", "the run-created notice")
 
-    ui.element(browser, "//nav//a[normalize-space()='Runs']", "Runs in the navigation").click()
+    ui.element(browser, "//a[normalize-space()='Runs' and contains(@href, '/runs')]", "Runs in the navigation").click()
     ui.element(browser, f"//a[normalize-space()='{run_name}' and contains(@href, '/runs/flow-run/')]",
                f"{run_name} in the runs list").click()
     state = wait_for_final_state(browser, run_name)
@@ -151,8 +166,8 @@ def test_a_custom_run_from_the_deployment_form_completes_on_the_worker(browser, 
     assert state == "Completed", f"run {run_name} is {state} after {RUN_TIMEOUT_S:.0f} s:\n{logs[:3000]}"
     assert f"Worker '{WORKER_NAME}' submitting flow run" in logs  # the stack's worker ran it
     assert f"Work Pool\n{ui_stack.config.work_pool}" in logs
-    parameters = open_tab(browser, "Parameters")
-    assert f'"name": "{recipe_name}"' in ui.wait(browser, lambda: parameters.text, "the run's parameters")
+    open_tab(browser, "Parameters")
+    ui.text_shown(browser, f'"name": "{recipe_name}"', "the changed recipe name in the run's parameters")
 
 
 # ---- MLflow UI ------------------------------------------------------------------------------------
@@ -160,9 +175,9 @@ def grid_rows(driver) -> dict[str, str]:
     """{run id: run name} of the rows the runs table shows."""
     from selenium.webdriver.common.by import By
 
-    cells = driver.find_elements(By.XPATH, "//*[@role='row' and @row-id]//*[@col-id='attributes.`Run Name`']")
-    return {cell.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-id"): cell.text
-            for cell in cells if cell.text}
+    links = driver.find_elements(By.XPATH, "//*[@role='row' and @row-id]//*[@col-id='attributes.`Run Name`']//a")
+    return {link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-id"): link.text
+            for link in links}
 
 
 def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_lineage(browser, ui_stack):
@@ -178,9 +193,12 @@ def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_
     parent_id = parent.get_attribute("row-id")
     before = ui.wait(browser, lambda: grid_rows(browser), "the runs table")
     parent.find_element(By.XPATH, ".//*[@col-id='attributes.`Run Name`']//button").click()  # expand
-    nested = ui.wait(browser, lambda: {i: n for i, n in grid_rows(browser).items() if i not in before},
-                     "the nested stage runs")
-    assert set(nested.values()) >= NESTED_STAGE_RUNS, nested
+
+    def nested_stage_runs() -> set[str] | None:
+        names = {name for run_id, name in grid_rows(browser).items() if run_id not in before}
+        return names if names >= NESTED_STAGE_RUNS else None
+
+    ui.wait(browser, nested_stage_runs, f"nested runs {sorted(NESTED_STAGE_RUNS)} under the parent run")
     ui.screenshot(browser, "mlflow-1-nested-stage-runs")
 
     ui.element(browser, f"//a[normalize-space()='{recipe.name}' and contains(@href, '/runs/{parent_id}')]",
