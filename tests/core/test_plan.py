@@ -102,7 +102,9 @@ def test_statistics_must_fit_the_config() -> None:
 def test_unknown_family_and_broken_config_are_reported_by_the_spec() -> None:
     stats = qwen3_stats()
     stats.model_type = "switch_transformer"
-    with pytest.raises(UnsupportedArchitectureError, match="unknown MoE family 'switch_transformer'; known: deepseek_v2"):
+    with pytest.raises(
+        UnsupportedArchitectureError, match="unknown MoE family 'switch_transformer'; known: deepseek_v2"
+    ):
         build_plan(stats, PlanConfig())
     stats = qwen3_stats()
     del stats.config["moe_intermediate_size"]
@@ -176,7 +178,11 @@ def test_each_kind_of_method_has_one_call_signature() -> None:
         for registry in (SCORERS, GROUPERS, SCALINGS)
         for method in registry.entries()
     }
-    assert signatures == {("stats", "num_selected", "options"), ("request", "options"), ("stats", "groups", "options")}
+    assert signatures == {
+        ("stats", "num_selected", "options"),
+        ("request", "options"),
+        ("stats", "groups", "options"),
+    }
     for registry in (SCORERS, GROUPERS, SCALINGS):
         for method in registry.entries():
             assert issubclass(method.options, MethodOptions) and method.defaults().name == method.name
@@ -187,7 +193,8 @@ def test_do_acp_ridge_reaches_the_scorer() -> None:
     stats = qwen3_stats(seed=8)  # a seed where the default ridge picks a different set
     default = build_plan(stats, PlanConfig(scoring="do_acp", num_selected=4, grouping="output_cluster"))
     huge_ridge = build_plan(
-        stats, PlanConfig(scoring={"name": "do_acp", "ridge": 1e12}, num_selected=4, grouping="output_cluster")
+        stats,
+        PlanConfig(scoring={"name": "do_acp", "ridge": 1e12}, num_selected=4, grouping="output_cluster"),
     )
     by_diagonal = [
         sorted(torch.topk(torch.diagonal(quality_gram(stats.layers[i])), 4).indices.tolist()) for i in (0, 1)
@@ -197,13 +204,19 @@ def test_do_acp_ridge_reaches_the_scorer() -> None:
 
 
 def random_kept(stats, seed: int) -> list[list[int]]:
-    return [layer.kept for layer in build_plan(stats, PlanConfig(scoring={"name": "random", "seed": seed})).layers]
+    return [
+        layer.kept for layer in build_plan(stats, PlanConfig(scoring={"name": "random", "seed": seed})).layers
+    ]
 
 
 def test_random_seed_reaches_the_scorer() -> None:
     stats = qwen3_stats(seed=5)
     kept = {seed: random_kept(stats, seed) for seed in range(6)}
-    assert kept[0] == random_kept(stats, 0) == [layer.kept for layer in build_plan(stats, PlanConfig(scoring="random")).layers]
+    assert (
+        kept[0]
+        == random_kept(stats, 0)
+        == [layer.kept for layer in build_plan(stats, PlanConfig(scoring="random")).layers]
+    )
     assert len({str(v) for v in kept.values()}) > 1
 
 
@@ -212,10 +225,25 @@ def test_random_seed_reaches_the_scorer() -> None:
 
 def test_a_bare_name_is_the_method_with_default_options() -> None:
     assert PlanConfig(scoring="do_acp") == PlanConfig(scoring={"name": "do_acp"}) == PlanConfig()
-    config = PlanConfig(scoring={"name": "do_acp", "exhaustive_limit": 5}, scaling={"name": "uniform", "router_mass": True})
-    assert (config.scoring.exhaustive_limit, config.scoring.exchange, config.scaling.router_mass) == (5, True, True)
-    assert config.model_dump(mode="json")["scoring"] == {"name": "do_acp", "exchange": True, "ridge": None, "exhaustive_limit": 5}
-    assert PlanConfig.model_validate_json(config.model_dump_json()) == config == PlanConfig(**config.model_dump())
+    config = PlanConfig(
+        scoring={"name": "do_acp", "exhaustive_limit": 5}, scaling={"name": "uniform", "router_mass": True}
+    )
+    assert (config.scoring.exhaustive_limit, config.scoring.exchange, config.scaling.router_mass) == (
+        5,
+        True,
+        True,
+    )
+    assert config.model_dump(mode="json")["scoring"] == {
+        "name": "do_acp",
+        "exchange": True,
+        "ridge": None,
+        "exhaustive_limit": 5,
+    }
+    assert (
+        PlanConfig.model_validate_json(config.model_dump_json())
+        == config
+        == PlanConfig(**config.model_dump())
+    )
     assert (str(config.scoring), str(config.grouping), str(config.scaling)) == (
         "do_acp(exhaustive_limit=5)",
         "prune",
@@ -226,22 +254,51 @@ def test_a_bare_name_is_the_method_with_default_options() -> None:
 @pytest.mark.parametrize(
     ("fields", "errors"),
     [
-        ({"scoring": "magic"}, [(("scoring",), "Input should be 'acp', 'cp', 'do_acp', 'ean', 'pp', 'random'")]),
-        ({"grouping": {"name": "kmeans"}}, [(("grouping", "name"), "Input should be 'output_cluster', 'prune'")]),
+        (
+            {"scoring": "magic"},
+            [(("scoring",), "Input should be 'acp', 'cp', 'do_acp', 'ean', 'pp', 'random'")],
+        ),
+        (
+            {"grouping": {"name": "kmeans"}},
+            [(("grouping", "name"), "Input should be 'output_cluster', 'prune'")],
+        ),
         ({"scoring": {"ridge": 1.0}}, [(("scoring", "name"), "Field required")]),
         (
             {"scoring": {"name": "do_acp", "ridge": 0.0, "exchange": 1, "limit": 3}},
             [
                 (("scoring", "exchange"), "Input should be a valid boolean"),
                 (("scoring", "ridge"), "Input should be greater than 0"),
-                (("scoring", "limit"), "Value error, unknown key (allowed: name, exchange, ridge, exhaustive_limit)"),
+                (
+                    ("scoring", "limit"),
+                    "Value error, unknown key (allowed: name, exchange, ridge, exhaustive_limit)",
+                ),
             ],
         ),
-        ({"scoring": {"name": "do_acp", "exhaustive_limit": True}}, [(("scoring", "exhaustive_limit"), "Input should be a valid integer")]),
-        ({"scoring": {"name": "random", "seed": 1.5}}, [(("scoring", "seed"), "Input should be a valid integer")]),
-        ({"scoring": {"name": "do_acp", "ridge": float("inf")}}, [(("scoring", "ridge"), "Input should be a finite number")]),
-        ({"scaling": {"name": "proportional", "router_mass": True}}, [(("scaling", "router_mass"), "Value error, unknown key (allowed: name)")]),
-        ({"scaling": 3}, [(("scaling",), "Value error, Input should be a scaling name or a mapping with its `name` and options")]),
+        (
+            {"scoring": {"name": "do_acp", "exhaustive_limit": True}},
+            [(("scoring", "exhaustive_limit"), "Input should be a valid integer")],
+        ),
+        (
+            {"scoring": {"name": "random", "seed": 1.5}},
+            [(("scoring", "seed"), "Input should be a valid integer")],
+        ),
+        (
+            {"scoring": {"name": "do_acp", "ridge": float("inf")}},
+            [(("scoring", "ridge"), "Input should be a finite number")],
+        ),
+        (
+            {"scaling": {"name": "proportional", "router_mass": True}},
+            [(("scaling", "router_mass"), "Value error, unknown key (allowed: name)")],
+        ),
+        (
+            {"scaling": 3},
+            [
+                (
+                    ("scaling",),
+                    "Value error, Input should be a scaling name or a mapping with its `name` and options",
+                )
+            ],
+        ),
     ],
 )
 def test_a_bad_method_choice_is_refused_at_its_key(fields: dict, errors: list[tuple[tuple, str]]) -> None:
@@ -265,7 +322,10 @@ def test_a_flat_option_of_schema_1_is_refused_naming_its_new_place(flat: dict, n
     with pytest.raises(ValidationError) as refused:
         PlanConfig(**flat)
     [error] = refused.value.errors()
-    assert error["loc"] == tuple(flat) and error["msg"] == f"Value error, is now an option of its method, written {new_place}"
+    assert (
+        error["loc"] == tuple(flat)
+        and error["msg"] == f"Value error, is now an option of its method, written {new_place}"
+    )
 
 
 def test_every_kind_lists_its_registered_methods_in_the_json_schema() -> None:

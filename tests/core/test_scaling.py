@@ -44,9 +44,7 @@ def test_uniform_is_one_over_k() -> None:
 def test_uniform_with_router_mass_multiplies_by_mean_applied_mass() -> None:
     # N = 10 tokens, Σ_t Σ_e w_e(t) = 2 + 1 + 1.5 + 0.5 = 5  →  mass 0.5, c_g = 0.5 / 2
     stats = stats_with([5, 5, 5, 5], [2.0, 1.0, 1.5, 0.5])
-    assert get_scaling("uniform")(stats, [[0, 1], [2]], ROUTER_MASS) == pytest.approx(
-        [0.25, 0.25], abs=1e-15
-    )
+    assert get_scaling("uniform")(stats, [[0, 1], [2]], ROUTER_MASS) == pytest.approx([0.25, 0.25], abs=1e-15)
 
 
 def test_router_mass_refuses_statistics_without_tokens() -> None:

@@ -161,4 +161,3 @@ def test_do_acp_with_all_zero_outputs_keeps_the_lowest_indices() -> None:
 def test_do_acp_returns_acp_as_its_scores() -> None:
     stats = simulate_layer_stats(0, 6, 2, seed=4)
     assert torch.equal(do_acp(stats, 2).scores, get_scorer("acp")(stats, 2).scores)
-

@@ -62,14 +62,18 @@ def test_the_recipe_and_its_prefect_form_list_the_toy_scorer_and_its_options(toy
         assert "toy" in names["enum"]
         toy = next(variant for variant in objects if variant["title"] == "toy")
         assert toy["properties"]["power"]["exclusiveMinimum"] == 0
-    recipe = parse_recipe({"name": "t", "source": {"model": "./teacher"}, "plan": {"scoring": {"name": "toy"}}})
+    recipe = parse_recipe(
+        {"name": "t", "source": {"model": "./teacher"}, "plan": {"scoring": {"name": "toy"}}}
+    )
     assert recipe.plan.scoring == LeastSelectedOptions(name="toy")
 
 
 def test_the_sweep_grid_sweeps_the_toy_scorer_by_default(toy_scorer: None) -> None:
     base = PlanConfig()
     assert "toy" in [str(choice) for choice in SweepGrid().scorers]
-    configs = SweepGrid(scorers=("toy", {"name": "toy", "power": 3.0}), num_selected=(None, 3)).configs(base, K_TOP)
+    configs = SweepGrid(scorers=("toy", {"name": "toy", "power": 3.0}), num_selected=(None, 3)).configs(
+        base, K_TOP
+    )
     assert [str(config.scoring) for config in configs] == ["toy", "toy(power=3.0)"]  # prune only at K = k
 
 

@@ -53,6 +53,8 @@ def test_stack_up_is_idempotent_shows_every_service_and_down_stops_them(tmp_path
         assert http_ok(f"http://127.0.0.1:{prefect_port}/api/health") and http_ok(f"http://127.0.0.1:{mlflow_port}/health")
         settings = yaml.safe_load((home / "stack" / "settings.yaml").read_text())
         assert settings["prefect_api_url"] == f"http://127.0.0.1:{prefect_port}/api"
+        # the Prefect UI in a browser calls the API its /ui-settings names (Prefect's default: port 4200)
+        assert http_json(f"http://127.0.0.1:{prefect_port}/ui-settings")["api_url"] == settings["prefect_api_url"]
         assert settings["mlflow_tracking_uri"] == f"http://127.0.0.1:{mlflow_port}"
         assert settings["s3_endpoint_url"] == f"http://127.0.0.1:{s3_port}"
         bucket = settings["artifact_root"].split("/")[2]

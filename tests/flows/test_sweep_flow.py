@@ -15,7 +15,9 @@ from tasks.tracking import TAG_STAGE, tracking_client
 def test_the_default_grid_sweeps_every_compared_scorer_with_the_recipe_plan_methods() -> None:
     base = PlanConfig(scoring="sf", grouping="prune", scaling={"name": "uniform", "router_mass": True})
     configs = SweepGrid().configs(base, top_k=2)
-    assert [config.scoring.name for config in configs] == compared_scorers() and "random" not in compared_scorers()
+    assert [
+        config.scoring.name for config in configs
+    ] == compared_scorers() and "random" not in compared_scorers()
     assert {(str(c.grouping), str(c.scaling), c.num_selected) for c in configs} == {
         ("prune", "uniform(router_mass=True)", None)
     }

@@ -13,6 +13,9 @@ from typing import Any
 
 import yaml
 
+from tasks.ecosystem_env import ECOSYSTEM_VARIABLES
+from tasks.settings import ENV_PREFIX, Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "infra" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "infra" / ".env.example"
@@ -27,6 +30,9 @@ IMAGE = f"moe2dense-worker:{version('moe2dense')}"
 CPU_IMAGE = f"{IMAGE}-cpu"
 IMAGE_HOME_IN_PROJECT = Path("/opt/moe2dense")
 """Where the Dockerfile puts the project (its WORKDIR)."""
+
+HUGGINGFACE_VARIABLES = {"HF_TOKEN"}
+"""Read by huggingface_hub in the flow runs, not by the settings."""
 
 # ${NAME}, ${NAME:-default}, ${NAME:?error} as compose interpolates them; `$$` is a literal `$`.
 INTERPOLATION = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
@@ -98,3 +104,9 @@ def copied_sources() -> dict[str, str]:
             for source in sources:
                 copies[source] = str(Path(destination) / Path(source).name) if len(sources) > 1 else destination
     return copies
+
+
+def settings_variables() -> set[str]:
+    """Every variable tasks/settings.py reads: MOE2DENSE_<FIELD> and the ecosystem's own (ecosystem_env)."""
+    own = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields}
+    return own | {name for names in ECOSYSTEM_VARIABLES.values() for name in names}

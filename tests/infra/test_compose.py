@@ -16,18 +16,19 @@ import prefect.settings
 import pytest
 
 from flows.work_pools import base_job_template
-from tasks.ecosystem_env import ECOSYSTEM_VARIABLES
 from tasks.settings import ENV_PREFIX, Settings
 from tests.infra.commands import assert_real_command
 from tests.infra.stack_files import (
     COMPOSE,
     CPU_IMAGE,
     ENV_EXAMPLE,
+    HUGGINGFACE_VARIABLES,
     IMAGE,
     compose_model,
     compose_variables,
     env_example,
     program,
+    settings_variables,
 )
 
 PINNED = re.compile(r"^[\w.\-/]+:(?P<tag>[\w.\-]+)@sha256:[0-9a-f]{64}$")
@@ -35,18 +36,11 @@ IMAGE_VARIABLES = {  # documented by those images; nothing in this project reads
     "postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
     "quay.io/minio/minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
 }
-HUGGINGFACE_VARIABLES = {"HF_TOKEN"}  # read by huggingface_hub in the flow runs
 
 
 @pytest.fixture(scope="module")
 def stack() -> dict:
     return compose_model()
-
-
-def settings_variables() -> set[str]:
-    """Every variable tasks/settings.py reads: MOE2DENSE_<FIELD> and the ecosystem's own (ecosystem_env)."""
-    own = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields}
-    return own | {name for names in ECOSYSTEM_VARIABLES.values() for name in names}
 
 
 def mlflow_variables() -> set[str]:
@@ -61,13 +55,14 @@ def listen_port(service: dict, option: str = "--port") -> int:
     return int(command[command.index(option) + 1])
 
 
-def test_docker_compose_resolves_the_file_as_these_tests_read_it(stack: dict) -> None:
+def test_docker_compose_resolves_the_file_as_these_tests_read_it(stack: dict, tmp_path) -> None:
     compose = program("docker-compose")
     if compose is None:
         pytest.skip("docker-compose is not installed (scripts/test.sh installs Docker's release binary)")
-    run = subprocess.run(
+    run = subprocess.run(  # only .env.example: a variable of the caller's shell would win over it
         [str(compose), "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "--profile", "gpu", "config",
          "--format", "json"], capture_output=True, text=True, timeout=120,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
     )
     assert run.returncode == 0, run.stderr
     resolved = json.loads(run.stdout)

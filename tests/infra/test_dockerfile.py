@@ -93,7 +93,7 @@ def test_the_image_project_tree_has_every_file_the_installed_commands_read(tmp_p
         "print(json.dumps([flows.__file__, str(DEMO_RECIPE), *map(str, JOB_TEMPLATES.values())]))"
     )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin", "DO_NOT_TRACK": "true"})
+                         env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DO_NOT_TRACK": "true"})
     assert run.returncode == 0, run.stderr
     module, *files = json.loads(run.stdout)
     assert module.startswith(str(project))

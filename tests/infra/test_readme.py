@@ -17,13 +17,14 @@ from tests.infra.commands import PROGRAMS, assert_real_command
 from tests.infra.stack_files import (
     COMPOSE,
     CPU_IMAGE,
+    HUGGINGFACE_VARIABLES,
     IMAGE,
     IMAGE_HOME_IN_PROJECT,
     INFRA_README,
     ROOT,
     compose_model,
+    settings_variables,
 )
-from tests.infra.test_compose import HUGGINGFACE_VARIABLES, settings_variables
 
 COMPOSE_SUBCOMMANDS = {"up", "down", "ps", "build", "exec", "run", "logs", "cp"}
 COMPOSE_GLOBAL_OPTIONS_WITH_VALUE = {"-f", "--file", "--profile", "--env-file", "-p", "--project-name"}

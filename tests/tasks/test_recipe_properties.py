@@ -205,7 +205,9 @@ def method_choices(registry: MethodRegistry) -> st.SearchStrategy[Any]:
     """A registered name, or {name, some options} with option values from the method's options model."""
 
     def with_options(method: Method) -> st.SearchStrategy[dict[str, Any]]:
-        options = {leaf.path[-1]: valid_values(leaf) for leaf in walk(method.options)[0] if leaf.path != ("name",)}
+        options = {
+            leaf.path[-1]: valid_values(leaf) for leaf in walk(method.options)[0] if leaf.path != ("name",)
+        }
         return st.fixed_dictionaries({"name": st.just(method.name)}, optional=options)
 
     return st.sampled_from(registry.names()) | st.one_of([with_options(m) for m in registry.entries()])

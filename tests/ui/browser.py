@@ -94,6 +94,28 @@ def element(driver, xpath: str, what: str, timeout_s: float = WAIT_S):
     return wait(driver, shown, what, timeout_s)
 
 
+def click(driver, xpath: str, what: str, timeout_s: float = WAIT_S) -> None:
+    """Click the first displayed element matching `xpath` once it can be clicked; a modal dialog in the
+    way (MLflow's promotions of new UIs) is closed with its Close button first, as a person would."""
+    from selenium.common.exceptions import ElementClickInterceptedException
+    from selenium.webdriver.common.by import By
+
+    def clicked() -> bool:
+        target = next((found for found in driver.find_elements(By.XPATH, xpath) if found.is_displayed()), None)
+        if target is None:
+            return False
+        try:
+            target.click()
+        except ElementClickInterceptedException:
+            for close in driver.find_elements(By.XPATH, "//*[@role='dialog']//button[@aria-label='Close']"):
+                if close.is_displayed():
+                    close.click()
+            return False
+        return True
+
+    wait(driver, clicked, what, timeout_s)
+
+
 def screenshot(driver, name: str) -> Path:
     """Save the viewport as `ARTIFACTS/<name>.png`; returns the path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

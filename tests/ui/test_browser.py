@@ -72,7 +72,7 @@ def open_tab(driver, name: str) -> None:
     """Click the tab `name` of a run page (its id ends in `-trigger-<name without spaces>`, which tells it
     from the runs list's tabs) and wait for its panel."""
     key = name.replace(" ", "")
-    ui.element(driver, f"//button[@role='tab' and substring-after(@id, '-trigger-')='{key}']", f"tab {name}").click()
+    ui.click(driver, f"//button[@role='tab' and substring-after(@id, '-trigger-')='{key}']", f"tab {name}")
     ui.element(driver, f"//*[@role='tabpanel' and @data-state='active' and substring-after(@id, '-content-')='{key}']",
                f"panel of tab {name}")
 
@@ -92,12 +92,12 @@ def task_run_states(driver) -> dict[str, str] | None:
 def test_prefect_ui_lists_the_cli_run_with_every_stage_completed(browser, ui_stack):
     run = ui_stack.cli_run
     browser.get(ui_stack.prefect_ui)
-    ui.element(browser, "//a[normalize-space()='Runs' and contains(@href, '/runs')]", "Runs in the navigation").click()
+    ui.click(browser, "//a[normalize-space()='Runs' and contains(@href, '/runs')]", "Runs in the navigation")
     link = f"//a[normalize-space()='{run.name}' and contains(@href, '/runs/flow-run/{run.id}')]"
     assert ui.wait(browser, lambda: card_state(browser, link), f"flow run {run.name} in the runs list") == "Completed"
     ui.screenshot(browser, "prefect-1-runs")
 
-    ui.element(browser, link, f"the link to flow run {run.name}").click()
+    ui.click(browser, link, f"the link to flow run {run.name}")
     ui.reached(browser, f"/runs/flow-run/{run.id}", f"the page of flow run {run.name}")
     open_tab(browser, "Task Runs")
     shown = ui.wait(browser, lambda: task_run_states(browser), "every task run of the flow run")
@@ -107,11 +107,10 @@ def test_prefect_ui_lists_the_cli_run_with_every_stage_completed(browser, ui_sta
 
 
 def field(driver, label: str):
-    """The input of the form field labelled `label` (exactly one such label)."""
+    """The input of the first form field labelled `label` (top-level fields come first in the form)."""
     from selenium.webdriver.common.by import By
 
-    label_element = ui.element(driver, f"//label[normalize-space()='{label}']", f"form field {label!r}")
-    assert len(driver.find_elements(By.XPATH, f"//label[normalize-space()='{label}']")) == 1, label
+    label_element = ui.element(driver, f"(//label[normalize-space()='{label}'])[1]", f"form field {label!r}")
     return driver.find_element(By.ID, label_element.get_attribute("for"))
 
 
@@ -139,27 +138,24 @@ def wait_for_final_state(driver, run_name: str) -> str:
 
 
 def test_a_custom_run_from_the_deployment_form_completes_on_the_worker(browser, ui_stack):
-    from selenium.webdriver.common.by import By
-
     run_name, recipe_name = "ui-custom-run", "ui-form-changed"
     browser.get(f"{ui_stack.prefect_ui}/v2/deployments")
-    convert_row = ui.element(browser, "//tr[.//a[contains(@href, '/deployments/deployment/')] and .//*[text()='convert']]",
-                             "the convert deployment")
-    convert_row.find_element(By.XPATH, ".//a[contains(@href, '/deployments/deployment/')]").click()
-    ui.element(browser, "//button[normalize-space()='Run']", "the Run button").click()
-    ui.element(browser, "//*[@role='menuitem' and normalize-space()='Custom run']", "Run → Custom run").click()
+    ui.click(browser, "//tr[.//*[text()='convert']]//a[contains(@href, '/deployments/deployment/')]",
+             "the convert deployment")
+    ui.click(browser, "//button[normalize-space()='Run']", "the Run button")
+    ui.click(browser, "//*[@role='menuitem' and normalize-space()='Custom run']", "Run → Custom run")
 
-    name = field(browser, "Name")  # the recipe's name: pre-filled by `deploy --recipe`
-    ui.wait(browser, lambda: name.get_attribute("value") == ui_stack.recipe.name, "the pre-filled recipe name")
-    replace_text(name, recipe_name)
+    prefilled = ui.wait(browser, lambda: field(browser, "Name").get_attribute("value"), "the recipe's name")
+    assert prefilled == ui_stack.recipe.name  # `moe2dense deploy --recipe` pre-filled the form
+    replace_text(field(browser, "Name"), recipe_name)
     replace_text(field(browser, "Run Name"), run_name)
     ui.screenshot(browser, "prefect-3-custom-run-form")
-    ui.element(browser, "//button[@type='submit' and normalize-space()='Submit']", "Submit").click()
+    ui.click(browser, "//button[@type='submit' and normalize-space()='Submit']", "Submit")
     ui.text_shown(browser, f"{run_name} scheduled", "the run-created notice")
 
-    ui.element(browser, "//a[normalize-space()='Runs' and contains(@href, '/runs')]", "Runs in the navigation").click()
-    ui.element(browser, f"//a[normalize-space()='{run_name}' and contains(@href, '/runs/flow-run/')]",
-               f"{run_name} in the runs list").click()
+    ui.click(browser, "//a[normalize-space()='Runs' and contains(@href, '/runs')]", "Runs in the navigation")
+    ui.click(browser, f"//a[normalize-space()='{run_name}' and contains(@href, '/runs/flow-run/')]",
+             f"{run_name} in the runs list")
     state = wait_for_final_state(browser, run_name)
     ui.screenshot(browser, "prefect-4-custom-run")
     logs = ui.page_text(browser)
@@ -181,18 +177,16 @@ def grid_rows(driver) -> dict[str, str]:
 
 
 def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_lineage(browser, ui_stack):
-    from selenium.webdriver.common.by import By
-
     recipe, cli_run = ui_stack.recipe, ui_stack.cli_run
     browser.get(f"{ui_stack.mlflow_ui}/#/experiments")
-    ui.element(browser, f"//a[normalize-space()='{recipe.tracking.experiment}']", "the experiment").click()
+    ui.click(browser, f"//a[normalize-space()='{recipe.tracking.experiment}']", "the experiment")
     experiment_id = ui.wait(browser, lambda: re.search(r"#/experiments/(\d+)", browser.current_url), "experiment page")[1]
     browser.get(f"{ui_stack.mlflow_ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
 
-    parent = ui.element(browser, f"//*[@role='row' and .//a[normalize-space()='{recipe.name}']]", "the parent run")
-    parent_id = parent.get_attribute("row-id")
     before = ui.wait(browser, lambda: grid_rows(browser), "the runs table")
-    parent.find_element(By.XPATH, ".//*[@col-id='attributes.`Run Name`']//button").click()  # expand
+    (parent_id,) = [run_id for run_id, name in before.items() if name == recipe.name]
+    ui.click(browser, f"//*[@role='row' and @row-id='{parent_id}']//*[@col-id='attributes.`Run Name`']//button",
+             "the parent run's expand button")
 
     def nested_stage_runs() -> set[str] | None:
         names = {name for run_id, name in grid_rows(browser).items() if run_id not in before}
@@ -201,8 +195,8 @@ def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_
     ui.wait(browser, nested_stage_runs, f"nested runs {sorted(NESTED_STAGE_RUNS)} under the parent run")
     ui.screenshot(browser, "mlflow-1-nested-stage-runs")
 
-    ui.element(browser, f"//a[normalize-space()='{recipe.name}' and contains(@href, '/runs/{parent_id}')]",
-               "the parent run's link").click()
+    ui.click(browser, f"//a[normalize-space()='{recipe.name}' and contains(@href, '/runs/{parent_id}')]",
+             "the parent run's link")
     ui.element(browser, "//*[normalize-space()='Child runs']", "the parent run's child runs")
     page = ui.text_shown(browser, TAG_PREFECT_FLOW_RUN_URL, "the parent run's tags")
     assert all(stage in page for stage in NESTED_STAGE_RUNS)
@@ -211,8 +205,8 @@ def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_
     ui.screenshot(browser, "mlflow-2-parent-run")
 
     browser.get(f"{ui_stack.mlflow_ui}/#/models")
-    ui.element(browser, f"//a[normalize-space()='{recipe.tracking.registered_model}']", "the registered model").click()
-    ui.element(browser, "//a[normalize-space()='Version 1']", "version 1").click()
+    ui.click(browser, f"//a[normalize-space()='{recipe.tracking.registered_model}']", "the registered model")
+    ui.click(browser, "//a[normalize-space()='Version 1']", "version 1")
     tags = version_tags(ui.text_shown(browser, TAG_CHECKPOINT_DIGEST, "the version's tags"))
     assert tags[TAG_SOURCE_MODEL] == recipe.source.model
     assert tags[TAG_PREFECT_FLOW_RUN] == cli_run.id
