@@ -114,7 +114,7 @@ def wider_experts_in_config(model_dir: Path) -> str:
 
 def unknown_model_type(model_dir: Path) -> str:
     edit_config(model_dir, model_type="not_a_moe")
-    return "'not_a_moe'.*supported:.*qwen3_moe"
+    return "unknown MoE family 'not_a_moe'; known:.*qwen3_moe"
 
 
 ATTENTION = "model.layers.1.self_attn.o_proj.weight"
