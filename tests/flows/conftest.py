@@ -7,18 +7,12 @@ import os
 import pytest
 
 from tests.flows.fake_hub import RELEASES, FakeHub
-from tests.flows.tiny_teacher import TinyTeacher, make_tiny_teacher
 
 
 @pytest.fixture
 def fake_hub():
     with FakeHub(RELEASES) as hub:
         yield hub
-
-
-@pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory) -> TinyTeacher:
-    return make_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"))
 
 
 @pytest.fixture(scope="module")

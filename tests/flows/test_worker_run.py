@@ -24,6 +24,7 @@ from tasks.tracking import (
     TAG_CHECKPOINT_URI,
     TAG_PREFECT_FLOW_RUN,
     TAG_STAGE,
+    stage_runs,
     tracking_client,
 )
 from tests.integration.servers import BIN
@@ -87,7 +88,7 @@ def test_a_run_created_as_the_ui_creates_it_completes_on_the_worker_with_full_li
     experiment = client.get_experiment_by_name(recipe.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id], f"tags.`{TAG_PREFECT_FLOW_RUN}` = '{run['id']}'")
     (parent,) = [r for r in runs if TAG_STAGE not in r.data.tags]
-    stages = {r.data.tags[TAG_STAGE]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    stages = stage_runs(client, parent.info.run_id)  # nested runs, and linked runs of results cached earlier
     assert set(stages) >= STAGES and {r.info.status for r in stages.values()} == {"FINISHED"}
     (version,) = client.search_model_versions(f"name = 'ui-dense' and run_id = '{stages['register'].info.run_id}'")
     assert version.tags[TAG_PREFECT_FLOW_RUN] == run["id"]

@@ -18,7 +18,6 @@ from tasks.local_stack import LocalStack, StackConfig, isolated_environment
 from tasks.processes import free_port, http_json
 from tasks.recipe import Recipe
 from tasks.recipe_io import recipe_to_yaml
-from tests.flows.conftest import tiny_teacher  # noqa: F401  (the session's tiny trained MoE teacher)
 from tests.integration.servers import BIN
 from tests.ui.browser import ARTIFACTS, screenshot, start_chromium
 
@@ -55,7 +54,7 @@ def moe2dense(*args: str, env: dict[str, str], cwd: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ui_stack(tiny_teacher, tmp_path_factory) -> Iterator[UiStack]:  # noqa: F811
+def ui_stack(tiny_teacher, tmp_path_factory) -> Iterator[UiStack]:
     home = tmp_path_factory.mktemp("ui_home")
     config = StackConfig(prefect_port=free_port(), mlflow_port=free_port(), s3_port=free_port())
     stack = LocalStack(home / "stack")
