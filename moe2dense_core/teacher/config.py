@@ -38,10 +38,10 @@ class TeacherModelConfig(BaseModel):
     expert_width: int = Field(default=128, ge=1)
     seq_len: int = Field(default=256, ge=8)
     batch_size: int = Field(default=8, ge=1)
-    steps: int = Field(default=700, ge=1)
+    steps: int = Field(default=500, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=30, ge=0)
+    warmup_steps: int = Field(default=25, ge=0)
     weight_decay: float = Field(default=0.1, ge=0)
     balance_coef: float = Field(default=0.01, ge=0)
     precision: Precision = "auto"

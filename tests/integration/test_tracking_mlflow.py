@@ -73,7 +73,7 @@ def test_parent_stage_runs_inputs_artifacts_and_registered_lineage(
     parent = client.get_run(run.run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["plan.scoring.name"] == "do_acp"
-    assert parent.data.params["distillation.train.max_steps"] == "150"
+    assert parent.data.params["distillation.train.max_steps"] == str(recipe.distillation.train.max_steps)
     assert parent.data.tags[TAG_PREFECT_FLOW_RUN] == "flow-run-123"
     assert parent.data.params["source.trust_remote_code"] == parent.data.tags[TAG_TRUST_REMOTE_CODE] == "false"
     recipe_path = client.download_artifacts(run.run_id, RECIPE_ARTIFACT, str(tmp_path / "dl"))
