@@ -9,8 +9,6 @@ a version-1 plan is upgraded on load (plan_v1.py), any other version is refused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from moe2dense_core.arch import MoEDims, get_spec
 from moe2dense_core.errors import PlanError
 from moe2dense_core.grouping import GROUPERS, ExpertWeightsFn, GroupingRequest, get_grouper, score_weighted
+from moe2dense_core.io.digests import json_sha256
 from moe2dense_core.plan_v1 import refuse_flat_options, upgrade_v1_plan
 from moe2dense_core.scaling import SCALINGS, get_scaling, shared_scale
 from moe2dense_core.schema import check_schema_version
@@ -125,8 +124,7 @@ class ConversionPlan(BaseModel):
 
     def digest(self) -> str:
         """sha256 of the canonical (sorted-key, compact) JSON of the plan."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return json_sha256(self.model_dump(mode="json"))
 
 
 # ---- building a plan ------------------------------------------------------------------------------

@@ -20,8 +20,6 @@ text sources reuse `CorpusSpec` (tasks/corpus.py).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.errors import Moe2DenseError, PlanError
 from moe2dense_core.evaluate.config import EvalConfig
+from moe2dense_core.io.digests import json_sha256
 from moe2dense_core.plan import PlanConfig, validate_plan_config
 from tasks.corpus import CorpusSpec
 from tasks.field_errors import format_validation_error, lax_number_errors
@@ -206,8 +205,7 @@ class Recipe(_Section):
 
     def digest(self) -> str:
         """sha256 of the canonical (sorted-key, compact) JSON of the recipe."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return json_sha256(self.model_dump(mode="json"))
 
 
 def _within(loc: tuple[str | int, ...], outer: tuple[str | int, ...]) -> bool:

@@ -15,13 +15,13 @@ for the new total from the checkpoint's step on (see `schedule.warmup_cosine_sch
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.errors import DistillError
+from moe2dense_core.io.digests import json_sha256
 
 # Fields that change how a run executes or is recorded, never its numbers.
 EXECUTION_ONLY_FIELDS = frozenset(
@@ -54,8 +54,7 @@ def run_identity(
         "student_digest": student_digest,
     }
     canonical = _canonical(identity)
-    config_json = json.dumps({k: canonical[k] for k in shaping}, sort_keys=True, separators=(",", ":"))
-    return canonical | {"config_digest": hashlib.sha256(config_json.encode()).hexdigest()}
+    return canonical | {"config_digest": json_sha256({k: canonical[k] for k in shaping})}
 
 
 def check_resumable(

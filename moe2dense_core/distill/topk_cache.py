@@ -31,6 +31,7 @@ from moe2dense_core.distill.precision import autocast, resolve_precision
 from moe2dense_core.errors import DistillError
 from moe2dense_core.io.atomic import atomic_path, atomic_write_text
 from moe2dense_core.io.digests import file_sha256
+from moe2dense_core.schema import check_schema_version
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -177,8 +178,7 @@ class TopKCache:
             manifest = TopKCacheManifest.model_validate(json.loads(manifest_path.read_text()))
         except ValueError as err:
             raise DistillError(f"{manifest_path} is not a valid top-k cache manifest: {err}") from err
-        if manifest.schema_version != SCHEMA_VERSION:
-            raise DistillError(f"{manifest_path}: schema_version {manifest.schema_version} != {SCHEMA_VERSION}")
+        check_schema_version(manifest.schema_version, SCHEMA_VERSION, str(manifest_path), DistillError)
         for shard in manifest.shards:
             path = directory / shard.file
             if not path.is_file():

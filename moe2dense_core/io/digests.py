@@ -1,4 +1,4 @@
-"""Content digests: sha256 of files (streamed) and of a checkpoint snapshot."""
+"""Content digests: sha256 of files (streamed), of canonical JSON values, and of a checkpoint snapshot."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def json_sha256(value: object) -> str:
+    """sha256 hex digest of the canonical JSON of `value`: sorted keys, compact separators, ASCII."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def snapshot_sha256(file_digests: dict[str, str]) -> str:
     """sha256 of the canonical JSON {file name: sha256} of a snapshot's files (order independent)."""
-    canonical = json.dumps(dict(sorted(file_digests.items())), separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return json_sha256(file_digests)
