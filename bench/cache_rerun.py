@@ -31,7 +31,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="moe2dense-bench-"))
     os.environ["MOE2DENSE_HOME"] = str(home)
-    from tasks.settings import Settings
+    from moe2dense_platform.settings import Settings
 
     Settings().apply_environment()  # before Prefect is imported
     import torch
@@ -41,9 +41,9 @@ def main() -> None:
     from flows.sweep import SweepGrid, SweepRecipe, sweep_flow
     from flows.teacher import TeacherRecipe, teacher_flow
     from moe2dense_core.teacher import TeacherModelConfig
-    from tasks.recipe_io import load_recipe
-    from tasks.runtime import Runtime
-    from tasks.tracking import TAG_STAGE
+    from moe2dense_platform.recipe_io import load_recipe
+    from moe2dense_platform.runtime import Runtime
+    from moe2dense_platform.tracking import TAG_STAGE
 
     small = TeacherModelConfig(
         hidden_size=64,

@@ -64,7 +64,7 @@ def configure(home: Path | None):
     """Settings from env / settings file (with --home), applied to the environment before Prefect loads."""
     if home is not None:
         os.environ["MOE2DENSE_HOME"] = str(home)
-    from tasks.settings import Settings
+    from moe2dense_platform.settings import Settings
 
     settings = Settings()
     settings.apply_environment()
@@ -76,9 +76,9 @@ def load_recipe_or_exit(path: Path, overrides: list[str] | None):
     """The validated recipe (checked against a local teacher's config.json too), or the field-path
     errors and exit code 2 — before any flow or task runs. Printed verbatim (no rich markup: the
     message quotes the user's own text)."""
-    from tasks.recipe import RecipeError
-    from tasks.recipe_io import load_recipe
-    from tasks.recipe_teacher import check_recipe_fits_teacher
+    from moe2dense_platform.recipe import RecipeError
+    from moe2dense_platform.recipe_io import load_recipe
+    from moe2dense_platform.recipe_teacher import check_recipe_fits_teacher
 
     try:
         recipe = load_recipe(path, overrides or [])
@@ -112,10 +112,10 @@ def stage_progress(description: str, total: int) -> Iterator[None]:
     """Progress over a flow's `total` stages, advanced by each finished stage run (tasks/stage_events.py).
 
     On a terminal: a rich bar over the stages plus a bar of steps for each long stage that reports
-    them (tasks.progress). Otherwise (CI logs, pipes, where rich would draw only at the end): one plain
+    them (moe2dense_platform.progress). Otherwise (CI logs, pipes, where rich would draw only at the end): one plain
     line per finished stage, `converting: 3/10 stages done (plan-0a1), elapsed 0:01:05`; the long
     stages log their own throttled step lines (stage, step/total, tokens/s, ETA) through Prefect's
-    task-run logger (tasks.progress)."""
+    task-run logger (moe2dense_platform.progress)."""
     if not console.is_terminal:
         started, done = time.monotonic(), [0]
 
@@ -127,7 +127,7 @@ def stage_progress(description: str, total: int) -> Iterator[None]:
         with finished_task_runs(print_line):
             yield
         return
-    from tasks.progress import PROGRESS_LOGGER
+    from moe2dense_platform.progress import PROGRESS_LOGGER
 
     progress = Progress(
         SpinnerColumn(),
@@ -289,7 +289,7 @@ def teacher(
     settings = configure(home)
     from flows.teacher import TeacherRecipe, teacher_flow
     from moe2dense_core.teacher import TeacherModelConfig
-    from tasks.corpus import CorpusSpec
+    from moe2dense_platform.corpus import CorpusSpec
 
     corpus = CorpusSpec(source="files", paths=tuple(text)) if text else CorpusSpec()
     model = TeacherModelConfig() if steps is None else TeacherModelConfig(steps=steps)
@@ -409,7 +409,7 @@ def worker(
 ) -> None:
     """Run a Prefect process worker on the server the settings name; its flow runs get these settings."""
     settings = require_prefect_server(configure(home), "workers")
-    from tasks.local_stack import worker_argv
+    from moe2dense_platform.local_stack import worker_argv
 
     argv = worker_argv(pool, name)
     console.print(f"worker for pool {pool} on {settings.prefect_api_url}; home {settings.home.resolve()}")
@@ -449,8 +449,8 @@ def stack_up(
     settings = configure(home)
     from dataclasses import asdict
 
-    from tasks.local_stack import LocalStack, StackConfig, StackError
-    from tasks.processes import ProcessError
+    from moe2dense_platform.local_stack import LocalStack, StackConfig, StackError
+    from moe2dense_platform.processes import ProcessError
 
     stack = LocalStack(settings.home / "stack")
     given = {"prefect_port": prefect_port, "mlflow_port": mlflow_port, "work_pool": pool}
@@ -472,7 +472,7 @@ def stack_up(
 def stack_status(home: HomeOption = None) -> None:
     """Each stack service: running or not, pid, URL, log (exit 1 unless all run)."""
     settings = configure(home)
-    from tasks.local_stack import LocalStack
+    from moe2dense_platform.local_stack import LocalStack
 
     statuses = LocalStack(settings.home / "stack").status()
     print_stack(statuses)
@@ -484,7 +484,7 @@ def stack_status(home: HomeOption = None) -> None:
 def stack_down(home: HomeOption = None) -> None:
     """Stop the stack's services (worker first)."""
     settings = configure(home)
-    from tasks.local_stack import LocalStack
+    from moe2dense_platform.local_stack import LocalStack
 
     stopped = LocalStack(settings.home / "stack").down()
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -554,7 +554,7 @@ def report(
 ) -> None:
     """List recent conversions, or show one run's evaluation numbers and report files."""
     settings = configure(home)
-    from tasks.tracking import TAG_OUTPUT, stage_runs, tracking_client
+    from moe2dense_platform.tracking import TAG_OUTPUT, stage_runs, tracking_client
 
     client = tracking_client(settings)
     if run_id is None:
@@ -588,6 +588,6 @@ def report(
 @app.command()
 def schema() -> None:
     """Print the recipe's JSON schema (the form the Prefect UI renders)."""
-    from tasks.recipe_io import recipe_json_schema
+    from moe2dense_platform.recipe_io import recipe_json_schema
 
     print(recipe_json_schema())

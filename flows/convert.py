@@ -26,16 +26,18 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from moe2dense_platform.preflight import preflight
+from moe2dense_platform.recipe import Recipe
+from moe2dense_platform.recipe_teacher import check_recipe_fits_teacher
+from moe2dense_platform.result_storage import ensure_result_storage
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.tracking import link_stage_runs, parent_run, run_url
 from tasks.assemble import assemble_task
 from tasks.calibrate import calibrate_task
 from tasks.distill import distill_task
 from tasks.evaluate import evaluate_task
 from tasks.plan import plan_task
-from tasks.preflight import preflight
-from tasks.recipe import Recipe
-from tasks.recipe_teacher import check_recipe_fits_teacher
 from tasks.report import register_task, report_task
-from tasks.result_storage import ensure_result_storage
 from tasks.results import (
     CalibrationResult,
     CheckpointResult,
@@ -45,9 +47,7 @@ from tasks.results import (
     ReportInputs,
     SourceResult,
 )
-from tasks.runtime import Runtime
 from tasks.source import source_task
-from tasks.tracking import link_stage_runs, parent_run, run_url
 
 
 class ConvertResult(BaseModel):

@@ -40,7 +40,7 @@ from flows.sweep import sweep_flow
 from flows.teacher import TeacherRecipe, teacher_flow
 from flows.watch import WatchConfig, watch_flow
 from flows.work_pools import IMAGE_HOME, PoolType, ensure_work_pool
-from tasks.recipe import Recipe, SourceConfig
+from moe2dense_platform.recipe import Recipe, SourceConfig
 
 DEFAULT_WORK_POOL = "moe2dense-process"
 DEFAULT_WATCH_CRON = "0 */6 * * *"

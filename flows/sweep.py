@@ -31,18 +31,18 @@ from moe2dense_core.plan import (
     validate_plan_config,
 )
 from moe2dense_core.scoring import compared_scorers
+from moe2dense_platform.preflight import preflight
+from moe2dense_platform.recipe import Recipe
+from moe2dense_platform.result_storage import ensure_result_storage
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.tracking import parent_run
 from tasks.assemble import assemble_task
 from tasks.calibrate import calibrate_task
 from tasks.distill import distill_task
 from tasks.evaluate import evaluate_task
 from tasks.plan import plan_task
-from tasks.preflight import preflight
-from tasks.recipe import Recipe
-from tasks.result_storage import ensure_result_storage
 from tasks.results import EvalTarget
-from tasks.runtime import Runtime
 from tasks.source import source_task
-from tasks.tracking import parent_run
 
 
 class SweepGrid(BaseModel):

@@ -19,8 +19,9 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict
 
 from moe2dense_core.teacher import TeacherModelConfig
-from tasks.corpus import CorpusSpec, prepare_corpus_task
-from tasks.redaction import install_environment_redaction
+from moe2dense_platform.corpus import CorpusSpec
+from moe2dense_platform.redaction import install_environment_redaction
+from tasks.corpus import prepare_corpus_task
 from tasks.teacher import TeacherResult, train_teacher_task
 
 

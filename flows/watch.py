@@ -5,11 +5,11 @@ Read top to bottom:
 1. templates: every entry's recipe (an absolute path, or a stored artifact URI fetched from the store) is
    validated with the entry's overrides — a bad entry fails here, before any hub call;
 2. releases: per entry, the newest `limit` models of its organisation whose id matches `name_pattern`,
-   read at `revision` resolved to its commit sha (tasks/hub.py); everything below is keyed `<id>@<sha>`;
+   read at `revision` resolved to its commit sha (moe2dense_platform/hub.py); everything below is keyed `<id>@<sha>`;
 3. screen: skipped with the reason when `config.model_type` is not in the entry's architecture filter,
    or the size (parameters / safetensors bytes) is over the entry's limit or not reported by the hub;
 4. converted: skipped when the MLflow Model Registry holds a version tagged with this id and commit sha
-   (`tasks.tracking.converted_versions`) — so a new commit of a converted model is converted again;
+   (`moe2dense_platform.tracking.converted_versions`) — so a new commit of a converted model is converted again;
 5. in flight: skipped when a `convert` flow run tagged `moe2dense.source=<id>@<sha>` is scheduled,
    pending, running or completed, so running watch twice starts nothing twice;
 6. trigger: the entry's recipe with `source.model`, `source.revision=<sha>` and `name` filled in (all
@@ -38,14 +38,14 @@ from prefect.deployments import run_deployment
 from pydantic import BaseModel, SecretStr
 
 from flows.watch_config import WatchConfig, WatchConfigError, WatchEntry
-from tasks.hub import HubClient, HubModel
-from tasks.recipe import Recipe, RecipeError
-from tasks.recipe_io import load_recipe
-from tasks.redaction import install_environment_redaction
-from tasks.runtime import transient_failure
-from tasks.settings import Settings
-from tasks.storage import StorageError, open_artifact_store
-from tasks.tracking import converted_versions, tracking_client
+from moe2dense_platform.hub import HubClient, HubModel
+from moe2dense_platform.recipe import Recipe, RecipeError
+from moe2dense_platform.recipe_io import load_recipe
+from moe2dense_platform.redaction import install_environment_redaction
+from moe2dense_platform.runtime import transient_failure
+from moe2dense_platform.settings import Settings
+from moe2dense_platform.storage import StorageError, open_artifact_store
+from moe2dense_platform.tracking import converted_versions, tracking_client
 
 FINISHED_UNSUCCESSFULLY = [StateType.FAILED, StateType.CANCELLED, StateType.CRASHED]
 NOTHING_WATCHED = "no watch entries configured: nothing is watched (example: configs/watch.example.yaml)"

@@ -24,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from moe2dense_core.arch import supported_model_types
 from moe2dense_core.errors import Moe2DenseError
-from tasks.hub import DEFAULT_HUB_URL
-from tasks.recipe import format_validation_error
+from moe2dense_platform.hub import DEFAULT_HUB_URL
+from moe2dense_platform.recipe import format_validation_error
 
 STORE_URI_SCHEMES = ("s3://", "file://")
-"""A recipe named by URI lives in the artifact store (tasks/storage.py writes these schemes)."""
+"""A recipe named by URI lives in the artifact store (moe2dense_platform/storage.py writes these schemes)."""
 
 
 class WatchConfigError(Moe2DenseError):

@@ -12,14 +12,14 @@ from __future__ import annotations
 from moe2dense_core.assembly.checkpoint import assemble
 from moe2dense_core.io.digests import snapshot_sha256
 from moe2dense_core.plan import ConversionPlan
-from tasks.caching import without
+from moe2dense_platform.caching import without
+from moe2dense_platform.recipe import StorageConfig
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.tracking import TAG_CHECKPOINT_DIGEST, TAG_PLAN_DIGEST
 from tasks.publish import finish, publish_dir, record_inputs
-from tasks.recipe import StorageConfig
 from tasks.results import CheckpointResult, PlanResult, SourceResult
-from tasks.runtime import Runtime
 from tasks.source import open_source
 from tasks.stage import stage
-from tasks.tracking import TAG_CHECKPOINT_DIGEST, TAG_PLAN_DIGEST
 
 MIB = 1024 * 1024
 

@@ -1,6 +1,6 @@
 """Stage `calibrate`: the teacher's expert statistics on calibration text (METHOD.md step 1).
 
-rows = train-side text packed into sequences of `seq_len` tokens (tasks.corpus.token_rows); the first
+rows = train-side text packed into sequences of `seq_len` tokens (moe2dense_platform.corpus.token_rows); the first
 ⌊num_tokens / seq_len⌋ rows of a seeded permutation are run in batches of `batch_size` through
 `moe2dense_core.collect_stats`. The ExpertStats folder (stats.safetensors + stats.json) is published
 once to the artifact store (kind `stats`; the stage's MLflow run records its URI and content address,
@@ -16,20 +16,20 @@ from typing import Any
 
 import torch
 
-from moe2dense_core.distill.data import tokens_digest
+from moe2dense_core.data import tokens_digest
 from moe2dense_core.distill.precision import compute_dtype
 from moe2dense_core.pretrained import load_tokenizer
 from moe2dense_core.stats.collect import collect_stats
-from tasks.caching import without
-from tasks.corpus import corpus_digest, token_rows
-from tasks.progress import StageProgress
+from moe2dense_platform.caching import without
+from moe2dense_platform.corpus import corpus_digest, token_rows
+from moe2dense_platform.progress import StageProgress
+from moe2dense_platform.recipe import CalibrationConfig, StatisticsConfig
+from moe2dense_platform.runtime import Runtime, log_token_input
+from moe2dense_platform.tracking import TAG_DATA_DIGEST, TAG_SNAPSHOT_DIGEST, TAG_STATS_DIGEST
 from tasks.publish import finish, publish_dir
-from tasks.recipe import CalibrationConfig, StatisticsConfig
 from tasks.results import CalibrationResult, SourceResult
-from tasks.runtime import Runtime, log_token_input
 from tasks.source import open_source
 from tasks.stage import stage
-from tasks.tracking import TAG_DATA_DIGEST, TAG_SNAPSHOT_DIGEST, TAG_STATS_DIGEST
 
 
 def calibrate_parts(p: dict[str, Any]) -> list[Any]:

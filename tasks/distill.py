@@ -1,7 +1,7 @@
 """Stage `distill`: knowledge distillation of the assembled student from the MoE teacher (METHOD.md step 6).
 
 The teacher runs online from the snapshot; data = train-side text of `distillation.data` packed into
-rows of `distillation.seq_len` (tasks.corpus.token_rows; never held-out text). The core loop logs its
+rows of `distillation.seq_len` (moe2dense_platform.corpus.token_rows; never held-out text). The core loop logs its
 curves (loss, KL, lr, grad norm, tokens/s) as step metrics on the stage's MLflow run. The distilled
 student is saved with `save_pretrained` next to its tokenizer and the assembly's model card and
 provenance, and published once to the artifact store (kind `distilled-model`; the MLflow run records
@@ -28,15 +28,20 @@ from moe2dense_core.distill import distill, tokens_digest
 from moe2dense_core.distill.precision import load_dtype
 from moe2dense_core.io.digests import file_sha256, snapshot_sha256
 from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
-from tasks.caching import without
-from tasks.corpus import corpus_digest, token_rows
-from tasks.progress import ProgressMetricLogger
+from moe2dense_platform.caching import without
+from moe2dense_platform.corpus import corpus_digest, token_rows
+from moe2dense_platform.progress import ProgressMetricLogger
+from moe2dense_platform.recipe import DistillationConfig
+from moe2dense_platform.runtime import Runtime, log_token_input
+from moe2dense_platform.tracking import (
+    TAG_CHECKPOINT_DIGEST,
+    TAG_PLAN_DIGEST,
+    TAG_SNAPSHOT_DIGEST,
+    TAG_STUDENT_DIGEST,
+)
 from tasks.publish import finish, publish_dir, record_inputs
-from tasks.recipe import DistillationConfig
 from tasks.results import CheckpointResult, SourceResult
-from tasks.runtime import Runtime, log_token_input
 from tasks.stage import STAGES, stage
-from tasks.tracking import TAG_CHECKPOINT_DIGEST, TAG_PLAN_DIGEST, TAG_SNAPSHOT_DIGEST, TAG_STUDENT_DIGEST
 
 PROVENANCE_FILES = ("README.md", "moe2dense.json")
 CHECKPOINTS_FOLDER = "distill-checkpoints"

@@ -21,14 +21,14 @@ from moe2dense_core.distill.precision import load_dtype
 from moe2dense_core.evaluate import evaluate_downstream, perplexity
 from moe2dense_core.io.digests import file_sha256
 from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
-from tasks.caching import without
-from tasks.corpus import corpus_digest, token_rows
+from moe2dense_platform.caching import without
+from moe2dense_platform.corpus import corpus_digest, token_rows
+from moe2dense_platform.recipe import EvaluationConfig
+from moe2dense_platform.runtime import Runtime, log_token_input
+from moe2dense_platform.tracking import TAG_CHECKPOINT_DIGEST
 from tasks.publish import finish, publish_text, record_inputs
-from tasks.recipe import EvaluationConfig
 from tasks.results import EvalTarget, EvaluationResult
-from tasks.runtime import Runtime, log_token_input
 from tasks.stage import stage
-from tasks.tracking import TAG_CHECKPOINT_DIGEST
 
 EVAL_SCHEMA_VERSION = 1
 

@@ -14,12 +14,12 @@ from contextlib import ExitStack
 
 from moe2dense_core.plan import ConversionPlan, PlanConfig, build_plan
 from moe2dense_core.stats.expert_stats import ExpertStats
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.tracking import TAG_PLAN_DIGEST, TAG_STATS_DIGEST
 from tasks.publish import finish, publish_text, record_inputs
 from tasks.results import CalibrationResult, PlanResult, SourceResult
-from tasks.runtime import Runtime
 from tasks.source import open_source
 from tasks.stage import stage
-from tasks.tracking import TAG_PLAN_DIGEST, TAG_STATS_DIGEST
 
 
 def make_plan(

@@ -7,7 +7,7 @@
 
 - every output is scanned for credentials once (Redactor.check_file / contains_secret: the copy that is
   uploaded is the copy that is scanned), hashed once and stored once, content-addressed
-  (`<kind>/<sha256>/<name>`, tasks/artifact_manifest.py); a second put of identical bytes stores nothing;
+  (`<kind>/<sha256>/<name>`, moe2dense_platform/artifact_manifest.py); a second put of identical bytes stores nothing;
 - the stage's MLflow run gets tags `moe2dense.output.<kind>.uri` and `moe2dense.output.<kind>.sha256`
   = the store's content address (so a tag value finds the object in the bucket), and inputs as
   `moe2dense.input.<name>.uri` / `.sha256`; large payloads (statistics, checkpoints) are never copied
@@ -21,11 +21,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.artifact_manifest import ArtifactRef
-from tasks.redaction import CredentialLeakError
-from tasks.runtime import Runtime
+from moe2dense_platform.artifact_manifest import ArtifactRef
+from moe2dense_platform.redaction import CredentialLeakError
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.tracking import TAG_INPUT, TAG_OUTPUT, MLflowLogger
 from tasks.stage import STAGES
-from tasks.tracking import TAG_INPUT, TAG_OUTPUT, MLflowLogger
 
 
 def address_tags(prefix: str, name: str, uri: str, ref: ArtifactRef) -> dict[str, str]:

@@ -8,7 +8,7 @@ artifact store (kind `report`); small (HTML + PNG), so its `report` stage run al
 `report/`. Cached on the recipe digest and every result it summarises.
 
 `register_task` registers the final checkpoint in the MLflow Model Registry with lineage tags
-(tasks.tracking.register_dense_model): the model version's `source` is the checkpoint's store URI — the
+(moe2dense_platform.tracking.register_dense_model): the model version's `source` is the checkpoint's store URI — the
 checkpoint is not uploaded again — with the store's content address as a tag; a checkpoint already
 registered under that name is not registered twice. Cached on checkpoint digest, model name and the
 tracking URI (where it registers).
@@ -19,6 +19,14 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.settings import Settings
+from moe2dense_platform.tracking import (
+    TAG_CHECKPOINT_DIGEST,
+    TAG_RECIPE_DIGEST,
+    Lineage,
+    register_dense_model,
+)
 from tasks.publish import finish, publish_dir, record_inputs
 from tasks.results import (
     CheckpointResult,
@@ -28,10 +36,7 @@ from tasks.results import (
     ReportResult,
     SourceResult,
 )
-from tasks.runtime import Runtime
-from tasks.settings import Settings
 from tasks.stage import stage
-from tasks.tracking import TAG_CHECKPOINT_DIGEST, TAG_RECIPE_DIGEST, Lineage, register_dense_model
 
 
 def loss_curve_png(runtime: Runtime, run_id: str, path: Path) -> bool:

@@ -3,7 +3,7 @@
 Stages import each other's results from here, never from each other's modules, so a stage module
 depends only on the platform (store, tracking, caching, recipe) and on this file. Every artifact URI is
 a store URI `<root>/<kind>/<sha256>/<name>`: its `<sha256>` is the store's content address
-(tasks/artifact_manifest.py), also recorded on the stage's MLflow run (tasks/publish.py).
+(moe2dense_platform/artifact_manifest.py), also recorded on the stage's MLflow run (tasks/publish.py).
 """
 
 from __future__ import annotations

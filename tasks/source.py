@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from moe2dense_core.checkpoint.teacher import Teacher, open_teacher
-from tasks.caching import COMMIT_SHA
+from moe2dense_platform.caching import COMMIT_SHA
+from moe2dense_platform.recipe import SourceConfig
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.tracking import TAG_SNAPSHOT_DIGEST, TAG_SOURCE_MODEL, TAG_SOURCE_REVISION
 from tasks.publish import finish
-from tasks.recipe import SourceConfig
 from tasks.results import SourceResult
-from tasks.runtime import Runtime
 from tasks.stage import stage
-from tasks.tracking import TAG_SNAPSHOT_DIGEST, TAG_SOURCE_MODEL, TAG_SOURCE_REVISION
 
 
 def source_parts(p: dict[str, Any]) -> list[Any] | None:

@@ -4,9 +4,9 @@
     def plan_task(source: SourceResult, ..., parent_run_id: str) -> PlanResult: ...
 
 A declaration gives the task, in one place:
-- its cache key: `StageKey(name, key)` (tasks/caching.py: stage name, code digest, store identity and
+- its cache key: `StageKey(name, key)` (moe2dense_platform/caching.py: stage name, code digest, store identity and
   the parts `key(parameters)` picks; None = never cached), results persisted in the artifact store;
-- retries with backoff on transient failures (connection, 5xx, throttling: tasks/transient.py), every
+- retries with backoff on transient failures (connection, 5xx, throttling: moe2dense_platform/transient.py), every
   stage touches the network (MLflow, the store, the hub): `STAGE_RETRIES` retries after
   `backoff_s · 2^(i-1)` seconds (i = 1, 2, …), a permanent error fails at once;
 - its lineage tags: MLflow tag name → result field, set on the stage run by `publish.finish`;
@@ -27,9 +27,9 @@ from prefect import Task, task
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
-from tasks.caching import StageKey
-from tasks.result_storage import RESULT_STORAGE
-from tasks.runtime import transient_failure
+from moe2dense_platform.caching import StageKey
+from moe2dense_platform.result_storage import RESULT_STORAGE
+from moe2dense_platform.runtime import transient_failure
 from tasks.stage_events import STATE_HOOKS
 
 STAGE_RETRIES = 3

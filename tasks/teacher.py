@@ -24,8 +24,8 @@ from prefect.cache_policies import NONE
 
 from moe2dense_core.logging import MetricLogger
 from moe2dense_core.teacher import TeacherModelConfig, train_teacher
-from tasks.corpus import DOCUMENT_SEPARATOR, CorpusFiles
-from tasks.progress import StageProgress
+from moe2dense_platform.corpus import DOCUMENT_SEPARATOR, CorpusFiles
+from moe2dense_platform.progress import StageProgress
 from tasks.stage_events import STATE_HOOKS
 
 TEACHER_RECORD = "teacher.json"
@@ -102,7 +102,7 @@ def train_or_reuse_teacher(
 @task(name="teacher", cache_policy=NONE, persist_result=False, **STATE_HOOKS)
 def train_teacher_task(corpus: CorpusFiles, config: TeacherModelConfig, out_root: str) -> TeacherResult:
     """Prefect adapter of `train_or_reuse_teacher` (the folder key is the cache: see module docstring).
-    Training steps are reported as progress of stage `teacher-<kind>` (tasks/progress.py: bars for the
+    Training steps are reported as progress of stage `teacher-<kind>` (moe2dense_platform/progress.py: bars for the
     CLI, throttled plain log lines when stdout is not a terminal); a reused teacher reports none."""
     progress = StageProgress(f"teacher-{config.kind}", tokens_per_step=config.tokens_per_step)
     return train_or_reuse_teacher(

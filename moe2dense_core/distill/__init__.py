@@ -5,9 +5,7 @@
     result = distill(student, teacher, splits.train, DistillConfig(max_steps=1000))
 """
 
-from moe2dense_core.distill.checkpointing import full_training_state, latest_checkpoint
-from moe2dense_core.distill.config import DistillConfig
-from moe2dense_core.distill.data import (
+from moe2dense_core.data import (
     TextDataSpec,
     TokenSplits,
     load_text_dataset,
@@ -17,6 +15,8 @@ from moe2dense_core.distill.data import (
     tokenize_documents,
     tokens_digest,
 )
+from moe2dense_core.distill.checkpointing import full_training_state, latest_checkpoint
+from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.distill.expanded_routing import expanded_teacher_routing
 from moe2dense_core.distill.loop import DistillResult, distill
 from moe2dense_core.distill.losses import (

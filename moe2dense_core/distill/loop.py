@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from moe2dense_core.data import tokens_digest
 from moe2dense_core.distill.checkpointing import (
     TrainerPosition,
     checkpoint_step,
@@ -35,7 +36,6 @@ from moe2dense_core.distill.checkpointing import (
     save_checkpoint,
 )
 from moe2dense_core.distill.config import DistillConfig
-from moe2dense_core.distill.data import tokens_digest
 from moe2dense_core.distill.distributed import (
     DistributedContext,
     all_reduce_sum,

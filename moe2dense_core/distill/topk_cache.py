@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from moe2dense_core.distill.data import tokens_digest
+from moe2dense_core.data import tokens_digest
 from moe2dense_core.distill.expanded_routing import expanded_teacher_routing
 from moe2dense_core.distill.precision import autocast, resolve_precision
 from moe2dense_core.errors import DistillError

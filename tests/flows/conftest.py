@@ -27,7 +27,7 @@ def team_stack(prefect_server, mlflow_server, s3_server, tmp_path_factory):
         temporary_settings,
     )
 
-    from tasks.settings import Settings
+    from moe2dense_platform.settings import Settings
 
     home = tmp_path_factory.mktemp("moe2dense_home")
     env = {

@@ -1,4 +1,4 @@
-"""A small fake model hub on 127.0.0.1 speaking the two Hub API calls `tasks.hub.HubClient` makes.
+"""A small fake model hub on 127.0.0.1 speaking the two Hub API calls `moe2dense_platform.hub.HubClient` makes.
 
     GET /api/models?author=<org>[&search=<text>][&limit=n]   → [{"id": ...}, ...] (newest first)
     GET /api/models/<org>/<name>/revision/<rev>[?blobs=true] → {"id", "sha", "config": {"model_type",

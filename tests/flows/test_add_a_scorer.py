@@ -17,7 +17,7 @@ from moe2dense_core.plan import PlanConfig, build_plan
 from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring import SCORERS, ScoreResult, register_scorer
 from moe2dense_core.stats.layer_stats import LayerStats
-from tasks.recipe import Recipe, parse_recipe
+from moe2dense_platform.recipe import Recipe, parse_recipe
 from tests.fixtures.synthetic_stats import qwen3_moe_config, simulate_expert_stats
 
 E, K_TOP = 8, 2

@@ -11,9 +11,9 @@ import shutil
 import pytest
 
 from flows.convert import convert_flow
-from tasks.result_storage import RESULTS_FOLDER
-from tasks.settings import Settings
-from tasks.tracking import TAG_PREFECT_FLOW_RUN, TAG_STAGE, tracking_client
+from moe2dense_platform.result_storage import RESULTS_FOLDER
+from moe2dense_platform.settings import Settings
+from moe2dense_platform.tracking import TAG_PREFECT_FLOW_RUN, TAG_STAGE, tracking_client
 from tests.flows.test_convert_flow import STAGES, task_run_states
 
 

@@ -25,7 +25,7 @@ home, text = Path(sys.argv[1]), Path(sys.argv[2])
 configure(home)
 from flows.teacher import TeacherRecipe, teacher_flow
 from moe2dense_core.teacher import TeacherModelConfig
-from tasks.corpus import CorpusSpec
+from moe2dense_platform.corpus import CorpusSpec
 from tests.flows.tiny_teacher import TINY_TEACHER
 
 corpus = CorpusSpec(source="files", paths=(text,), heldout_fraction=0.2)

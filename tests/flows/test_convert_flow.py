@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.convert import convert_flow, planned_stages
-from tasks.storage import open_artifact_store
-from tasks.tracking import (
+from moe2dense_platform.storage import open_artifact_store
+from moe2dense_platform.tracking import (
     TAG_CHECKPOINT_SHA256,
     TAG_PLAN_DIGEST,
     TAG_PREFECT_FLOW_RUN,

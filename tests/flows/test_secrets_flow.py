@@ -30,8 +30,8 @@ from prefect.logging.handlers import APILogWorker
 from prefect.logging.loggers import flow_run_logger
 
 from flows.convert import convert_flow
-from tasks.redaction import MASK
-from tasks.tracking import TAG_PREFECT_FLOW_RUN, tracking_client
+from moe2dense_platform.redaction import MASK
+from moe2dense_platform.tracking import TAG_PREFECT_FLOW_RUN, tracking_client
 
 pytestmark = pytest.mark.integration
 

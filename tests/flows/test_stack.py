@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.local_stack import WORKER_NAME, isolated_environment
-from tasks.processes import free_port, http_json, http_ok, pid_alive
+from moe2dense_platform.local_stack import WORKER_NAME, isolated_environment
+from moe2dense_platform.processes import free_port, http_json, http_ok, pid_alive
 from tests.integration.servers import BIN
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from flows.sweep import SweepGrid, SweepRecipe, sweep_flow
 from moe2dense_core.errors import PlanError
 from moe2dense_core.plan import PlanConfig, validate_plan_config
 from moe2dense_core.scoring import compared_scorers
-from tasks.tracking import TAG_STAGE, tracking_client
+from moe2dense_platform.tracking import TAG_STAGE, tracking_client
 
 
 def test_the_default_grid_sweeps_every_compared_scorer_with_the_recipe_plan_methods() -> None:

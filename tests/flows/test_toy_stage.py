@@ -14,11 +14,11 @@ from prefect import flow
 
 import tests.flows.toy_stage as toy  # the one import that adds the stage
 from flows.cli import stage_progress
-from tasks.recipe_io import load_recipe
-from tasks.result_storage import ensure_result_storage
-from tasks.runtime import Runtime
+from moe2dense_platform.recipe_io import load_recipe
+from moe2dense_platform.result_storage import ensure_result_storage
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.tracking import parent_run
 from tasks.stage import STAGE_RETRIES, STAGES
-from tasks.tracking import parent_run
 
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 

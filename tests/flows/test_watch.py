@@ -24,8 +24,8 @@ from flows.watch import (
 )
 from flows.watch_config import WatchConfig, WatchConfigError, WatchEntry, load_watch_config
 from moe2dense_core.arch import supported_model_types
-from tasks.hub import HubClient, HubError, HubModel
-from tasks.storage import LocalArtifactStore
+from moe2dense_platform.hub import HubClient, HubError, HubModel
+from moe2dense_platform.storage import LocalArtifactStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_RECIPE = str(PROJECT_ROOT / "configs" / "demo.yaml")
@@ -199,7 +199,7 @@ def test_watch_converts_new_commits_skips_with_reasons_and_a_dry_run_triggers_no
 
     from flows.convert import convert_flow
     from flows.watch import release_tag
-    from tasks.tracking import Lineage, tracking_client
+    from moe2dense_platform.tracking import Lineage, tracking_client
 
     convert_flow.to_deployment(name="watch-it").apply()  # no worker: its runs stay scheduled
     client = tracking_client(team_stack)

@@ -16,10 +16,10 @@ from datetime import datetime
 import pytest
 
 from flows.deploy import deploy_all
-from tasks.local_stack import isolated_environment, worker_online
-from tasks.processes import http_json, log_tail, start_process, stop_group, wait_until
-from tasks.storage import open_artifact_store
-from tasks.tracking import (
+from moe2dense_platform.local_stack import isolated_environment, worker_online
+from moe2dense_platform.processes import http_json, log_tail, start_process, stop_group, wait_until
+from moe2dense_platform.storage import open_artifact_store
+from moe2dense_platform.tracking import (
     TAG_CHECKPOINT_DIGEST,
     TAG_CHECKPOINT_URI,
     TAG_PREFECT_FLOW_RUN,

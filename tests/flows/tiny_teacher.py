@@ -41,7 +41,7 @@ class TinyTeacher:
 
     def recipe(self, *overrides: str):
         """configs/demo.yaml shrunk to seconds on this teacher (plus `overrides`)."""
-        from tasks.recipe_io import load_recipe
+        from moe2dense_platform.recipe_io import load_recipe
 
         data = f"{{source: files, paths: [{self.text}], heldout_fraction: 0.2}}"
         tiny = [
@@ -64,7 +64,7 @@ class TinyTeacher:
 def make_tiny_teacher(root: Path) -> TinyTeacher:
     """Write a small synthetic English text under `root` and train the tiny teacher on it."""
     from moe2dense_core.teacher import TeacherModelConfig
-    from tasks.corpus import CorpusSpec, write_corpus
+    from moe2dense_platform.corpus import CorpusSpec, write_corpus
     from tasks.teacher import train_or_reuse_teacher
 
     text = root / "text.txt"

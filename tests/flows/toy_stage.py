@@ -7,8 +7,8 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict
 
+from moe2dense_platform.runtime import Runtime
 from tasks.publish import finish, publish_text
-from tasks.runtime import Runtime
 from tasks.stage import stage
 
 TAG_TOY_DIGEST = "moe2dense.toy_digest"

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from tasks.ecosystem_env import ECOSYSTEM_VARIABLES
-from tasks.settings import ENV_PREFIX, Settings
+from moe2dense_platform.ecosystem_env import ECOSYSTEM_VARIABLES
+from moe2dense_platform.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "infra" / "compose.yaml"
@@ -107,6 +107,6 @@ def copied_sources() -> dict[str, str]:
 
 
 def settings_variables() -> set[str]:
-    """Every variable tasks/settings.py reads: MOE2DENSE_<FIELD> and the ecosystem's own (ecosystem_env)."""
+    """Every variable moe2dense_platform/settings.py reads: MOE2DENSE_<FIELD> and the ecosystem's own (ecosystem_env)."""
     own = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields}
     return own | {name for names in ECOSYSTEM_VARIABLES.values() for name in names}

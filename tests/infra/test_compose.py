@@ -16,7 +16,7 @@ import prefect.settings
 import pytest
 
 from flows.work_pools import base_job_template
-from tasks.settings import ENV_PREFIX, Settings
+from moe2dense_platform.settings import ENV_PREFIX, Settings
 from tests.infra.commands import assert_real_command
 from tests.infra.stack_files import (
     COMPOSE,
@@ -150,7 +150,7 @@ def test_every_environment_variable_is_one_its_program_reads(stack: dict) -> Non
             if "build" not in service:
                 assert variable in IMAGE_VARIABLES[service["image"].split(":")[0]], f"{name}: {variable}"
             elif name.startswith("worker-"):  # configured by moe2dense's settings only
-                assert variable in ours | HUGGINGFACE_VARIABLES, f"{name}: {variable} is not read by tasks/settings.py"
+                assert variable in ours | HUGGINGFACE_VARIABLES, f"{name}: {variable} is not read by moe2dense_platform/settings.py"
             elif variable.startswith("PREFECT_"):
                 assert hasattr(prefect.settings, variable), f"{name}: {variable} is not a Prefect setting"
             elif variable.startswith("MLFLOW_"):

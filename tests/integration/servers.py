@@ -22,8 +22,16 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tasks.local_stack import isolated_environment
-from tasks.processes import ProcessError, free_port, http_ok, log_tail, start_process, stop_group, wait_until
+from moe2dense_platform.local_stack import isolated_environment
+from moe2dense_platform.processes import (
+    ProcessError,
+    free_port,
+    http_ok,
+    log_tail,
+    start_process,
+    stop_group,
+    wait_until,
+)
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).parent
@@ -48,7 +56,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @dataclass
 class ServerProcess:
-    """A started server (tasks/processes.py); readiness failures fail the test with the server's log."""
+    """A started server (moe2dense_platform/processes.py); readiness failures fail the test with the server's log."""
 
     name: str
     pid: int

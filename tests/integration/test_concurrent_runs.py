@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifact_manifest import MANIFEST_SUFFIX, ArtifactRef
-from tasks.local_stack import isolated_environment
-from tasks.result_storage import RESULTS_FOLDER
+from moe2dense_platform.artifact_manifest import MANIFEST_SUFFIX, ArtifactRef
+from moe2dense_platform.local_stack import isolated_environment
+from moe2dense_platform.result_storage import RESULTS_FOLDER
 from tests.integration.test_upload_sigkill import PROJECT_ROOT, keys, s3_store
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_two_converts_and_a_sweep_at_once_share_one_calibration_and_clobber_noth
 ) -> None:
     from mlflow import MlflowClient
 
-    from tasks.tracking import TAG_OUTPUT, TAG_STAGE, stage_runs
+    from moe2dense_platform.tracking import TAG_OUTPUT, TAG_STAGE, stage_runs
 
     teacher, text = random_teacher
     prefix = f"concurrent-{uuid.uuid4().hex[:8]}"

@@ -40,13 +40,13 @@ def run_stages(home: str, teacher: str, text: str, out: str) -> None:
     """Child process: the stages up to distill at `home`; writes the distill result's JSON to `out`."""
     os.environ["MOE2DENSE_HOME"] = home
     torch.set_num_threads(1)
+    from moe2dense_platform.runtime import Runtime
+    from moe2dense_platform.tracking import parent_run
     from tasks.assemble import assemble_task
     from tasks.calibrate import calibrate_task
     from tasks.distill import distill_task
     from tasks.plan import plan_task
-    from tasks.runtime import Runtime
     from tasks.source import source_task
-    from tasks.tracking import parent_run
 
     recipe = TinyTeacher(Path(teacher), Path(text)).recipe(*OVERRIDES)
     runtime = Runtime.from_environment()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifact_manifest import MANIFEST_SUFFIX, StorageError
-from tasks.local_stack import SERVER_PREFIXES
+from moe2dense_platform.artifact_manifest import MANIFEST_SUFFIX, StorageError
+from moe2dense_platform.local_stack import SERVER_PREFIXES
 from tests.integration.faulty_proxy import DROP, PASS, FaultyProxy
 from tests.integration.test_upload_sigkill import keys
 
@@ -30,12 +30,12 @@ ATTEMPTS = 3  # MOE2DENSE_STORAGE_MAX_ATTEMPTS below, each one request (botocore
 
 def run_stages(recipe) -> dict:
     """source → calibrate → plan → assemble under one MLflow parent run; their results by stage name."""
+    from moe2dense_platform.runtime import Runtime
+    from moe2dense_platform.tracking import parent_run
     from tasks.assemble import assemble_task
     from tasks.calibrate import calibrate_task
     from tasks.plan import plan_task
-    from tasks.runtime import Runtime
     from tasks.source import source_task
-    from tasks.tracking import parent_run
 
     runtime = Runtime.from_environment()
     location = runtime.settings.resolved_mlflow_artifact_location

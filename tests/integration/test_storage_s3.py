@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from tasks.artifact_manifest import UnsafeKeyError
-from tasks.s3_store import S3ArtifactStore
-from tasks.settings import MIB, Settings
-from tasks.storage import ArtifactIntegrityError, ArtifactNotFoundError, StorageError, open_artifact_store
-from tasks.transient import RetryPolicy
+from moe2dense_platform.artifact_manifest import UnsafeKeyError
+from moe2dense_platform.s3_store import S3ArtifactStore
+from moe2dense_platform.settings import MIB, Settings
+from moe2dense_platform.storage import (
+    ArtifactIntegrityError,
+    ArtifactNotFoundError,
+    StorageError,
+    open_artifact_store,
+)
+from moe2dense_platform.transient import RetryPolicy
 from tests.integration.faulty_proxy import DROP, PASS, TRUNCATE, FaultyProxy, drop_first
 from tests.integration.servers import S3Server
 
@@ -163,7 +168,7 @@ def test_failure_mid_upload_leaves_no_visible_artifact(
         with pytest.raises(StorageError, match="model.safetensors"):
             open_artifact_store(settings).put_dir(source, kind="dense-model")
         # the store tried the weights file twice (2 attempts → 1 retry warning); every try was cut
-        retries = [r for r in caplog.records if r.name == "tasks.transient" and "model.safetensors" in r.getMessage()]
+        retries = [r for r in caplog.records if r.name == "moe2dense_platform.transient" and "model.safetensors" in r.getMessage()]
         assert len(retries) == 1 and "attempt 1/2" in retries[0].getMessage()
         assert proxy.count(DROP) == 2 and proxy.count(PASS) >= 1  # config.json got through
     prefix = root.split("/", 3)[3]

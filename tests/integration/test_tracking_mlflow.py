@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tasks.recipe import Recipe
-from tasks.recipe_io import load_recipe, recipe_to_yaml
-from tasks.redaction import MASK, CredentialLeakError, Redactor, install_log_redaction
-from tasks.settings import Settings
-from tasks.tracking import (
+from moe2dense_platform.recipe import Recipe
+from moe2dense_platform.recipe_io import load_recipe, recipe_to_yaml
+from moe2dense_platform.redaction import MASK, CredentialLeakError, Redactor, install_log_redaction
+from moe2dense_platform.settings import Settings
+from moe2dense_platform.tracking import (
     RECIPE_ARTIFACT,
     TAG_CHECKPOINT_SHA256,
     TAG_PLAN_DIGEST,

@@ -30,10 +30,10 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 
-from tasks.artifact_manifest import MANIFEST_SUFFIX, ArtifactNotFoundError, ArtifactRef
-from tasks.local_store import LocalArtifactStore
-from tasks.result_storage import RESULTS_FOLDER
-from tasks.s3_store import S3ArtifactStore
+from moe2dense_platform.artifact_manifest import MANIFEST_SUFFIX, ArtifactNotFoundError, ArtifactRef
+from moe2dense_platform.local_store import LocalArtifactStore
+from moe2dense_platform.result_storage import RESULTS_FOLDER
+from moe2dense_platform.s3_store import S3ArtifactStore
 from tests.integration.faulty_proxy import DROP, PASS, FaultyProxy
 from tests.integration.servers import DUMMY_AWS
 
@@ -190,13 +190,13 @@ def until_assemble(recipe) -> dict:
     returns each stage's Prefect state name and the checkpoint result."""
     from prefect import flow
 
+    from moe2dense_platform.result_storage import ensure_result_storage
+    from moe2dense_platform.runtime import Runtime
+    from moe2dense_platform.tracking import parent_run
     from tasks.assemble import assemble_task
     from tasks.calibrate import calibrate_task
     from tasks.plan import plan_task
-    from tasks.result_storage import ensure_result_storage
-    from tasks.runtime import Runtime
     from tasks.source import source_task
-    from tasks.tracking import parent_run
 
     @flow(name="until-assemble")
     def stages() -> dict:
@@ -219,7 +219,7 @@ def until_assemble(recipe) -> dict:
 
 
 def stack_environment(home: Path, s3_server, endpoint_url: str, prefix: str, prefect_api_url: str) -> dict[str, str]:
-    from tasks.local_stack import isolated_environment
+    from moe2dense_platform.local_stack import isolated_environment
 
     return isolated_environment(
         MOE2DENSE_HOME=str(home),

@@ -19,9 +19,9 @@ def teacher(tmp_path_factory) -> TinyTeacher:
 @pytest.fixture(scope="module")
 def parent_run_id(tmp_path_factory):
     """Embedded settings in a temporary home and an MLflow parent run to nest stage runs under."""
-    from tasks.recipe_io import load_recipe
-    from tasks.runtime import Runtime
-    from tasks.tracking import parent_run
+    from moe2dense_platform.recipe_io import load_recipe
+    from moe2dense_platform.runtime import Runtime
+    from moe2dense_platform.tracking import parent_run
 
     home = tmp_path_factory.mktemp("home")
     previous = os.environ.get("MOE2DENSE_HOME")

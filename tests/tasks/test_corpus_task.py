@@ -1,4 +1,4 @@
-"""tasks/corpus.py: the builtin offline corpus, local files, local `datasets` folders, the stable split."""
+"""moe2dense_platform/corpus.py: the builtin offline corpus, local files, local `datasets` folders, the stable split."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import hashlib
 import pytest
 from pydantic import ValidationError
 
-from tasks.corpus import (
+from moe2dense_platform.corpus import (
     CorpusError,
     CorpusSpec,
     file_documents,
     is_heldout,
     load_documents,
-    prepare_corpus_task,
     write_corpus,
 )
+from tasks.corpus import prepare_corpus_task
 
 
 @pytest.mark.slow

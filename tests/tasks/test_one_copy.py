@@ -11,13 +11,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.tracking import (
+    TAG_CHECKPOINT_DIGEST,
+    TAG_CHECKPOINT_SHA256,
+    TAG_PLAN_DIGEST,
+    TAG_STATS_DIGEST,
+)
 from tasks.assemble import assemble_task
 from tasks.calibrate import calibrate_task
 from tasks.plan import plan_task
 from tasks.report import register_task
-from tasks.runtime import Runtime
 from tasks.source import source_task
-from tasks.tracking import TAG_CHECKPOINT_DIGEST, TAG_CHECKPOINT_SHA256, TAG_PLAN_DIGEST, TAG_STATS_DIGEST
 from tests.tasks.stage_fixtures import parent_run_id, teacher  # noqa: F401 (fixtures)
 
 

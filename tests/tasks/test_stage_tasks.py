@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM
 from moe2dense_core.io.digests import file_sha256
 from moe2dense_core.plan import ConversionPlan, PlanConfig
 from moe2dense_core.stats.expert_stats import ExpertStats
+from moe2dense_platform.runtime import Runtime
 from tasks.assemble import assemble_task
 from tasks.calibrate import calibrate_task, calibration_rows
 from tasks.distill import distill_task
 from tasks.evaluate import EvalTarget, evaluate_task
 from tasks.plan import plan_task
-from tasks.runtime import Runtime
 from tasks.source import source_task
 from tests.tasks.stage_fixtures import parent_run_id, teacher  # noqa: F401 (fixtures)
 

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from moe2dense_core.teacher import TeacherModelConfig
-from tasks.corpus import CorpusSpec, write_corpus
-from tasks.progress import PROGRESS_LOGGER
+from moe2dense_platform.corpus import CorpusSpec, write_corpus
+from moe2dense_platform.progress import PROGRESS_LOGGER
 from tasks.teacher import TEACHER_RECORD, train_or_reuse_teacher, train_teacher_task
 from tests.flows.tiny_teacher import TINY_TEACHER, animal_paragraphs
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.local_stack import LocalStack, StackConfig, isolated_environment
-from tasks.processes import free_port, http_json
-from tasks.recipe import Recipe
-from tasks.recipe_io import recipe_to_yaml
+from moe2dense_platform.local_stack import LocalStack, StackConfig, isolated_environment
+from moe2dense_platform.processes import free_port, http_json
+from moe2dense_platform.recipe import Recipe
+from moe2dense_platform.recipe_io import recipe_to_yaml
 from tests.integration.servers import BIN
 from tests.ui.browser import ARTIFACTS, screenshot, start_chromium
 

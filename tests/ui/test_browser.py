@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from tasks.local_stack import WORKER_NAME
-from tasks.tracking import (
+from moe2dense_platform.local_stack import WORKER_NAME
+from moe2dense_platform.tracking import (
     TAG_CHECKPOINT_DIGEST,
     TAG_CHECKPOINT_URI,
     TAG_PLAN_DIGEST,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
-from tasks.artifact_manifest import (
+from moe2dense_platform.artifact_manifest import (
     MANIFEST_SUFFIX,
     ArtifactRef,
     ManifestFile,
@@ -19,15 +19,15 @@ from tasks.artifact_manifest import (
     check_key,
     directory_digest,
 )
-from tasks.settings import Settings
-from tasks.storage import (
+from moe2dense_platform.settings import Settings
+from moe2dense_platform.storage import (
     ArtifactIntegrityError,
     ArtifactNotFoundError,
     LocalArtifactStore,
     StorageError,
     open_artifact_store,
 )
-from tasks.transient import RetryPolicy, is_transient
+from moe2dense_platform.transient import RetryPolicy, is_transient
 
 
 def make_folder(root: Path) -> Path:

@@ -11,7 +11,7 @@ tasks in any thread or process can log to the run whose id they were given.
     register_dense_model(stage, checkpoint_sha256, "demo-dense", lineage)   # source = lineage.checkpoint_uri
 
 Lineage tag names are the constants below; every param, tag, artifact and metric key passes the
-Redactor (tasks/redaction.py) first.
+Redactor (moe2dense_platform/redaction.py) first.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
 from moe2dense_core.pretrained import TRUST_REMOTE_CODE
-from tasks.recipe import Recipe
-from tasks.recipe_io import recipe_to_yaml
-from tasks.redaction import Redactor
-from tasks.settings import Settings
+from moe2dense_platform.recipe import Recipe
+from moe2dense_platform.recipe_io import recipe_to_yaml
+from moe2dense_platform.redaction import Redactor
+from moe2dense_platform.settings import Settings
 
 TAG_PREFECT_FLOW_RUN = "prefect.flow_run_id"
 TAG_PREFECT_FLOW_RUN_URL = "prefect.flow_run_url"

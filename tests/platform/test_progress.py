@@ -1,4 +1,4 @@
-"""Step progress (tasks/progress.py): every step is published for the bars; without a terminal, plain
+"""Step progress (moe2dense_platform/progress.py): every step is published for the bars; without a terminal, plain
 lines with step/total, tokens/s and ETA are logged, at most one every N seconds per stage."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 import pytest
 
 from moe2dense_core.logging import NullLogger
-from tasks.progress import (
+from moe2dense_platform.progress import (
     INTERVAL_ENV,
     LINES_LOGGER,
     PROGRESS_LOGGER,

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.artifact_manifest import StorageError, iter_chunks
-from tasks.settings import Settings
+from moe2dense_platform.artifact_manifest import StorageError, iter_chunks
+from moe2dense_platform.settings import Settings
 
 MASK = "***"
 MASK_IN_NAMES = "redacted"  # metric/param/tag names allow only [A-Za-z0-9_\-. :/]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.recipe import RecipeError, parse_recipe
-from tasks.recipe_teacher import check_recipe_fits_teacher
+from moe2dense_platform.recipe import RecipeError, parse_recipe
+from moe2dense_platform.recipe_teacher import check_recipe_fits_teacher
 from tests.fixtures.synthetic_stats import qwen3_moe_config
 
 

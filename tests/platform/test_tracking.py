@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifact_manifest import HASH_CHUNK_BYTES
-from tasks.redaction import MASK, CredentialLeakError, Redactor, install_log_redaction
-from tasks.settings import Settings
-from tasks.tracking import (
+from moe2dense_platform.artifact_manifest import HASH_CHUNK_BYTES
+from moe2dense_platform.redaction import MASK, CredentialLeakError, Redactor, install_log_redaction
+from moe2dense_platform.settings import Settings
+from moe2dense_platform.tracking import (
     TAG_SHARD_DIGESTS,
     TAG_SHARDS_DIGEST,
     TAG_SOURCE_MODEL,
@@ -131,7 +131,7 @@ def test_every_log_record_is_redacted_when_created(record_factory) -> None:
 def test_every_runtime_installs_the_environments_redaction(record_factory, tmp_path, monkeypatch) -> None:
     """What every flow run and stage task does first (Runtime.from_environment): a credential of the
     environment is masked on Prefect's run loggers and on any stdlib logger."""
-    from tasks.runtime import Runtime
+    from moe2dense_platform.runtime import Runtime
 
     monkeypatch.setenv("MOE2DENSE_HOME", str(tmp_path))
     monkeypatch.setenv("MOE2DENSE_AWS_SECRET_ACCESS_KEY", "FAKESECRET-runtime-123")

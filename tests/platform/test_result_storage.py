@@ -1,10 +1,10 @@
-"""tasks/result_storage.py: stage task results live in the artifact store the process's settings name."""
+"""moe2dense_platform/result_storage.py: stage task results live in the artifact store the process's settings name."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks.result_storage import RESULTS_FOLDER, ArtifactStoreResults
+from moe2dense_platform.result_storage import RESULTS_FOLDER, ArtifactStoreResults
 
 KEY = "moe2dense-plan-" + "ab" * 32
 

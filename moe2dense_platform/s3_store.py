@@ -14,7 +14,7 @@ Reading streams the object body to a temporary file, hashing as it goes, and ren
 only when size and sha256 match the manifest (ArtifactIntegrityError otherwise).
 
 Retries: botocore retries single requests (standard mode, `s3_botocore_total_attempts`); `RetryPolicy`
-retries whole file transfers on transient errors (tasks/transient.py).
+retries whole file transfers on transient errors (moe2dense_platform/transient.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from tasks.artifact_manifest import (
+from moe2dense_platform.artifact_manifest import (
     ArtifactManifest,
     ArtifactNotFoundError,
     ArtifactRef,
@@ -49,9 +49,9 @@ from tasks.artifact_manifest import (
     ref_under,
     verify_against,
 )
-from tasks.local_store import LocalArtifactStore, write_bytes_atomic
-from tasks.settings import MIB, Settings
-from tasks.transient import RetryPolicy
+from moe2dense_platform.local_store import LocalArtifactStore, write_bytes_atomic
+from moe2dense_platform.settings import MIB, Settings
+from moe2dense_platform.transient import RetryPolicy
 
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
@@ -78,7 +78,7 @@ def make_s3_client(settings: Settings) -> Any:
 
 
 class S3ArtifactStore:
-    """Artifacts under `s3://<bucket>/<prefix>/` (layout: tasks/artifact_manifest.py)."""
+    """Artifacts under `s3://<bucket>/<prefix>/` (layout: moe2dense_platform/artifact_manifest.py)."""
 
     def __init__(
         self,

@@ -22,9 +22,9 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 from prefect.filesystems import WritableFileSystem
 
-from tasks.local_store import write_bytes_atomic
-from tasks.s3_store import NOT_FOUND_CODES, make_s3_client, parse_s3_uri
-from tasks.settings import Settings
+from moe2dense_platform.local_store import write_bytes_atomic
+from moe2dense_platform.s3_store import NOT_FOUND_CODES, make_s3_client, parse_s3_uri
+from moe2dense_platform.settings import Settings
 
 RESULTS_FOLDER = "_task-results"
 BLOCK_DOCUMENT_NAME = "artifact-store"

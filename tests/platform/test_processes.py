@@ -1,4 +1,4 @@
-"""tasks/processes.py on real processes: a whole group is stopped, a dead server fails with its log."""
+"""moe2dense_platform/processes.py on real processes: a whole group is stopped, a dead server fails with its log."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.processes import ProcessError, group_alive, pid_alive, start_process, stop_group, wait_until
+from moe2dense_platform.processes import (
+    ProcessError,
+    group_alive,
+    pid_alive,
+    start_process,
+    stop_group,
+    wait_until,
+)
 
 
 def test_stop_group_stops_the_leader_and_its_children_even_when_they_ignore_sigterm(tmp_path: Path) -> None:

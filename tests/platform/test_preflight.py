@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from tasks.preflight import PreflightError, preflight
-from tasks.redaction import Redactor
-from tasks.settings import Settings
+from moe2dense_platform.preflight import PreflightError, preflight
+from moe2dense_platform.redaction import Redactor
+from moe2dense_platform.settings import Settings
 
 
 def closed_port() -> int:

@@ -4,18 +4,18 @@ A key is `moe2dense-<stage>-<sha256 of the canonical JSON of>`
 
     [stage, code digest, artifact store identity, what the stage's output depends on]
 
-and what the output depends on enters by content digest, never by path or run id. Each stage declares its own parts next to its task (tasks/stage.py, `key=`; the stage module's
-docstring says what they are): source (hub commit sha, or a local folder's file sizes and times),
+and what the output depends on enters by content digest, never by path or run id. Each stage declares its own parts next to its task
+(tasks/stage.py, `key=`; the stage module's docstring says what they are): source (hub commit sha, or a local folder's file sizes and times),
 calibrate, plan, assemble, distill, evaluate, report, register. `tasks.stage.STAGES[name].key` is a
 stage's `StageKey`.
 
-- code digest (`code_digest`, once per process): sha256 over every `.py` file of `moe2dense_core/` and
-  `tasks/` (relative path + bytes, sorted) and the installed versions of moe2dense, torch,
+- code digest (`code_digest`, once per process): sha256 over every `.py` file of `moe2dense_core/`,
+  `moe2dense_platform/` and `tasks/` (relative path + bytes, sorted) and the installed versions of moe2dense, torch,
   transformers and safetensors. Any library fix (a scorer, a grouper, assembly) re-runs every stage.
 - store identity (`store_identity`): `file://<absolute root>` for a local artifact root,
-  `s3://bucket/prefix @ endpoint` for S3. Results also live in that store (tasks/result_storage.py),
+  `s3://bucket/prefix @ endpoint` for S3. Results also live in that store (moe2dense_platform/result_storage.py),
   so switching stores never serves a result whose URIs point at the other one.
-- corpus digest: `tasks.corpus.corpus_digest`, the sha256 of the documents a CorpusSpec yields.
+- corpus digest: `moe2dense_platform.corpus.corpus_digest`, the sha256 of the documents a CorpusSpec yields.
 - snapshot / stats / plan / checkpoint digests: the sha256s the upstream stages return.
 """
 
@@ -33,10 +33,12 @@ from typing import Any
 from pydantic import BaseModel
 
 import moe2dense_core
-from tasks.settings import Settings
+from moe2dense_platform.settings import Settings
 
-TASKS_FOLDER = Path(__file__).resolve().parent
-LIBRARY_FOLDERS = (Path(moe2dense_core.__file__).resolve().parent, TASKS_FOLDER)
+PLATFORM_FOLDER = Path(__file__).resolve().parent
+# the stage package sits beside this one (both installed from one distribution); located, not imported
+TASKS_FOLDER = PLATFORM_FOLDER.parent / "tasks"
+LIBRARY_FOLDERS = (Path(moe2dense_core.__file__).resolve().parent, PLATFORM_FOLDER, TASKS_FOLDER)
 KEYED_DISTRIBUTIONS = ("moe2dense", "torch", "transformers", "safetensors")
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 

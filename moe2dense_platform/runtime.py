@@ -18,12 +18,12 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from tasks.caching import canonical
-from tasks.redaction import Redactor, install_environment_redaction
-from tasks.settings import Settings
-from tasks.storage import ArtifactStore, open_artifact_store
-from tasks.tracking import MLflowLogger, log_dataset, stage_run, tracking_client
-from tasks.transient import is_transient
+from moe2dense_platform.caching import canonical
+from moe2dense_platform.redaction import Redactor, install_environment_redaction
+from moe2dense_platform.settings import Settings
+from moe2dense_platform.storage import ArtifactStore, open_artifact_store
+from moe2dense_platform.tracking import MLflowLogger, log_dataset, stage_run, tracking_client
+from moe2dense_platform.transient import is_transient
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from tasks.ecosystem_env import ECOSYSTEM_VARIABLES
-from tasks.settings import Settings, load_settings
+from moe2dense_platform.ecosystem_env import ECOSYSTEM_VARIABLES
+from moe2dense_platform.settings import Settings, load_settings
 
 TEAM_FILE = """\
 artifact_root: s3://team-bucket/moe2dense

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadErro
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from urllib3.exceptions import ProtocolError
 
-from tasks.artifact_manifest import StorageError
+from moe2dense_platform.artifact_manifest import StorageError
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")

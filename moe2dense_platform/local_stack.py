@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.processes import (
+from moe2dense_platform.processes import (
     LOCALHOST,
     ProcessError,
     http_json,
@@ -43,7 +43,7 @@ from tasks.processes import (
     stop_group,
     wait_until,
 )
-from tasks.settings import Settings
+from moe2dense_platform.settings import Settings
 
 BIN = Path(sys.executable).parent
 SERVER_PREFIXES = ("PREFECT_", "MLFLOW_", "AWS_", "MOE2DENSE_")

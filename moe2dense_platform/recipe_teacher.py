@@ -25,7 +25,7 @@ from moe2dense_core.arch import get_spec
 from moe2dense_core.distill.expanded_routing import check_teacher_top_k
 from moe2dense_core.errors import DistillError, Moe2DenseError, PlanError
 from moe2dense_core.plan import validate_plan_config
-from tasks.recipe import Recipe, RecipeError
+from moe2dense_platform.recipe import Recipe, RecipeError
 
 
 def check_recipe_fits_teacher(

@@ -7,8 +7,8 @@
 
 Content-addressed (key `<kind>/<sha256>/<name>`), atomic (manifest written last; an artifact exists iff
 its manifest does), streamed (8 MiB chunks, hashed while streaming), multipart for large S3 files,
-bounded retries with exponential backoff on transient errors. Details: tasks/artifact_manifest.py,
-tasks/local_store.py, tasks/s3_store.py, tasks/transient.py.
+bounded retries with exponential backoff on transient errors. Details: moe2dense_platform/artifact_manifest.py,
+moe2dense_platform/local_store.py, moe2dense_platform/s3_store.py, moe2dense_platform/transient.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from tasks.artifact_manifest import (
+from moe2dense_platform.artifact_manifest import (
     ArtifactIntegrityError,
     ArtifactManifest,
     ArtifactNotFoundError,
@@ -25,9 +25,9 @@ from tasks.artifact_manifest import (
     ManifestFile,
     StorageError,
 )
-from tasks.local_store import LocalArtifactStore
-from tasks.s3_store import S3ArtifactStore
-from tasks.settings import Settings
+from moe2dense_platform.local_store import LocalArtifactStore
+from moe2dense_platform.s3_store import S3ArtifactStore
+from moe2dense_platform.settings import Settings
 
 
 @runtime_checkable

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.recipe import Recipe, RecipeError, parse_recipe
-from tasks.recipe_io import (
+from moe2dense_platform.recipe import Recipe, RecipeError, parse_recipe
+from moe2dense_platform.recipe_io import (
     _load_yaml,
     apply_overrides,
     load_recipe,

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tasks.recipe import Recipe, RecipeError, parse_recipe
+from moe2dense_platform.recipe import Recipe, RecipeError, parse_recipe
 
 _YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 _MERGE_TAG = "tag:yaml.org,2002:merge"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from moe2dense_core.io.atomic import atomic_path
-from tasks.artifact_manifest import (
+from moe2dense_platform.artifact_manifest import (
     ArtifactManifest,
     ArtifactNotFoundError,
     ArtifactRef,
@@ -47,7 +47,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 class LocalArtifactStore:
-    """Artifacts under `root` (see tasks/artifact_manifest.py for the layout)."""
+    """Artifacts under `root` (see moe2dense_platform/artifact_manifest.py for the layout)."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser().resolve()

@@ -1,4 +1,4 @@
-"""tasks/caching.py: keys change exactly when what a stage's output depends on changes — the library
+"""moe2dense_platform/caching.py: keys change exactly when what a stage's output depends on changes — the library
 code, the data's content (never its path), upstream digests, parameters and the artifact store."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.evaluate.config import EvalConfig, TaskSpec
 from moe2dense_core.plan import PlanConfig
-from tasks import caching
-from tasks.caching import LIBRARY_FOLDERS, library_digest
-from tasks.corpus import CorpusSpec
-from tasks.recipe import (
+from moe2dense_platform import caching
+from moe2dense_platform.caching import LIBRARY_FOLDERS, library_digest
+from moe2dense_platform.corpus import CorpusSpec
+from moe2dense_platform.recipe import (
     CalibrationConfig,
     DistillationConfig,
     EvaluationConfig,
@@ -128,8 +128,8 @@ def test_a_library_code_change_changes_every_stage_key(tmp_path, monkeypatch):
     assert {stage for stage in before if before[stage] == after[stage]} == set()
 
 
-def test_the_library_digest_covers_every_python_file_of_the_core_and_tasks(tmp_path):
-    assert {folder.name for folder in LIBRARY_FOLDERS} == {"moe2dense_core", "tasks"}
+def test_the_library_digest_covers_every_python_file_of_the_core_platform_and_tasks(tmp_path):
+    assert {folder.name for folder in LIBRARY_FOLDERS} == {"moe2dense_core", "moe2dense_platform", "tasks"}
     copies = [shutil.copytree(folder, tmp_path / folder.name) for folder in LIBRARY_FOLDERS]
     versions = {"moe2dense": "0.1.0"}
     original = library_digest(copies, versions)
@@ -138,8 +138,11 @@ def test_the_library_digest_covers_every_python_file_of_the_core_and_tasks(tmp_p
     scorer.write_bytes(scorer.read_bytes() + b"\n")  # a one-byte fix in a core scorer
     edited = library_digest(copies, versions)
     assert edited != original
-    (tmp_path / "tasks" / "toy.py").write_text("X = 1\n")  # a new platform module
-    assert library_digest(copies, versions) != edited
+    (tmp_path / "tasks" / "toy.py").write_text("X = 1\n")  # a new stage module
+    with_stage = library_digest(copies, versions)
+    assert with_stage != edited
+    (tmp_path / "moe2dense_platform" / "toy.py").write_text("X = 1\n")  # a new platform module
+    assert library_digest(copies, versions) != with_stage
     assert library_digest(LIBRARY_FOLDERS, {"moe2dense": "0.2.0"}) != original  # the project version
 
 

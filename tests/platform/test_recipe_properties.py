@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from moe2dense_core.registry import Method, MethodRegistry
-from tasks.recipe import Recipe, RecipeError, parse_recipe
-from tasks.recipe_io import _RecipeDumper, load_recipe, recipe_to_yaml
+from moe2dense_platform.recipe import Recipe, RecipeError, parse_recipe
+from moe2dense_platform.recipe_io import _RecipeDumper, load_recipe, recipe_to_yaml
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]

@@ -3,7 +3,7 @@
 Sources, highest priority first: keyword arguments, environment variables `MOE2DENSE_<FIELD>`, an
 optional YAML settings file (`settings_file=` or `MOE2DENSE_SETTINGS_FILE`), the ecosystem's own
 variables (`PREFECT_API_URL` or the active Prefect profile, `MLFLOW_TRACKING_URI`, the standard AWS
-variables: tasks/ecosystem_env.py), then the defaults below. So a Prefect, MLflow or boto3 user's usual
+variables: moe2dense_platform/ecosystem_env.py), then the defaults below. So a Prefect, MLflow or boto3 user's usual
 setup works as is, and any `MOE2DENSE_*` setting overrides it; `MOE2DENSE_PREFECT_API_URL=""` (empty)
 chooses the temporary in-process API even when `PREFECT_API_URL` is set.
 
@@ -12,13 +12,13 @@ Embedded default (one machine, no servers) [defined here]:
 - MLflow tracking in the SQLite file `<home>/mlflow.db`, run artifacts in `<home>/mlartifacts`;
 - Prefect with a temporary in-process API (`PREFECT_API_URL` unset), `PREFECT_HOME=<home>/prefect`,
   flow results persisted under `<home>/prefect/results`. Stage task results (the task cache) live in
-  the artifact store, local or S3, so every process sharing the store shares them (tasks/result_storage.py).
+  the artifact store, local or S3, so every process sharing the store shares them (moe2dense_platform/result_storage.py).
 
 Team stack: `artifact_root: s3://bucket/prefix` plus `s3_endpoint_url` (MinIO or any S3 API),
 `mlflow_tracking_uri: http://mlflow:5000`, `prefect_api_url: http://prefect:4200/api`.
 
 Credentials are `SecretStr`: they print as `**********`, and `secret_values()` lists them for the redaction
-in `tasks/tracking.py`. They reach boto3 and MLflow only through `s3_client_kwargs()` and `environment()`.
+in `moe2dense_platform/tracking.py`. They reach boto3 and MLflow only through `s3_client_kwargs()` and `environment()`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from tasks.ecosystem_env import EcosystemSettingsSource
+from moe2dense_platform.ecosystem_env import EcosystemSettingsSource
 
 ENV_PREFIX = "MOE2DENSE_"
 SETTINGS_FILE_ENV = f"{ENV_PREFIX}SETTINGS_FILE"

@@ -20,9 +20,9 @@ from mlflow.utils.rest_utils import http_request
 from requests import RequestException
 
 from moe2dense_core.errors import Moe2DenseError
-from tasks.redaction import Redactor
-from tasks.s3_store import make_s3_client, parse_s3_uri
-from tasks.settings import Settings
+from moe2dense_platform.redaction import Redactor
+from moe2dense_platform.s3_store import make_s3_client, parse_s3_uri
+from moe2dense_platform.settings import Settings
 
 PREFLIGHT_TIMEOUT_S = 5.0
 PROBE_FOLDER = "_preflight"

@@ -1,21 +1,21 @@
 """Recipe: the whole conversion pipeline as one frozen, strict, validated value (read from YAML).
 
 A recipe says WHAT to compute (source model, calibration data, statistics, plan, distillation,
-evaluation) and how to name it in MLflow; `tasks/settings.py` says WHERE things are stored. Nothing in a
+evaluation) and how to name it in MLflow; `moe2dense_platform/settings.py` says WHERE things are stored. Nothing in a
 recipe is a credential or an endpoint, so a recipe can be committed, logged and shared as is.
 
 Every section is `frozen=True, extra="forbid"`: a misspelt key is an error, not a silent default.
 `parse_recipe` turns pydantic's errors into one `RecipeError` whose lines name the dotted field path,
 e.g. `calibration.num_tokens: Input should be greater than 0 (got -5)`; an unknown key lists the keys
-its section allows (tasks/field_errors.py). Beyond pydantic's own checks [defined here]: a boolean
+its section allows (moe2dense_platform/field_errors.py). Beyond pydantic's own checks [defined here]: a boolean
 where a number is expected is refused (pydantic would read `max_steps: true` as 1), every float must
 be finite, every sequence length and the perplexity budget hold ≥ 2 tokens, and the plan's K and k
 must agree with each other before the teacher is known (`validate_plan_config` against the most
-permissive teacher the plan allows). What needs the teacher's config.json is tasks/recipe_teacher.py.
+permissive teacher the plan allows). What needs the teacher's config.json is moe2dense_platform/recipe_teacher.py.
 
 Stage configs of the core are reused as field types: `PlanConfig` (moe2dense_core.plan),
 `DistillConfig` (moe2dense_core.distill.config) and `EvalConfig` (moe2dense_core.evaluate.config);
-text sources reuse `CorpusSpec` (tasks/corpus.py).
+text sources reuse `CorpusSpec` (moe2dense_platform/corpus.py).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from moe2dense_core.errors import Moe2DenseError, PlanError
 from moe2dense_core.evaluate.config import EvalConfig
 from moe2dense_core.io.digests import json_sha256
 from moe2dense_core.plan import PlanConfig, validate_plan_config
-from tasks.corpus import CorpusSpec
-from tasks.field_errors import format_validation_error, lax_number_errors
+from moe2dense_platform.corpus import CorpusSpec
+from moe2dense_platform.field_errors import format_validation_error, lax_number_errors
 
 RECIPE_SCHEMA_VERSION = 1
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
