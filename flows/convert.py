@@ -12,7 +12,8 @@ list of stage task runs this flow makes for a recipe (the CLI's progress total).
     plan        scores → kept experts → groups → scales          (cheap; pure)
     assemble    the dense Hugging Face checkpoint
     evaluate    teacher and assembled student (pre-distillation perplexity)
-    distill     KD from the teacher, then evaluate the distilled student      (when enabled)
+    teacher_logits  the teacher's top-k log-probabilities, stored once    (when distillation.teacher: cached)
+    distill     KD from the teacher (or its stored logits), then evaluate the distilled student (when enabled)
     report      HTML + plots; register the final model with lineage tags     (when a name is set)
 """
 
@@ -22,16 +23,14 @@ import shutil
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from moe2dense_platform.preflight import preflight
+from moe2dense_platform.flow_parent import flow_parent_run
 from moe2dense_platform.recipe import Recipe
 from moe2dense_platform.recipe_teacher import check_recipe_fits_teacher
-from moe2dense_platform.result_storage import ensure_result_storage
 from moe2dense_platform.runtime import Runtime
-from moe2dense_platform.tracking import link_stage_runs, parent_run, run_url
+from moe2dense_platform.tracking import link_stage_runs
 from tasks.assemble import assemble_task
 from tasks.calibrate import calibrate_task
 from tasks.distill import distill_task
@@ -48,6 +47,7 @@ from tasks.results import (
     SourceResult,
 )
 from tasks.source import source_task
+from tasks.teacher_logits import teacher_logits_task
 
 
 class ConvertResult(BaseModel):
@@ -67,18 +67,7 @@ class ConvertResult(BaseModel):
 
 @flow(name="convert", log_prints=True)
 def convert_flow(recipe: Recipe) -> ConvertResult:
-    ensure_result_storage()  # the stage tasks persist their results in the artifact store
-    runtime = Runtime.from_environment()
-    preflight(runtime.settings, runtime.redactor)  # tracking server, bucket, credentials: seconds, not minutes
-    with parent_run(
-        runtime.client,
-        recipe,
-        runtime.redactor,
-        artifact_location=runtime.settings.resolved_mlflow_artifact_location,
-        flow_run_id=flow_run.id,
-        flow_run_url=flow_run.ui_url,
-    ) as parent:
-        link_mlflow_run(runtime, parent.run_id)
+    with flow_parent_run(recipe, "convert") as (runtime, parent):
         source = source_task(recipe.source, parent.run_id)
         check_recipe_fits_teacher(recipe, source.local_path)
         calibration = calibrate_task(source, recipe.calibration, recipe.statistics, parent.run_id)
@@ -92,9 +81,11 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
             evaluate_task(teacher, recipe.evaluation, parent.run_id),
             evaluate_task(target(assembled, "assembled"), recipe.evaluation, parent.run_id),
         ]
-        final, distill_run_id = assembled, None
+        final, distill_run_id, logits = assembled, None, None
         if recipe.distillation is not None and recipe.distillation.enabled:
-            final = distill_task(source, assembled, recipe.distillation, parent.run_id)
+            if recipe.distillation.teacher == "cached":
+                logits = teacher_logits_task(source, recipe.distillation, parent.run_id)
+            final = distill_task(source, assembled, recipe.distillation, parent.run_id, teacher_logits=logits)
             distill_run_id = final.mlflow_run_id
             evaluations.append(evaluate_task(target(final, "distilled"), recipe.evaluation, parent.run_id))
 
@@ -113,7 +104,7 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
                 source, plan, final, recipe.tracking.registered_model, flow_run.id, parent.run_id
             )
         produced_by = {"source": source, "calibrate": calibration, "plan": plan, "assemble": assembled,
-                       "report": report, "register": registered}
+                       "teacher_logits": logits, "report": report, "register": registered}
         if final is not assembled:
             produced_by["distill"] = final
         produced_by.update({f"evaluate-{e.label}": e for e in evaluations})
@@ -141,6 +132,8 @@ def planned_stages(recipe: Recipe) -> list[str]:
     """The stage task runs `convert_flow(recipe)` makes, in order (tested against a real run's records)."""
     stages = ["source", "calibrate", "plan", "assemble", "evaluate", "evaluate"]
     if recipe.distillation is not None and recipe.distillation.enabled:
+        if recipe.distillation.teacher == "cached":
+            stages.append("teacher_logits")
         stages += ["distill", "evaluate"]
     stages.append("report")
     if recipe.tracking.registered_model:
@@ -152,25 +145,6 @@ def target(checkpoint: CheckpointResult, label: str) -> EvalTarget:
     return EvalTarget(
         label=label, checkpoint_digest=checkpoint.checkpoint_digest, location=checkpoint.checkpoint_uri
     )
-
-
-def link_mlflow_run(runtime: Runtime, run_id: str) -> None:
-    """A Prefect link artifact on the flow run to the MLflow run's page (tracking URI with no credentials);
-    an embedded (file / SQLite) tracking store has no page: a markdown note naming the run instead."""
-    uri = runtime.redactor.redact(runtime.settings.resolved_mlflow_tracking_uri)
-    description = "Where this flow run's lineage, metrics and artifacts are recorded"
-    if uri.startswith(("http://", "https://")):
-        experiment_id = runtime.client.get_run(run_id).info.experiment_id
-        create_link_artifact(
-            key="mlflow-run", link=run_url(uri, experiment_id, run_id), link_text=f"MLflow run {run_id}",
-            description=description,
-        )
-    else:
-        create_markdown_artifact(
-            key="mlflow-run",
-            markdown=f"MLflow parent run `{run_id}` on `{uri}` (browse: `moe2dense ui`, `moe2dense report {run_id}`)",
-            description=description,
-        )
 
 
 def export(runtime: Runtime, checkpoint: CheckpointResult, export_dir: Path) -> None:

@@ -19,7 +19,6 @@ from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from moe2dense_core.plan import (
@@ -31,11 +30,9 @@ from moe2dense_core.plan import (
     validate_plan_config,
 )
 from moe2dense_core.scoring import compared_scorers
-from moe2dense_platform.preflight import preflight
+from moe2dense_platform.flow_parent import flow_parent_run
 from moe2dense_platform.recipe import Recipe
-from moe2dense_platform.result_storage import ensure_result_storage
 from moe2dense_platform.runtime import Runtime
-from moe2dense_platform.tracking import parent_run
 from tasks.assemble import assemble_task
 from tasks.calibrate import calibrate_task
 from tasks.distill import distill_task
@@ -107,18 +104,7 @@ class SweepResult(BaseModel):
 @flow(name="sweep", log_prints=True)
 def sweep_flow(sweep: SweepRecipe) -> SweepResult:
     recipe = sweep.recipe
-    ensure_result_storage()  # the stage tasks persist their results in the artifact store
-    runtime = Runtime.from_environment()
-    preflight(runtime.settings, runtime.redactor)  # tracking server, bucket, credentials: seconds, not minutes
-    with parent_run(
-        runtime.client,
-        recipe,
-        runtime.redactor,
-        artifact_location=runtime.settings.resolved_mlflow_artifact_location,
-        flow_run_id=flow_run.id,
-        flow_run_url=flow_run.ui_url,
-        extra_tags={"moe2dense.flow": "sweep"},
-    ) as parent:
+    with flow_parent_run(recipe, "sweep") as (runtime, parent):
         source = source_task(recipe.source, parent.run_id)
         configs = sweep.grid.configs(recipe.plan, source.top_k)
         for config in configs:

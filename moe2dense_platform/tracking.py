@@ -41,6 +41,7 @@ from moe2dense_platform.settings import Settings
 TAG_PREFECT_FLOW_RUN = "prefect.flow_run_id"
 TAG_PREFECT_FLOW_RUN_URL = "prefect.flow_run_url"
 TAG_STAGE = "moe2dense.stage"
+TAG_FLOW = "moe2dense.flow"  # on a parent run: the flow that made it (convert, sweep, compare, …)
 TAG_RECIPE_NAME = "moe2dense.recipe_name"
 TAG_RECIPE_DIGEST = "moe2dense.recipe_digest"
 TAG_SOURCE_MODEL = "moe2dense.source_model"
