@@ -162,10 +162,6 @@ def stage_progress(description: str, total: int) -> Iterator[None]:
         PROGRESS_LOGGER.removeHandler(steps)
 
 
-TEACHER_FLOW_STAGES = 2
-"""Task runs of the teacher flow: corpus, MoE teacher (+ 1 with the dense teacher)."""
-
-
 def print_where(settings, result) -> None:
     table = Table(title=f"moe2dense: {result.recipe_name}", show_header=True)
     table.add_column("model")
@@ -197,11 +193,13 @@ def demo(
     settings = configure(home)
     from flows.convert import convert_flow, planned_stages
     from flows.teacher import TeacherRecipe, teacher_flow
+    from flows.teacher import planned_stages as teacher_stages
     from moe2dense_core.teacher import TeacherModelConfig
 
     model = TeacherModelConfig() if steps is None else TeacherModelConfig(steps=steps)
-    with stage_progress("teacher", TEACHER_FLOW_STAGES):
-        teacher = teacher_flow(TeacherRecipe(model=model, output_dir=settings.home / "teachers"))
+    teacher_recipe = TeacherRecipe(model=model, output_dir=settings.home / "teachers")
+    with stage_progress("teacher", len(teacher_stages(teacher_recipe))):
+        teacher = teacher_flow(teacher_recipe)
     recipe = load_recipe_or_exit(DEMO_RECIPE, [f"source.model={teacher.moe.path}"])
     with stage_progress("converting", len(planned_stages(recipe))):
         result = convert_flow(recipe)
@@ -287,14 +285,14 @@ def teacher(
 ) -> None:
     """Train (or reuse) the small MoE teacher, and optionally the dense one."""
     settings = configure(home)
-    from flows.teacher import TeacherRecipe, teacher_flow
+    from flows.teacher import TeacherRecipe, planned_stages, teacher_flow
     from moe2dense_core.teacher import TeacherModelConfig
     from moe2dense_platform.corpus import CorpusSpec
 
     corpus = CorpusSpec(source="files", paths=tuple(text)) if text else CorpusSpec()
     model = TeacherModelConfig() if steps is None else TeacherModelConfig(steps=steps)
     recipe = TeacherRecipe(corpus=corpus, model=model, train_dense=dense, output_dir=settings.home / "teachers")
-    with stage_progress("teacher", TEACHER_FLOW_STAGES + dense):
+    with stage_progress("teacher", len(planned_stages(recipe))):
         result = teacher_flow(recipe)
     for label, trained in (("MoE", result.moe), ("dense", result.dense)):
         if trained is not None:
@@ -550,14 +548,19 @@ def report(
         str | None, typer.Argument(help="An MLflow parent run id; none: list recent runs.")
     ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "moe2dense-demo",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder of the report (default: <home>/reports/<RUN_ID>).")
+    ] = None,
     home: HomeOption = None,
 ) -> None:
-    """List recent conversions, or show one run's evaluation numbers and report files."""
+    """List recent runs, or render one conversion's, sweep's or comparison's report (HTML + PNG plots)
+    to a local folder and log it to the run as MLflow artifacts `report/`."""
     settings = configure(home)
-    from moe2dense_platform.tracking import TAG_OUTPUT, stage_runs, tracking_client
-
-    client = tracking_client(settings)
     if run_id is None:
+        from moe2dense_platform.reporting.runs import FLOW_TAG
+        from moe2dense_platform.tracking import tracking_client
+
+        client = tracking_client(settings)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             console.print(f"no experiment {experiment!r} in {settings.resolved_mlflow_tracking_uri}")
@@ -568,21 +571,32 @@ def report(
             max_results=20,
             order_by=["attributes.start_time DESC"],
         )
-        table = Table("run id", "name", "status", "started")
+        table = Table("run id", "name", "flow", "status", "started")
         for run in runs:
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
-            table.add_row(run.info.run_id, run.info.run_name, run.info.status, started)
+            flow = run.data.tags.get(FLOW_TAG, "convert")
+            table.add_row(run.info.run_id, run.info.run_name, flow, run.info.status, started)
         console.print(table)
         return
-    runs = stage_runs(client, run_id)  # nested runs and, for cached results, the runs that made them
-    for label, run in sorted(runs.items()):
-        ppl = run.data.metrics.get("eval/perplexity")
-        if ppl is not None:
-            console.print(f"{label}: held-out perplexity {ppl:.3f}")
-    if "report" in runs:
-        console.print(f"report: {runs['report'].data.tags[f'{TAG_OUTPUT}.report.uri']}/index.html", soft_wrap=True)
-    else:
-        console.print(f"no report stage run for {run_id}", soft_wrap=True)
+    from moe2dense_platform.reporting.render import render_report
+    from moe2dense_platform.reporting.runs import REPORT_ARTIFACTS, ReportError, gather_report, log_report
+    from moe2dense_platform.runtime import Runtime
+    from moe2dense_platform.tracking import MLflowLogger
+
+    runtime = Runtime.from_environment()
+    try:
+        data = gather_report(runtime, run_id)
+    except ReportError as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    rendered = render_report(data, out or settings.home / "reports" / run_id)
+    log_report(MLflowLogger(runtime.client, run_id, runtime.redactor), rendered.folder)
+    table = Table("model", "held-out perplexity", "mean accuracy", title=f"moe2dense {data.kind}: {data.title}")
+    for row in data.evaluations:
+        table.add_row(row.label, f"{row.perplexity:.3f}", "" if row.mean_acc is None else f"{row.mean_acc:.4f}")
+    console.print(table)
+    console.print(f"report: {rendered.index}", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"MLflow run {run_id}: artifacts {REPORT_ARTIFACTS}/", soft_wrap=True)
 
 
 @app.command()

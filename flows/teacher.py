@@ -49,6 +49,11 @@ class TeacherFlowResult(BaseModel):
 DEFAULT_TEACHER_RECIPE = TeacherRecipe()
 
 
+def planned_stages(recipe: TeacherRecipe) -> list[str]:
+    """The task runs `teacher_flow(recipe)` makes, in order: corpus, the MoE teacher, the dense one if asked."""
+    return ["corpus", "teacher"] + (["teacher"] if recipe.train_dense else [])
+
+
 @flow(name="teacher", log_prints=True)
 def teacher_flow(recipe: TeacherRecipe = DEFAULT_TEACHER_RECIPE) -> TeacherFlowResult:
     install_environment_redaction()

@@ -19,19 +19,20 @@ SCRIPT = f"""
 import sys
 from pathlib import Path
 
-from flows.cli import TEACHER_FLOW_STAGES, configure, stage_progress
+from flows.cli import configure, stage_progress
 
 home, text = Path(sys.argv[1]), Path(sys.argv[2])
 configure(home)
-from flows.teacher import TeacherRecipe, teacher_flow
+from flows.teacher import TeacherRecipe, planned_stages, teacher_flow
 from moe2dense_core.teacher import TeacherModelConfig
 from moe2dense_platform.corpus import CorpusSpec
 from tests.flows.tiny_teacher import TINY_TEACHER
 
 corpus = CorpusSpec(source="files", paths=(text,), heldout_fraction=0.2)
 model = TeacherModelConfig(**{{**TINY_TEACHER, "steps": {STEPS}}})
-with stage_progress("teacher", TEACHER_FLOW_STAGES):
-    teacher_flow(TeacherRecipe(corpus=corpus, model=model, output_dir=home / "teachers"))
+recipe = TeacherRecipe(corpus=corpus, model=model, output_dir=home / "teachers")
+with stage_progress("teacher", len(planned_stages(recipe))):
+    teacher_flow(recipe)
 """
 STEP_LINE = re.compile(
     r"Task run 'teacher-\w+' - teacher-moe: step (\d+)/6 \(\d+\.\d%\), [\d,]+ tokens/s, "
