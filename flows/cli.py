@@ -4,6 +4,8 @@ BEFORE Prefect is imported, because Prefect reads its own settings at import tim
     moe2dense demo                       teacher (trained or reused) → convert → distill → evaluate, no servers
     moe2dense convert RECIPE [a.b=v ...] one conversion from a YAML recipe with dotted overrides
     moe2dense sweep RECIPE --scorer ... --k ... --grouping ... --scaling ... [a.b=v ...]
+    moe2dense compare RECIPE [a.b=v ...] converted students against the baselines on one distillation budget
+    moe2dense study [--scale N] [--quick] the paper's study in miniature: teachers → grid → comparison
     moe2dense teacher [--steps N] [--dense] [--text FILE ...]
     moe2dense watch [WATCH_FILE] [--dry-run]
     moe2dense deploy [--work-pool P] [--gpu-pool G] [--gpu-pool-type process|docker|kubernetes]
@@ -12,7 +14,7 @@ BEFORE Prefect is imported, because Prefect reads its own settings at import tim
     moe2dense stack up|status|down       Prefect + MLflow (+ S3) servers and a worker as local processes
     moe2dense ui                         Prefect server + MLflow UI over the local stores
     moe2dense report [RUN_ID]            recent conversions, or one run's numbers and report
-    moe2dense schema                     the recipe's JSON schema
+    moe2dense schema [--comparison]      the recipe's (or the comparison recipe's) JSON schema
 """
 
 from __future__ import annotations
@@ -83,6 +85,21 @@ def load_recipe_or_exit(path: Path, overrides: list[str] | None):
     try:
         recipe = load_recipe(path, overrides or [])
         check_recipe_fits_teacher(recipe, origin=str(path))
+        return recipe
+    except (RecipeError, FileNotFoundError) as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def load_compare_recipe_or_exit(path: Path, overrides: list[str] | None):
+    """The validated comparison recipe (each converted student's plan checked against a local teacher's
+    config.json), or the field-path errors and exit code 2, as `load_recipe_or_exit`."""
+    from moe2dense_platform.compare_recipe import check_compare_fits_teacher, load_compare_recipe
+    from moe2dense_platform.recipe import RecipeError
+
+    try:
+        recipe = load_compare_recipe(path, overrides or [])
+        check_compare_fits_teacher(recipe, origin=str(path))
         return recipe
     except (RecipeError, FileNotFoundError) as error:
         console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
@@ -275,6 +292,62 @@ def sweep(
 
 
 @app.command()
+def compare(recipe: Path, overrides: Overrides = None, home: HomeOption = None) -> None:
+    """Distill converted students and the baselines (d2d, random init, random FFN) on one budget per seed,
+    and compare them (validated before anything runs; refused before training unless sizes match)."""
+    settings = configure(home)
+    parsed = load_compare_recipe_or_exit(recipe, overrides)
+    from flows.compare import compare_flow, planned_stages
+    from moe2dense_platform.comparison import summary_rows, table_markdown
+
+    with stage_progress("comparing", len(planned_stages(parsed))):
+        result = compare_flow(parsed)
+    console.print(table_markdown(summary_rows(result.comparison)), markup=False, highlight=False)
+    console.print(f"comparison (table, plots): {result.comparison_uri}", soft_wrap=True, markup=False)
+    console.print(
+        f"MLflow parent run: {result.mlflow_run_id} on {settings.describe()['mlflow_tracking_uri']}",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+@app.command()
+def study(
+    overrides: Overrides = None,
+    scale: Annotated[
+        int, typer.Option(help="N x larger: widths x round(sqrt(N)), tokens per step x N (one GPU: 10).")
+    ] = 1,
+    quick: Annotated[
+        bool, typer.Option(help="The seconds-long smoke version (configs/study/quick.yaml).")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="Study config (default: configs/study/cpu.yaml).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <home>/study/<name>).")] = None,
+    home: HomeOption = None,
+) -> None:
+    """The paper's study in miniature: teachers, the grid, the comparison; tables and plots for docs/results.md."""
+    settings = configure(home)
+    from flows.study_config import STUDY_CONFIGS, load_study_config
+    from moe2dense_platform.recipe import RecipeError
+
+    path = config or STUDY_CONFIGS / ("quick.yaml" if quick else "cpu.yaml")
+    try:
+        parsed = load_study_config(path, overrides or []).scaled(scale)
+    except (RecipeError, FileNotFoundError) as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    from flows.study import study_flow
+
+    result = study_flow(parsed, out or settings.home / "study" / parsed.name)
+    console.print(
+        f"results (study.json, tables.md, plots): {result.results_dir}", soft_wrap=True, markup=False
+    )
+    console.print(f"seconds per phase: {result.seconds}", soft_wrap=True, markup=False)
+    console.print(f"MLflow parent run: {result.mlflow_run_id}", soft_wrap=True, markup=False)
+
+
+@app.command()
 def teacher(
     steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     dense: Annotated[bool, typer.Option(help="Also train the equal-size dense teacher.")] = False,
@@ -340,7 +413,7 @@ def deploy(
         str, typer.Option(help="Process work pool of the deployments.")
     ] = "moe2dense-process",
     gpu_pool: Annotated[
-        str | None, typer.Option(help="Work pool for convert / sweep / teacher (team stack).")
+        str | None, typer.Option(help="Work pool for convert / sweep / compare / teacher (team stack).")
     ] = None,
     watch_cron: Annotated[str, typer.Option(help="Cron schedule of watch.")] = "0 */6 * * *",
     watch_config: Annotated[
@@ -360,7 +433,7 @@ def deploy(
     ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Register convert, sweep, teacher and the scheduled watch on the Prefect server in the settings."""
+    """Register convert, sweep, compare, teacher and the scheduled watch on the Prefect server in the settings."""
     settings = require_prefect_server(configure(home), "deployments")
     if gpu_pool_type not in ("process", "docker", "kubernetes"):
         console.print(f"[red]--gpu-pool-type {gpu_pool_type!r}: choose process, docker or kubernetes[/red]")
@@ -494,10 +567,14 @@ def ui(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow UI port.")] = 5000,
 ) -> None:
-    """Start a local Prefect server and the MLflow UI over the embedded default's stores (Ctrl-C stops both)."""
+    """Start a local Prefect server and the MLflow UI over the embedded default's stores (Ctrl-C stops both).
+    The Prefect UI it serves talks to the API on --prefect-port (PREFECT_UI_API_URL), and links into it
+    use that address (PREFECT_UI_URL)."""
     settings = configure(home)
     env = {**os.environ, **settings.environment()}
     env.pop("PREFECT_API_URL", None)
+    prefect_url = f"http://127.0.0.1:{prefect_port}"
+    prefect_env = {**env, "PREFECT_UI_URL": prefect_url, "PREFECT_UI_API_URL": f"{prefect_url}/api"}
     bin_dir = Path(sys.executable).parent
     artifact_root = settings.resolved_mlflow_artifact_location or str(settings.home / "mlartifacts")
     commands = {
@@ -524,11 +601,10 @@ def ui(
         ],
     }
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop both servers on SIGTERM as on Ctrl-C
-    processes = {name: subprocess.Popen(argv, env=env) for name, argv in commands.items()}
-    console.print(f"Prefect UI: http://127.0.0.1:{prefect_port}   MLflow UI: http://127.0.0.1:{mlflow_port}")
-    console.print(
-        f"to run flows against this server: export MOE2DENSE_PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api"
-    )
+    environments = {"Prefect": prefect_env, "MLflow": env}
+    processes = {name: subprocess.Popen(argv, env=environments[name]) for name, argv in commands.items()}
+    console.print(f"Prefect UI: {prefect_url}   MLflow UI: http://127.0.0.1:{mlflow_port}")
+    console.print(f"to run flows against this server: export MOE2DENSE_PREFECT_API_URL={prefect_url}/api")
     try:
         while all(p.poll() is None for p in processes.values()):
             time.sleep(1)
@@ -557,8 +633,7 @@ def report(
     to a local folder and log it to the run as MLflow artifacts `report/`."""
     settings = configure(home)
     if run_id is None:
-        from moe2dense_platform.reporting.runs import FLOW_TAG
-        from moe2dense_platform.tracking import tracking_client
+        from moe2dense_platform.tracking import TAG_FLOW, tracking_client
 
         client = tracking_client(settings)
         found = client.get_experiment_by_name(experiment)
@@ -574,12 +649,13 @@ def report(
         table = Table("run id", "name", "flow", "status", "started")
         for run in runs:
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
-            flow = run.data.tags.get(FLOW_TAG, "convert")
+            flow = run.data.tags.get(TAG_FLOW, "convert")
             table.add_row(run.info.run_id, run.info.run_name, flow, run.info.status, started)
         console.print(table)
         return
+    from moe2dense_platform.reporting.data import ReportError
     from moe2dense_platform.reporting.render import render_report
-    from moe2dense_platform.reporting.runs import REPORT_ARTIFACTS, ReportError, gather_report, log_report
+    from moe2dense_platform.reporting.runs import REPORT_ARTIFACTS, gather_report, log_report
     from moe2dense_platform.runtime import Runtime
     from moe2dense_platform.tracking import MLflowLogger
 
@@ -591,17 +667,26 @@ def report(
         raise typer.Exit(1) from None
     rendered = render_report(data, out or settings.home / "reports" / run_id)
     log_report(MLflowLogger(runtime.client, run_id, runtime.redactor), rendered.folder)
-    table = Table("model", "held-out perplexity", "mean accuracy", title=f"moe2dense {data.kind}: {data.title}")
+    table = Table("model", "held-out perplexity", "mean accuracy", title=f"{data.kind}: {data.title}")
     for row in data.evaluations:
-        table.add_row(row.label, f"{row.perplexity:.3f}", "" if row.mean_acc is None else f"{row.mean_acc:.4f}")
+        accuracy = "" if row.mean_acc is None else f"{row.mean_acc:.4f}"
+        label = row.label if row.seed is None else f"{row.label} (seed {row.seed})"
+        table.add_row(label, f"{row.perplexity:.3f}", accuracy)
     console.print(table)
     console.print(f"report: {rendered.index}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"MLflow run {run_id}: artifacts {REPORT_ARTIFACTS}/", soft_wrap=True)
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    comparison: Annotated[bool, typer.Option(help="The comparison recipe's schema (`compare`).")] = False,
+) -> None:
     """Print the recipe's JSON schema (the form the Prefect UI renders)."""
+    if comparison:
+        from moe2dense_platform.compare_recipe import compare_recipe_json_schema
+
+        print(compare_recipe_json_schema())
+        return
     from moe2dense_platform.recipe_io import recipe_json_schema
 
     print(recipe_json_schema())

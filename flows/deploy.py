@@ -1,9 +1,11 @@
-"""Register the deployments: `convert`, `sweep` and `teacher` startable from the Prefect UI, `watch` on a cron.
+"""Register the deployments: `convert`, `sweep`, `compare`, `teacher` startable from the Prefect UI, `watch` on a
+cron.
 
     convert/default   the compute pool (`gpu_pool` when given, else `work_pool`); one parameter
                       `recipe: Recipe`, rendered by the UI as a validated form (pre-filled when `recipe`
                       is given)
     sweep/default     the compute pool; one parameter `sweep: SweepRecipe`
+    compare/default   the compute pool; one parameter `recipe: CompareRecipe` (flows/compare.py)
     teacher/default   the compute pool; one parameter `recipe: TeacherRecipe`, teachers saved under the
                       worker's home
     watch/scheduled   `work_pool`, on `watch_cron`, with the given WatchConfig (whose recipes are
@@ -35,6 +37,7 @@ from typing import Any
 from prefect.deployments.runner import EntrypointType
 from pydantic import BaseModel
 
+from flows.compare import compare_flow
 from flows.convert import convert_flow
 from flows.sweep import sweep_flow
 from flows.teacher import TeacherRecipe, teacher_flow
@@ -91,6 +94,7 @@ def deploy_all(
     deployments = [
         (convert_flow.to_deployment(name="default", parameters=convert_parameters, **compute), compute_pool),
         (sweep_flow.to_deployment(name="default", **compute), compute_pool),
+        (compare_flow.to_deployment(name="default", **compute), compute_pool),
         (
             teacher_flow.to_deployment(
                 name="default", parameters={"recipe": teacher_parameters.model_dump(mode="json")}, **compute

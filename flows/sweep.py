@@ -93,6 +93,7 @@ class SweepEntry(BaseModel):
     perplexity: float
     distilled_perplexity: float | None = None
     distilled_mean_acc: float | None = None
+    distill_run_id: str | None = None  # the run that distilled it (its curves: `moe2dense report`)
 
 
 class SweepResult(BaseModel):
@@ -150,6 +151,7 @@ def sweep_flow(sweep: SweepRecipe) -> SweepResult:
                     update={
                         "distilled_perplexity": evaluation.perplexity,
                         "distilled_mean_acc": evaluation.downstream_mean_acc,
+                        "distill_run_id": distilled.mlflow_run_id,
                     }
                 )
 

@@ -7,6 +7,8 @@ the expensive calibration pass: the checkpoint (integrity, every tensor vs confi
 model_type, tokenizer vs vocabulary — open_teacher), the plan request against the teacher's E and
 top-k (K < k, K > E, …) and the output folder. Use the calls separately to reuse one calibration
 across plans.
+Calibration collects only the statistics the plan reads (plan.stats_request_for), in the given mode
+(`in_memory` or `layer_by_layer`, see stats/collect.py), compute dtype and device.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import torch
 from moe2dense_core.assembly.checkpoint import DEFAULT_MAX_SHARD_BYTES, AssemblyResult, assemble
 from moe2dense_core.assembly.output_dir import check_output_dir
 from moe2dense_core.checkpoint.teacher import Teacher, using_teacher
-from moe2dense_core.plan import PlanConfig, build_plan, validate_plan_config
-from moe2dense_core.stats.collect import collect_stats
+from moe2dense_core.plan import PlanConfig, build_plan, stats_request_for, validate_plan_config
+from moe2dense_core.stats.collect import Mode, collect_stats
 
 
 def convert(
@@ -34,6 +36,9 @@ def convert(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     revision: str | None = None,
     allow_pickle: bool = False,
+    calibration_mode: Mode = "in_memory",
+    calibration_dtype: torch.dtype | str = torch.float32,
+    calibration_device: torch.device | str = "cpu",
 ) -> AssemblyResult:
     """Calibrate on `batches` (LongTensor [B, T] token ids), plan with `plan_config` (default
     PlanConfig(): do_acp, K = k, prune, uniform), and write the dense checkpoint to `out_dir`.
@@ -43,12 +48,21 @@ def convert(
     Raises CheckpointError / UnsupportedArchitectureError / PlanError / OutputDirError before the
     first batch is read when the checkpoint, the plan request or the output folder is unusable.
     The plan is in the result's provenance (`result.provenance.plan`).
+    calibration_mode / calibration_dtype / calibration_device: collect_stats' mode, dtype ("auto": bf16
+    only where the device has native bf16) and device; `dtype` is the written checkpoint's dtype.
     """
     plan_config = plan_config or PlanConfig()
     with using_teacher(model_dir, revision, allow_pickle) as teacher:
         validate_plan_config(plan_config, teacher.dims.num_experts, teacher.dims.top_k)
         check_output_dir(out_dir, overwrite=overwrite, source_dir=teacher.path)
-        stats = collect_stats(teacher, batches)
+        stats = collect_stats(
+            teacher,
+            batches,
+            mode=calibration_mode,
+            request=stats_request_for(plan_config),
+            dtype=calibration_dtype,
+            device=calibration_device,
+        )
         plan = build_plan(stats, plan_config, expert_weights=teacher.expert_weights)
         return assemble(
             teacher, plan, out_dir, overwrite=overwrite, dtype=dtype, max_shard_bytes=max_shard_bytes

@@ -9,6 +9,7 @@ a version-1 plan is upgraded on load (plan_v1.py), any other version is refused.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,6 +23,7 @@ from moe2dense_core.scaling import SCALINGS, get_scaling, shared_scale
 from moe2dense_core.schema import check_schema_version
 from moe2dense_core.scoring import SCORERS, get_scorer, rank_experts
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import ROUTER_ONLY, StatsRequest
 
 if TYPE_CHECKING:
     from moe2dense_core.stats.expert_stats import ExpertStats
@@ -174,6 +176,17 @@ def validate_plan_config(config: PlanConfig, num_experts: int, top_k: int) -> Pl
     return sizes
 
 
+def stats_request_for(configs: PlanConfig | Iterable[PlanConfig]) -> StatsRequest:
+    """The statistics a plan (or every plan of a sweep grid) reads: the union of what each config's scorer
+    and grouper declare (`needs`); router statistics alone when none reads more."""
+    request = ROUTER_ONLY
+    for config in [configs] if isinstance(configs, PlanConfig) else configs:
+        request = request.union(get_scorer(config.scoring.name).needs).union(
+            get_grouper(config.grouping.name).needs
+        )
+    return request
+
+
 def build_plan(
     stats: ExpertStats, config: PlanConfig, *, expert_weights: ExpertWeightsFn | None = None
 ) -> ConversionPlan:
@@ -189,6 +202,7 @@ def build_plan(
     dims = spec.dims(stats.config)
     sizes = validate_plan_config(config, dims.num_experts, dims.top_k)
     get_grouper(config.grouping.name).require_weights(expert_weights)
+    stats.collected.require(stats_request_for(config), f"plan {config.scoring} + {config.grouping}")
     _check_stats_fit_model(stats, dims)
     layers = [
         _plan_layer(

@@ -1,16 +1,20 @@
 """The ecosystem's own variables as a settings source: what Prefect, MLflow and boto3 users already set.
 
-    field                     read from, first found wins
-    prefect_api_url           PREFECT_API_URL, then the active Prefect profile (`prefect config set …`)
-    prefect_api_key           PREFECT_API_KEY, then the active Prefect profile
-    mlflow_tracking_uri       MLFLOW_TRACKING_URI
-    mlflow_tracking_token     MLFLOW_TRACKING_TOKEN
-    mlflow_tracking_password  MLFLOW_TRACKING_PASSWORD
-    s3_endpoint_url           AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL  (botocore's service-specific rule)
-    s3_region                 AWS_DEFAULT_REGION, AWS_REGION
-    aws_access_key_id         AWS_ACCESS_KEY_ID       ┐ a set: taken only when no MOE2DENSE_* source
-    aws_secret_access_key     AWS_SECRET_ACCESS_KEY   │ (keyword, environment, settings file) gives
-    aws_session_token         AWS_SESSION_TOKEN       ┘ any credential, so two accounts never mix
+    field                       read from, first found wins
+    prefect_api_url             PREFECT_API_URL, then the active Prefect profile (`prefect config set …`)
+    prefect_api_key             PREFECT_API_KEY, then the active Prefect profile
+    mlflow_tracking_uri         MLFLOW_TRACKING_URI
+    mlflow_tracking_token       MLFLOW_TRACKING_TOKEN
+    mlflow_tracking_password    MLFLOW_TRACKING_PASSWORD
+    mlflow_http_max_retries     MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    mlflow_http_backoff_factor  MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR
+    mlflow_http_backoff_jitter  MLFLOW_HTTP_REQUEST_BACKOFF_JITTER
+    mlflow_http_timeout_s       MLFLOW_HTTP_REQUEST_TIMEOUT
+    s3_endpoint_url             AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL  (botocore's service-specific rule)
+    s3_region                   AWS_DEFAULT_REGION, AWS_REGION
+    aws_access_key_id           AWS_ACCESS_KEY_ID       ┐ a set: taken only when no MOE2DENSE_* source
+    aws_secret_access_key       AWS_SECRET_ACCESS_KEY   │ (keyword, environment, settings file) gives
+    aws_session_token           AWS_SESSION_TOKEN       ┘ any credential, so two accounts never mix
 
 This source has the lowest priority of all (below `MOE2DENSE_*` and the settings file), so every
 `MOE2DENSE_*` setting overrides the ecosystem's variable. An empty value counts as unset. The Prefect
@@ -35,6 +39,10 @@ ECOSYSTEM_VARIABLES: dict[str, tuple[str, ...]] = {
     "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI",),
     "mlflow_tracking_token": ("MLFLOW_TRACKING_TOKEN",),
     "mlflow_tracking_password": ("MLFLOW_TRACKING_PASSWORD",),
+    "mlflow_http_max_retries": ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",),
+    "mlflow_http_backoff_factor": ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",),
+    "mlflow_http_backoff_jitter": ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",),
+    "mlflow_http_timeout_s": ("MLFLOW_HTTP_REQUEST_TIMEOUT",),
     "s3_endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
     "s3_region": ("AWS_DEFAULT_REGION", "AWS_REGION"),
     "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),

@@ -39,7 +39,6 @@ def flow_parent_run(recipe: Recipe, flow_name: str) -> Iterator[tuple[Runtime, M
         runtime.redactor,
         artifact_location=runtime.settings.resolved_mlflow_artifact_location,
         flow_run_id=flow_run.id,
-        flow_run_url=flow_run.ui_url,
         extra_tags={TAG_FLOW: flow_name},
     ) as parent:
         link_mlflow_run(runtime, parent.run_id)

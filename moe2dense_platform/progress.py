@@ -50,15 +50,16 @@ def progress_interval_s() -> float:
     return value
 
 
-def _line_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The running Prefect task's (or flow's) run logger; `moe2dense.progress_lines` outside a run."""
+def run_logger(outside: logging.Logger = LINES_LOGGER) -> logging.Logger | logging.LoggerAdapter:
+    """The running Prefect task's (or flow's) run logger; `outside` (default `moe2dense.progress_lines`)
+    outside a run."""
     from prefect.exceptions import MissingContextError
     from prefect.logging import get_run_logger
 
     try:
         return get_run_logger()
     except MissingContextError:
-        return LINES_LOGGER
+        return outside
 
 
 class StageProgress:
@@ -91,7 +92,7 @@ class StageProgress:
         if not self.plain_lines or (self.last_line is not None and now - self.last_line < self.interval_s):
             return
         self.last_line = now
-        _line_logger().info(self.line(step, total, now - self.started))
+        run_logger().info(self.line(step, total, now - self.started))
 
     def line(self, step: int, total: int, elapsed: float) -> str:
         """The plain progress line for `step` of `total` after `elapsed` seconds."""

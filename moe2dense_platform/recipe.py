@@ -24,7 +24,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.errors import Moe2DenseError, PlanError
@@ -112,17 +120,94 @@ class StatisticsConfig(_Section):
     device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
 
 
+class TeacherCacheConfig(_Section):
+    """The offline teacher (`distillation.teacher: cached`): what stage `teacher_logits` keeps per token.
+
+    k: the teacher's most probable next-token ids kept per position, the rest of its mass in one tail
+    bucket (k = vocabulary size is exact; must not exceed it, checked against the teacher before it runs).
+    logprob_dtype: storage of the k log-probabilities (ids, tail and input ids stay 4 bytes). Size:
+    bytes/token = k·(4 + b) + 4 + 4, b = 4 (float32) or 2 (float16): k = 64 in float16 is 392 bytes/token.
+    batch_size: rows per teacher forward; rows_per_shard: rows per stored shard file (the unit a
+    training process fetches); device: where the teacher runs (`auto`: cuda when available, else cpu).
+    """
+
+    k: int = Field(64, ge=1, description="Teacher top-k ids kept per token; the vocabulary size is exact.")
+    logprob_dtype: Literal["float32", "float16"] = "float16"
+    batch_size: int = Field(8, gt=0, description="Rows per teacher forward.")
+    rows_per_shard: int = Field(256, gt=0, description="Rows per shard file; ≥ batch_size.")
+    device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
+
+    @model_validator(mode="after")
+    def _whole_batches_per_shard(self) -> TeacherCacheConfig:
+        if self.rows_per_shard < self.batch_size:
+            raise ValueError(f"rows_per_shard ({self.rows_per_shard}) is smaller than batch_size ({self.batch_size})")
+        return self
+
+
 class DistillationConfig(_Section):
     """Knowledge distillation of the assembled student from the teacher (METHOD.md step 6).
 
     enabled=false stops after assembly (pre-distillation evaluation only). `train` is the core's
     DistillConfig; `data` its training text; `seq_len` the training sequence length.
+    teacher: `online` runs the teacher next to the student at every step (the exact full-vocabulary
+    loss); `cached` runs it once in stage `teacher_logits`, which stores its top-k log-probabilities
+    (`teacher_cache`) in the artifact store, and trains from them without loading the teacher — one
+    cache serves every student distilled on the same teacher, data and temperature.
+    Processes: W = nnodes × nproc_per_node (`auto`: this node's CUDA devices, 1 without CUDA); W > 1
+    runs torchrun (tasks/distill_launch.py; `train.parallelism` ddp or fsdp). Every step then reads
+    tokens_per_step(W) = micro_batch_size × grad_accum_steps × W × seq_len tokens; `token_budget`, when
+    given, is the run's stated total, checked against max_steps × tokens_per_step(W) (needs a fixed W).
     """
 
     enabled: bool = True
     data: CorpusSpec = Field(default_factory=CorpusSpec)
     seq_len: int = Field(512, ge=2, description="Tokens per training row; ≥ 2 (one predicts the next).")
     train: DistillConfig
+    teacher: Literal["online", "cached"] = Field(
+        "online", description="online: the teacher runs at every step; cached: from stage teacher_logits."
+    )
+    teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
+    nproc_per_node: int | Literal["auto"] = Field(
+        1, description="Distillation processes (GPUs) per node; `auto`: one per CUDA device, 1 without CUDA."
+    )
+    nnodes: PositiveInt = Field(1, description="Nodes of a multi-node distillation (infra/kubernetes/).")
+    token_budget: PositiveInt | None = Field(
+        None, description="Training tokens the run is meant to see: within one step of max_steps × tokens_per_step."
+    )
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _processes_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("expected a whole number ≥ 1 or 'auto'")
+
+    @property
+    def world_size(self) -> int | None:
+        """W = nnodes × nproc_per_node; None while nproc_per_node is `auto` (known on the node only)."""
+        return None if self.nproc_per_node == "auto" else self.nnodes * self.nproc_per_node
+
+    def tokens_per_step(self, world_size: int) -> int:
+        """Training tokens per optimizer step on `world_size` processes:
+        micro_batch_size × grad_accum_steps × world_size × seq_len."""
+        return self.train.sequences_per_step(world_size) * self.seq_len
+
+    @model_validator(mode="after")
+    def _budget_fits_the_steps(self) -> DistillationConfig:
+        if self.token_budget is None:
+            return self
+        if self.world_size is None:
+            raise ValueError("token_budget needs a fixed nproc_per_node (not `auto`): the tokens per step depend on it")
+        per_step = self.tokens_per_step(self.world_size)
+        planned = self.train.max_steps * per_step
+        if abs(planned - self.token_budget) >= per_step:
+            raise ValueError(
+                f"token_budget {self.token_budget:,} is not within one step of max_steps × tokens_per_step = "
+                f"{self.train.max_steps} × {per_step:,} = {planned:,} (tokens_per_step = micro_batch_size "
+                f"× grad_accum_steps × nnodes × nproc_per_node × seq_len); max_steps "
+                f"{round(self.token_budget / per_step)} would fit"
+            )
+        return self
 
 
 class EvaluationConfig(_Section):
@@ -156,38 +241,25 @@ class StorageConfig(_Section):
     export_dir: Path | None = Field(None, description="Also copy the final dense model to this folder.")
 
 
-class Recipe(_Section):
-    """One conversion: every stage's configuration, validated before any task runs."""
+def check_plan_sizes(plan: PlanConfig) -> PlanConfig:
+    """The checks of `validate_plan_config` that need no teacher (K < k, a grouper that does not merge
+    with K != k), run against the most permissive teacher the plan allows: E = max(K, k) experts and
+    top-k = k (K when num_groups is unset). ValueError (a field validator's error) otherwise."""
+    num_groups = plan.num_groups or plan.num_selected or 1
+    num_selected = plan.num_selected or num_groups
+    try:
+        validate_plan_config(plan, num_experts=max(num_selected, num_groups), top_k=num_groups)
+    except PlanError as error:
+        raise ValueError(str(error)) from None
+    return plan
 
-    schema_version: Literal[1] = RECIPE_SCHEMA_VERSION
-    name: str = Field(..., min_length=1, pattern=r"^[\w.-]+$", description="Short id used in run names.")
-    description: str = ""
-    source: SourceConfig
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    statistics: StatisticsConfig = Field(default_factory=StatisticsConfig)
-    plan: PlanConfig = Field(default_factory=PlanConfig)
-    distillation: DistillationConfig | None = None
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
 
-    @field_validator("plan")
-    @classmethod
-    def _plan_sizes_agree(cls, plan: PlanConfig) -> PlanConfig:
-        """The checks of `validate_plan_config` that need no teacher (K < k, a grouper that does not
-        merge with K != k), run against the most permissive teacher the plan allows: E = max(K, k)
-        experts and top-k = k (K when num_groups is unset)."""
-        num_groups = plan.num_groups or plan.num_selected or 1
-        num_selected = plan.num_selected or num_groups
-        try:
-            validate_plan_config(plan, num_experts=max(num_selected, num_groups), top_k=num_groups)
-        except PlanError as error:
-            raise ValueError(str(error)) from None
-        return plan
+class RecipeDocument(_Section):
+    """A whole recipe file (a conversion's Recipe, a comparison's CompareRecipe): strict numbers and a digest."""
 
     @model_validator(mode="wrap")
     @classmethod
-    def _numbers_are_numbers(cls, data: Any, handler: Any) -> Recipe:
+    def _numbers_are_numbers(cls, data: Any, handler: Any) -> RecipeDocument:
         """Refuse what pydantic's lax mode would silently convert (`lax_number_errors`: `true` for a
         number, a non-finite float), together with pydantic's other errors, less those at or above
         the same path (a section check that saw the converted value)."""
@@ -206,6 +278,27 @@ class Recipe(_Section):
     def digest(self) -> str:
         """sha256 of the canonical (sorted-key, compact) JSON of the recipe."""
         return json_sha256(self.model_dump(mode="json"))
+
+
+class Recipe(RecipeDocument):
+    """One conversion: every stage's configuration, validated before any task runs."""
+
+    schema_version: Literal[1] = RECIPE_SCHEMA_VERSION
+    name: str = Field(..., min_length=1, pattern=r"^[\w.-]+$", description="Short id used in run names.")
+    description: str = ""
+    source: SourceConfig
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    statistics: StatisticsConfig = Field(default_factory=StatisticsConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    distillation: DistillationConfig | None = None
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("plan")
+    @classmethod
+    def _plan_sizes_agree(cls, plan: PlanConfig) -> PlanConfig:
+        return check_plan_sizes(plan)
 
 
 def _within(loc: tuple[str | int, ...], outer: tuple[str | int, ...]) -> bool:
@@ -230,11 +323,14 @@ __all__ = [
     "DistillationConfig",
     "EvaluationConfig",
     "Recipe",
+    "RecipeDocument",
     "RecipeError",
     "SourceConfig",
     "StatisticsConfig",
     "StorageConfig",
+    "TeacherCacheConfig",
     "TrackingConfig",
+    "check_plan_sizes",
     "format_validation_error",
     "parse_recipe",
 ]

@@ -67,11 +67,14 @@ class Runtime:
 
 
 def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry only when the failure is transient (connection, 5xx, throttling)."""
+    """Prefect `retry_condition_fn`: retry only when the failure is transient (connection, 5xx, throttling).
+    An error with a `transient` attribute says so itself (e.g. an unreachable tracking server, whose MLflow
+    retries are already spent, is not); otherwise its cause chain decides."""
     error = state.result(raise_on_failure=False)
-    return isinstance(error, BaseException) and (
-        is_transient(error) or getattr(error, "transient", False) is True
-    )
+    if not isinstance(error, BaseException):
+        return False
+    stated = getattr(error, "transient", None)
+    return stated if isinstance(stated, bool) else is_transient(error)
 
 
 def log_token_input(run: MLflowLogger, *, context: str, source: str, digest: str, num_tokens: int) -> None:

@@ -82,6 +82,16 @@ class Settings(BaseSettings):
     )
     mlflow_tracking_token: SecretStr | None = None
     mlflow_tracking_password: SecretStr | None = None
+    mlflow_http_max_retries: int = Field(
+        4, ge=0, description="Retries of each MLflow request after its first try (MLflow's own default, 7, "
+        "keeps a flow waiting ~4 minutes per request on a stopped server).",
+    )
+    mlflow_http_backoff_factor: int = Field(
+        1, ge=0, description="Delay before retry i ≥ 2 of a request: factor · 2^(i-1) s + jitter; the "
+        "first retry is immediate.",
+    )
+    mlflow_http_backoff_jitter: float = Field(1.0, ge=0, description="Up to this many seconds more a retry.")
+    mlflow_http_timeout_s: int = Field(20, ge=1, description="Seconds an MLflow request waits for an answer.")
 
     # ---- Prefect ---------------------------------------------------------------------------------
     prefect_api_url: str | None = Field(None, description="None = temporary in-process API.")
@@ -190,6 +200,7 @@ class Settings(BaseSettings):
             "PREFECT_LOCAL_STORAGE_PATH": str(prefect_home / "results"),
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(self.prefect_ephemeral_startup_timeout_s),
             "MLFLOW_TRACKING_URI": self.resolved_mlflow_tracking_uri,
+            **self.mlflow_http_environment(),
             "AWS_DEFAULT_REGION": self.s3_region,
         }
         if not self.uses_s3:
@@ -210,6 +221,18 @@ class Settings(BaseSettings):
         }
         env.update({key: value.get_secret_value() for key, value in secrets.items() if value is not None})
         return env
+
+    def mlflow_http_environment(self) -> dict[str, str]:
+        """MLflow's HTTP client settings, which MLflow reads from these variables at every request. With the
+        defaults a request to a stopped server is tried 5 times, waiting 0 s, then 2, 4 and 8 s (each + up
+        to 1 s jitter) between tries: it fails after ~15 s, not after MLflow's ~4 minutes, and a server
+        back within that time (a restart) is never noticed."""
+        return {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_http_max_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(self.mlflow_http_backoff_factor),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(self.mlflow_http_backoff_jitter),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_http_timeout_s),
+        }
 
     def apply_environment(self, environ: MutableMapping[str, str] | None = None) -> None:
         """Write `environment()` into `environ` (default `os.environ`); `PREFECT_API_URL` is removed when

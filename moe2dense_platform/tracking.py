@@ -12,12 +12,22 @@ tasks in any thread or process can log to the run whose id they were given.
 
 Lineage tag names are the constants below; every param, tag, artifact and metric key passes the
 Redactor (moe2dense_platform/redaction.py) first.
+
+Tracking server outage [defined here]: a clear failure, no buffering. Every record is sent synchronously
+(MLflow's async logging is never used), each request with MLflow's bounded retries (the `mlflow_http_*`
+settings, applied by `tracking_client`: ~15 s by default, so a server restart costs nothing). A request
+that still finds the server unreachable (connection refused / reset / timed out) raises
+`TrackingUnavailableError` naming the server; it fails the stage at once (no stage retry, no attempt to
+mark runs FAILED on a server known to be gone: they stay RUNNING there) and then the flow. So a metric is
+either on the server or its run failed, never dropped silently. Stage results already in the artifact
+store are kept, and re-running once the server answers reuses them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,11 +42,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
+from moe2dense_core.errors import Moe2DenseError
 from moe2dense_core.pretrained import TRUST_REMOTE_CODE
 from moe2dense_platform.recipe import Recipe
 from moe2dense_platform.recipe_io import recipe_to_yaml
 from moe2dense_platform.redaction import Redactor
 from moe2dense_platform.settings import Settings
+from moe2dense_platform.transient import is_transient
 
 TAG_PREFECT_FLOW_RUN = "prefect.flow_run_id"
 TAG_PREFECT_FLOW_RUN_URL = "prefect.flow_run_url"
@@ -64,8 +76,43 @@ DATASET_CONTEXT_TAG = "mlflow.data.context"
 RECIPE_ARTIFACT = "recipe/recipe.yaml"
 
 
+class TrackingUnavailableError(Moe2DenseError):
+    """The MLflow tracking server stopped answering during a run (module docstring). Not `transient`: its
+    request's retries are spent, so the stage is not retried (moe2dense_platform.runtime.transient_failure)."""
+
+    transient = False
+
+
+def tracking_unreachable(error: BaseException) -> bool:
+    """True for TrackingUnavailableError and for an MlflowException caused by a connection failure or
+    timeout (the server is down or unreachable), not for an answer the server gave."""
+    return isinstance(error, TrackingUnavailableError) or (
+        isinstance(error, MlflowException) and is_transient(error)
+    )
+
+
+@contextmanager
+def naming_an_outage(client: MlflowClient, redactor: Redactor) -> Iterator[None]:
+    """Re-raise an unreachable-server MlflowException as TrackingUnavailableError naming the server."""
+    try:
+        yield
+    except MlflowException as error:
+        if not tracking_unreachable(error):
+            raise
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {redactor.redact(client.tracking_uri)} is unreachable "
+            "(MOE2DENSE_MLFLOW_TRACKING_URI / MLFLOW_TRACKING_URI), after MLflow's retries "
+            "(MOE2DENSE_MLFLOW_HTTP_MAX_RETRIES): the run stops here, nothing is buffered. Stage results "
+            "already in the artifact store are kept; re-run once the server answers and they are reused. "
+            f"Cause: {redactor.redact(str(error))[:300]}"
+        ) from error
+
+
 def tracking_client(settings: Settings) -> MlflowClient:
-    """A client on the settings' tracking URI (local SQLite file by default)."""
+    """A client on the settings' tracking URI (local SQLite file by default). Also sets this process's
+    MLFLOW_HTTP_REQUEST_* variables from the settings (`Settings.mlflow_http_environment`): MLflow reads
+    its retries and timeout only from there, at every request."""
+    os.environ.update(settings.mlflow_http_environment())
     uri = settings.resolved_mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -115,13 +162,15 @@ class MLflowLogger:
         batch = [Param(k, v if len(v) <= MAX_PARAM_VAL_LENGTH else v[: MAX_PARAM_VAL_LENGTH - 1] + "…")
                  for k, v in items]
         for start in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=batch[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+            self.client.log_batch(
+                self.run_id, params=batch[start : start + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         timestamp = int(time.time() * 1000)
         batch = [Metric(self.redactor.redact_name(k), float(v), timestamp, step or 0) for k, v in metrics.items()]
         for start in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000], synchronous=True)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file or a folder (as `artifact_path/<name>`); refuses anything holding a credential."""
@@ -143,7 +192,9 @@ class MLflowLogger:
             key, text = self.redactor.redact_item(key, value if isinstance(value, str) else json.dumps(value))
             batch.append(RunTag(key, text[:MAX_TAG_VAL_LENGTH]))
         for start in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=batch[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+            self.client.log_batch(
+                self.run_id, tags=batch[start : start + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True
+            )
 
 
 def _start_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
@@ -156,11 +207,18 @@ def _start_run(client: MlflowClient, experiment_id: str, run_name: str, tags: di
 
 @contextmanager
 def _terminating(logger: MLflowLogger) -> Iterator[MLflowLogger]:
-    """Mark the run FINISHED on success, FAILED on any exception (then re-raise)."""
+    """Mark the run FINISHED on success, FAILED on any exception (then re-raise it). When the server is
+    unreachable (the exception says so, or marking finds it so) the run stays RUNNING there and the
+    original exception is raised: no second wait on a server known to be gone."""
     try:
         yield logger
-    except BaseException:
-        logger.client.set_terminated(logger.run_id, status="FAILED")
+    except BaseException as error:
+        if not tracking_unreachable(error):
+            try:
+                logger.client.set_terminated(logger.run_id, status="FAILED")
+            except MlflowException as failure:
+                if not tracking_unreachable(failure):
+                    raise
         raise
     logger.client.set_terminated(logger.run_id, status="FINISHED")
 
@@ -173,24 +231,35 @@ def parent_run(
     *,
     artifact_location: str | None = None,
     flow_run_id: str | None = None,
-    flow_run_url: str | None = None,
     extra_tags: Mapping[str, str] | None = None,
 ) -> Iterator[MLflowLogger]:
     """The parent run of one flow run: the resolved recipe as flattened params and as `recipe/recipe.yaml`,
-    tags with the recipe name/digest, whether remote code was trusted, and the Prefect flow-run id (and
-    UI link when given)."""
-    experiment_id = ensure_experiment(client, recipe.tracking.experiment, artifact_location)
-    tags = {TAG_RECIPE_NAME: recipe.name, TAG_RECIPE_DIGEST: recipe.digest(), **remote_code_tag(),
-            **(extra_tags or {})}
-    if flow_run_id:
-        tags[TAG_PREFECT_FLOW_RUN] = flow_run_id
-    if flow_run_url:
-        tags[TAG_PREFECT_FLOW_RUN_URL] = flow_run_url
-    logger = _start_run(client, experiment_id, recipe.tracking.run_name or recipe.name, tags, redactor)
-    with _terminating(logger):
-        logger.log_params(recipe.model_dump(mode="json"))
-        logger.log_text(recipe_to_yaml(recipe), RECIPE_ARTIFACT)
-        yield logger
+    tags with the recipe name/digest, whether remote code was trusted, and the Prefect flow-run id and
+    its UI page (`prefect_flow_run_url`, when a UI is configured). An unreachable server anywhere inside
+    raises TrackingUnavailableError (module docstring)."""
+    with naming_an_outage(client, redactor):
+        experiment_id = ensure_experiment(client, recipe.tracking.experiment, artifact_location)
+        tags = {TAG_RECIPE_NAME: recipe.name, TAG_RECIPE_DIGEST: recipe.digest(), **remote_code_tag(),
+                **(extra_tags or {})}
+        if flow_run_id:
+            tags[TAG_PREFECT_FLOW_RUN] = flow_run_id
+            url = prefect_flow_run_url(flow_run_id)
+            if url:
+                tags[TAG_PREFECT_FLOW_RUN_URL] = url
+        logger = _start_run(client, experiment_id, recipe.tracking.run_name or recipe.name, tags, redactor)
+        with _terminating(logger):
+            logger.log_params(recipe.model_dump(mode="json"))
+            logger.log_text(recipe_to_yaml(recipe), RECIPE_ARTIFACT)
+            yield logger
+
+
+def prefect_flow_run_url(flow_run_id: str) -> str | None:
+    """The flow run's page in the Prefect UI, `<PREFECT_UI_URL>/runs/flow-run/<id>` (Prefect's own
+    `url_for`: the route its UI serves, where `prefect.runtime.flow_run.ui_url` gives an older redirect
+    route), or None when no UI URL is configured (the temporary in-process API serves no UI)."""
+    from prefect.utilities.urls import url_for  # Prefect reads its settings on import: not at module load
+
+    return url_for("flow-run", obj_id=flow_run_id)
 
 
 @contextmanager
@@ -203,15 +272,19 @@ def stage_run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[MLflowLogger]:
-    """A run nested under `parent_run_id` for one stage, inheriting the parent's Prefect / recipe tags."""
-    parent = client.get_run(parent_run_id)
-    inherited = {k: v for k, v in parent.data.tags.items() if k.startswith(("prefect.", "moe2dense.recipe"))}
-    run_tags = {**inherited, MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_STAGE: stage, **(tags or {})}
-    logger = _start_run(client, parent.info.experiment_id, stage, run_tags, redactor)
-    with _terminating(logger):
-        if params:
-            logger.log_params(dict(params))
-        yield logger
+    """A run nested under `parent_run_id` for one stage, inheriting the parent's Prefect / recipe tags. An
+    unreachable server anywhere inside raises TrackingUnavailableError (module docstring)."""
+    with naming_an_outage(client, redactor):
+        parent = client.get_run(parent_run_id)
+        inherited = {
+            k: v for k, v in parent.data.tags.items() if k.startswith(("prefect.", "moe2dense.recipe"))
+        }
+        run_tags = {**inherited, MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_STAGE: stage, **(tags or {})}
+        logger = _start_run(client, parent.info.experiment_id, stage, run_tags, redactor)
+        with _terminating(logger):
+            if params:
+                logger.log_params(dict(params))
+            yield logger
 
 
 MLFLOW_DATASET_DIGEST_CHARS = 36

@@ -3,10 +3,12 @@
 Perplexity: the first `perplexity_tokens` tokens of the held-out rows of `evaluation.perplexity_data`,
 scored with a sliding window of `seq_len` and stride seq_len/2 (moe2dense_core.evaluate.perplexity).
 Downstream (when `evaluation.downstream` is set): the core's EvalConfig through lm-eval with the
-model in memory (local jsonl tasks offline, hub task names online). The JSON document (kind
+model in memory (local jsonl tasks offline, hub task names online). KL to a teacher (when `teacher` is
+given, e.g. by flows/compare.py): KL(teacher ‖ model) per token on the same windows as the perplexity
+(moe2dense_core.evaluate.teacher_student_kl). The JSON document (kind
 `eval`) is published once (small: also browsable on the MLflow run); the numbers ride in the result.
 Cached on checkpoint digest + content digests of the held-out text and local task files + the rest of
-the evaluation config (`evaluate_parts`).
+the evaluation config + the teacher's digest when given (`evaluate_parts`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from moe2dense_core.distill import tokens_digest
 from moe2dense_core.distill.precision import load_dtype
-from moe2dense_core.evaluate import evaluate_downstream, perplexity
+from moe2dense_core.evaluate import evaluate_downstream, perplexity, teacher_student_kl
 from moe2dense_core.io.digests import file_sha256
 from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
 from moe2dense_platform.caching import without
@@ -35,7 +37,7 @@ EVAL_SCHEMA_VERSION = 1
 
 def evaluate_parts(p: dict[str, Any]) -> list[Any]:
     """Checkpoint digest, corpus digest of `evaluation.perplexity_data`, the rest of `evaluation`, with
-    each local downstream task file replaced by its sha256."""
+    each local downstream task file replaced by its sha256, and the KL teacher's digest (None: no KL)."""
     evaluation = p["evaluation"]
     downstream = None
     if evaluation.downstream is not None:
@@ -53,20 +55,23 @@ def evaluate_parts(p: dict[str, Any]) -> list[Any]:
         corpus_digest(evaluation.perplexity_data),
         without(evaluation, "perplexity_data", "downstream"),
         downstream,
+        p.get("teacher") and p["teacher"].checkpoint_digest,
     ]
 
 
-def evaluate_model(model: Any, tokenizer: Any, evaluation: EvaluationConfig) -> dict[str, Any]:
-    """{"perplexity": {...}, "heldout_digest", "downstream": {task: summary}} for an in-memory model."""
+def evaluate_model(
+    model: Any, tokenizer: Any, evaluation: EvaluationConfig, teacher: Any = None
+) -> dict[str, Any]:
+    """{"perplexity": {...}, "heldout_digest", "downstream": {task: summary}} for an in-memory model, and
+    "kl_to_teacher": {...} when an in-memory `teacher` is given (same stream, windows and stride)."""
     rows = token_rows(evaluation.perplexity_data, tokenizer, evaluation.seq_len, "heldout")
     stream = rows.reshape(-1)[: evaluation.perplexity_tokens]
-    ppl = perplexity(
-        model,
-        stream,
-        window=evaluation.seq_len,
-        stride=max(1, evaluation.seq_len // 2),
-        batch_size=evaluation.batch_size,
-    )
+    windows = {"window": evaluation.seq_len, "stride": max(1, evaluation.seq_len // 2)}
+    ppl = perplexity(model, stream, **windows, batch_size=evaluation.batch_size)
+    kl = {}
+    if teacher is not None:
+        result = teacher_student_kl(model, teacher, stream, **windows, batch_size=evaluation.batch_size)
+        kl = {"kl_to_teacher": {"mean_kl": result.mean_kl, "tokens": result.num_scored_tokens, **windows}}
     downstream = {}
     if evaluation.downstream is not None:
         downstream = evaluate_downstream(model, tokenizer, evaluation.downstream)["tasks"]
@@ -80,23 +85,36 @@ def evaluate_model(model: Any, tokenizer: Any, evaluation: EvaluationConfig) -> 
         },
         "heldout_digest": tokens_digest(stream.unsqueeze(0)),
         "downstream": downstream,
+        **kl,
     }
+
+
+def local_folder(runtime: Runtime, location: str) -> str:
+    """A target's model folder: a stored URI fetched (verified, cached), a local folder as is."""
+    return str(runtime.fetch_uri(location)) if "://" in location else location
 
 
 @stage("evaluate", result=EvaluationResult, key=evaluate_parts,
        lineage={TAG_CHECKPOINT_DIGEST: "checkpoint_digest"})
 def evaluate_task(
-    checkpoint: EvalTarget, evaluation: EvaluationConfig, parent_run_id: str
+    checkpoint: EvalTarget,
+    evaluation: EvaluationConfig,
+    parent_run_id: str,
+    teacher: EvalTarget | None = None,
 ) -> EvaluationResult:
     runtime = Runtime.from_environment()
     location = checkpoint.location
-    model_dir = runtime.fetch_uri(location) if "://" in location else location
+    model_dir = local_folder(runtime, location)
     with runtime.stage(parent_run_id, f"evaluate-{checkpoint.label}", {"evaluation": evaluation}) as run:
         if "://" in location:
             record_inputs(run, runtime, checkpoint=location)
-        model = load_causal_lm(model_dir, dtype=load_dtype(torch.device("cpu")))
+        dtype = load_dtype(torch.device("cpu"))
+        model = load_causal_lm(model_dir, dtype=dtype)
         tokenizer = load_tokenizer(model_dir)
-        numbers = evaluate_model(model, tokenizer, evaluation)
+        kl_reference = None
+        if teacher is not None:
+            kl_reference = load_causal_lm(local_folder(runtime, teacher.location), dtype=dtype)
+        numbers = evaluate_model(model, tokenizer, evaluation, kl_reference)
         log_token_input(
             run,
             context="evaluation",
@@ -117,6 +135,9 @@ def evaluate_task(
         known = [acc for acc in accuracies.values() if acc is not None]
         mean = sum(known) / len(known) if known else None
         metrics = {"eval/perplexity": numbers["perplexity"]["value"]}
+        kl_to_teacher = numbers.get("kl_to_teacher", {}).get("mean_kl")
+        if kl_to_teacher is not None:
+            metrics["eval/kl_to_teacher"] = kl_to_teacher
         metrics.update({f"eval/{name}/acc": acc for name, acc in accuracies.items() if acc is not None})
         if mean is not None:
             metrics["eval/mean_acc"] = mean
@@ -129,6 +150,7 @@ def evaluate_task(
             downstream=accuracies,
             eval_uri=eval_uri,
             mlflow_run_id=run.run_id,
+            kl_to_teacher=kl_to_teacher,
         )
         finish(run, "evaluate", result)
         return result

@@ -1,11 +1,13 @@
-"""Stage `report`: one HTML page (+ PNG plots) summarising a conversion, and model registration.
+"""Stage `report`: the conversion's report page (+ PNG plots), and model registration.
 
-The report shows where the model came from (source id, revision, snapshot / stats / plan / checkpoint
-digests), the plan (kept experts per layer, target width), the evaluation table (teacher, assembled
-student before distillation, distilled student: held-out perplexity and downstream accuracy), and
-the distillation loss curve read back from the distill stage's MLflow run. Published once to the
-artifact store (kind `report`); small (HTML + PNG), so its `report` stage run also shows it under
-`report/`. Cached on the recipe digest and every result it summarises.
+The report is drawn by the one report renderer (moe2dense_platform/reporting: the same page
+`moe2dense report RUN_ID` renders): lineage (source id, revision, snapshot / stats / plan / checkpoint
+digests), the evaluation table (teacher, assembled student before distillation, distilled student:
+held-out perplexity and downstream accuracy), the kept-expert map and the expert scores of the plan
+(read back from the store), and the distillation loss / KL curves read back from the distill stage's
+MLflow run. Published once to the artifact store (kind `report`); small (HTML + PNG + JSON), so its
+`report` stage run also shows it under `report/`. Cached on the recipe digest and every result it
+summarises.
 
 `register_task` registers the final checkpoint in the MLflow Model Registry with lineage tags
 (moe2dense_platform.tracking.register_dense_model): the model version's `source` is the checkpoint's store URI — the
@@ -16,9 +18,17 @@ tracking URI (where it registers).
 
 from __future__ import annotations
 
-import html
-from pathlib import Path
-
+from moe2dense_core.plan import ConversionPlan
+from moe2dense_platform.reporting.data import (
+    EvalRow,
+    LabelledPlan,
+    ReportData,
+    conversion_kind,
+    lineage_rows,
+    plan_label,
+)
+from moe2dense_platform.reporting.render import render_report
+from moe2dense_platform.reporting.runs import log_report, metric_curves
 from moe2dense_platform.runtime import Runtime
 from moe2dense_platform.settings import Settings
 from moe2dense_platform.tracking import (
@@ -39,55 +49,39 @@ from tasks.results import (
 from tasks.stage import stage
 
 
-def loss_curve_png(runtime: Runtime, run_id: str, path: Path) -> bool:
-    """Plot the distill run's `loss` history to `path`; False when there is no such metric."""
-    history = runtime.client.get_metric_history(run_id, "loss")
-    if not history:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axis = pyplot.subplots(figsize=(6, 3.5))
-    points = sorted((m.step, m.value) for m in history)
-    axis.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("distillation loss")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return True
-
-
-def report_html(inputs: ReportInputs, has_curve: bool) -> str:
-    e = html.escape
+def conversion_report(inputs: ReportInputs, runtime: Runtime, parent_run_id: str) -> ReportData:
+    """The report's values from the stage results: the stored plan, the evaluations, the distill run's curves."""
     source, plan = inputs.source, inputs.plan
-    rows = "".join(
-        f"<tr><td>{e(r.label)}</td><td>{r.perplexity:.3f}</td>"
-        f"<td>{'' if r.downstream_mean_acc is None else f'{r.downstream_mean_acc:.4f}'}</td>"
-        f"<td><code>{e(r.checkpoint_digest[:16])}</code></td></tr>"
-        for r in inputs.evaluations
+    conversion = ConversionPlan.from_json(runtime.fetch_uri(plan.plan_uri).read_text(encoding="utf-8"))
+    curves = []
+    if inputs.distill_run_id:
+        curves = metric_curves(runtime.client, runtime.client.get_run(inputs.distill_run_id), "distill")
+    return ReportData(
+        kind="conversion",
+        title=inputs.recipe_name,
+        run_id=parent_run_id,
+        lineage=lineage_rows(
+            source_model=source.model,
+            source_revision=source.revision,
+            snapshot_digest=source.snapshot_digest,
+            stats_digest=plan.stats_digest,
+            plan_digest=plan.plan_digest,
+            checkpoint_digest=inputs.checkpoint.checkpoint_digest,
+            checkpoint_uri=inputs.checkpoint.checkpoint_uri,
+        ),
+        evaluations=[
+            EvalRow(
+                label=e.label,
+                kind=conversion_kind(e.label),
+                perplexity=e.perplexity,
+                kl_to_teacher=e.kl_to_teacher,
+                mean_acc=e.downstream_mean_acc,
+            )
+            for e in inputs.evaluations
+        ],
+        plans=[LabelledPlan(label=plan_label(plan.config), plan=conversion)],
+        curves=curves,
     )
-    kept = "".join(
-        f"<tr><td>{layer}</td><td>{e(str(experts))}</td></tr>" for layer, experts in plan.kept_experts.items()
-    )
-    curve = '<h2>Distillation</h2><img src="loss_curve.png" alt="distillation loss">' if has_curve else ""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>moe2dense: {e(inputs.recipe_name)}</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style>
-</head><body><h1>moe2dense report: {e(inputs.recipe_name)}</h1>
-<h2>Lineage</h2><table>
-<tr><th>source</th><td>{e(source.model)} @ {e(source.revision or "local folder")} ({e(source.model_type)}, E={source.num_experts}, k={source.top_k})</td></tr>
-<tr><th>snapshot digest</th><td><code>{e(source.snapshot_digest)}</code></td></tr>
-<tr><th>stats digest</th><td><code>{e(plan.stats_digest)}</code></td></tr>
-<tr><th>plan digest</th><td><code>{e(plan.plan_digest)}</code></td></tr>
-<tr><th>checkpoint digest</th><td><code>{e(inputs.checkpoint.checkpoint_digest)}</code></td></tr>
-<tr><th>checkpoint</th><td><code>{e(inputs.checkpoint.checkpoint_uri)}</code></td></tr>
-</table>
-<h2>Plan</h2><p>{e(plan.config.model_dump_json())}; dense FFN width {plan.target_width}</p>
-<table><tr><th>layer</th><th>kept experts</th></tr>{kept}</table>
-<h2>Evaluation</h2><table><tr><th>model</th><th>held-out perplexity</th><th>mean accuracy</th><th>digest</th></tr>{rows}</table>
-{curve}</body></html>"""
 
 
 @stage("report", result=ReportResult, key=lambda p: [p["recipe_digest"], p["results"]])
@@ -97,14 +91,9 @@ def report_task(results: ReportInputs, recipe_digest: str, parent_run_id: str) -
     with runtime.stage(parent_run_id, "report") as run, runtime.scratch("report") as scratch:
         run.set_tags({TAG_RECIPE_DIGEST: recipe_digest})
         record_inputs(run, runtime, checkpoint=results.checkpoint.checkpoint_uri, plan=results.plan.plan_uri)
-        folder = scratch / "report"
-        folder.mkdir()
-        has_curve = bool(results.distill_run_id) and loss_curve_png(
-            runtime, results.distill_run_id, folder / "loss_curve.png"
-        )
-        (folder / "index.html").write_text(report_html(results, has_curve), encoding="utf-8")
-        uri = publish_dir(runtime, run, folder, kind="report", name="report")
-        run.log_artifact(folder)  # small: browsable in the MLflow UI
+        rendered = render_report(conversion_report(results, runtime, parent_run_id), scratch / "report")
+        uri = publish_dir(runtime, run, rendered.folder, kind="report", name="report")
+        log_report(run, rendered.folder)  # small: browsable in the MLflow UI
         result = ReportResult(report_uri=uri, mlflow_run_id=run.run_id)
         finish(run, "report", result)
         return result

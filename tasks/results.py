@@ -41,6 +41,30 @@ class CalibrationResult(BaseModel):
     mlflow_run_id: str
 
 
+class TeacherLogitsResult(BaseModel):
+    """The teacher's top-k log-probabilities on the distillation rows, in the store (tasks/teacher_logits.py).
+
+    manifest_uri: the cache manifest (kind `teacher-logits`; its shards are found through it,
+    moe2dense_platform/stored_topk_cache.py); cache_digest: the manifest's sha256 (it lists every shard's);
+    teacher_digest: the snapshot the teacher ran from; data_digest: `tokens_digest` of the rows [N, L];
+    bytes_per_token = k·(4 + b) + 4 + 4 (b = 4 for float32 log-probabilities, 2 for float16);
+    stored_bytes: the shard files' total size.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    manifest_uri: str
+    cache_digest: str
+    teacher_digest: str
+    data_digest: str
+    k: int
+    logprob_dtype: str
+    num_tokens: int
+    bytes_per_token: int
+    stored_bytes: int
+    mlflow_run_id: str
+
+
 class PlanResult(BaseModel):
     """The conversion plan in the store and its summary (tasks/plan.py)."""
 
@@ -56,7 +80,11 @@ class PlanResult(BaseModel):
 
 
 class CheckpointResult(BaseModel):
-    """A dense checkpoint in the artifact store (assembled or distilled)."""
+    """A dense checkpoint in the artifact store (assembled, a baseline student, or distilled).
+
+    plan_digest: the conversion plan it was made with; None for a baseline student (no plan:
+    tasks/baseline_student.py) and for what is distilled from one.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -64,7 +92,7 @@ class CheckpointResult(BaseModel):
     checkpoint_digest: str
     shard_digests: dict[str, str]
     num_parameters: int
-    plan_digest: str
+    plan_digest: str | None
     mlflow_run_id: str
     stage: str
 
@@ -80,7 +108,8 @@ class EvalTarget(BaseModel):
 
 
 class EvaluationResult(BaseModel):
-    """Held-out perplexity and downstream accuracies of one model (tasks/evaluate.py)."""
+    """Held-out perplexity, downstream accuracies and, when a teacher was given, the mean KL(teacher ‖ model)
+    per token on the same held-out windows (tasks/evaluate.py)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -91,6 +120,7 @@ class EvaluationResult(BaseModel):
     downstream: dict[str, float | None]
     eval_uri: str
     mlflow_run_id: str
+    kl_to_teacher: float | None = None
 
 
 class ReportInputs(BaseModel):

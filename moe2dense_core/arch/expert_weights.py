@@ -117,6 +117,8 @@ class ExpertWeights:
     @staticmethod
     def stack(parts: Sequence[ExpertWeights]) -> ExpertWeights:
         """Concatenate collections along the expert dimension (biases must be present in all or none)."""
+        if len(parts) == 1:
+            return parts[0]
         fields = [p._fields() for p in parts]
         out = {}
         for k in fields[0]:

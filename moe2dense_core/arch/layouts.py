@@ -13,6 +13,8 @@ PerExpertLayout — each routed expert its own MLP at `{prefix}{e}.` (Qwen, Mixt
 FusedLayout — all E experts in two 3-D tensors (Granite, GPT-OSS on disk; every family in memory):
     gate_up  {prefix}{gate_up}   order "out_in": [E, 2I, H]    order "in_out": [E, H, 2I]
     down     {prefix}{down}      order "out_in": [E, H, I]     order "in_out": [E, I, H]
+  `order` names the two matrix axes; the expert axis is the first one of every fused tensor (matrices,
+  biases, MXFP4 blocks and scales), which is what lets a read take only the selected experts' slices.
   gate and up share the 2I axis either as "halves" (0..I-1 gate, I..2I-1 up: transformers' `chunk(2)`) or
   "interleaved" (even gate, odd up: GPT-OSS); optional biases gate_up_bias [E, 2I] (same arrangement) and
   down_bias [E, H]. With `mxfp4`, a config whose quantization_config.quant_method is "mxfp4" stores each
@@ -188,20 +190,26 @@ class FusedLayout:
         )
 
     def read(self, reader: Any, prefix: str, config: dict[str, Any], experts: Sequence[int]) -> ExpertWeights:
-        """Experts `experts` (in that order), canonical float32 (MXFP4 dequantised, gate/up separated)."""
-        idx = torch.as_tensor(list(experts), dtype=torch.long)
+        """Experts `experts` (in that order), canonical float32 (MXFP4 dequantised, gate/up separated).
+
+        Only the selected experts' slices of each fused tensor are read (`reader.index_select` on the
+        expert axis, axis 0 of every fused tensor, blocks and scales included), and only they are
+        dequantised: the bytes read are len(experts)/E of the layer's."""
+        experts = list(experts)
 
         def matrix(name: str) -> torch.Tensor:
             full = f"{prefix}{name}"
             if not self.quantized(config):
-                return reader.get(full)[idx].float()
+                return reader.index_select(full, experts).float()
             out_in = dequantize_mxfp4(
-                reader.get(f"{full}_blocks")[idx], reader.get(f"{full}_scales")[idx], name=f"{full}_blocks"
+                reader.index_select(f"{full}_blocks", experts),
+                reader.index_select(f"{full}_scales", experts),
+                name=f"{full}_blocks",
             )
             return out_in if self.order == "out_in" else out_in.transpose(1, 2)
 
         def bias(name: str | None) -> torch.Tensor | None:
-            return None if name is None else reader.get(f"{prefix}{name}")[idx].float()
+            return None if name is None else reader.index_select(f"{prefix}{name}", experts).float()
 
         views = self.split(
             matrix(self.gate_up), matrix(self.down), bias(self.gate_up_bias), bias(self.down_bias)

@@ -11,17 +11,41 @@ What is written (DESIGN.md "Assembly"; METHOD.md steps 3-5):
 - config.json = spec.dense_config(teacher config, W) with the output dtype; tokenizer files and
   generation_config.json copied; README.md model card; moe2dense.json provenance (provenance.py).
 
-Memory: one layer's K kept experts (float64) plus the writer's current shard — never the whole
-teacher. Order of work: validate everything that can be checked from files (the teacher through
-`open_teacher`: integrity, every tensor vs config; plan vs checkpoint; output folder) before reading
-any expert; write into a staging folder; read the written headers back and check they are exactly the
-parameters of the dense model class built from the written config.json (checkpoint/dense.py: nothing
-missing, nothing unexpected, every shape right); only then publish the folder by rename (output_dir.py).
+Streaming: every output tensor's name, dtype and shape is known before any data is read (teacher headers,
+and `spec.dense_ffn_tensors` evaluated on meta tensors), so the writer is given the whole layout up front
+and streams each tensor into its shard as soon as it is made, header first, hashing as it writes
+(io/writer.py, io/shard_file.py). Tensors are made in the writer's order (the safetensors serializer's:
+dtype, then name, which keeps each decoder layer's tensors together), each layer's dense FFN computed once
+when its first tensor is due; after each tensor the reader drops its memory maps (`release_mapped`), so
+mapped pages never outlive the tensor that touched them. Fused expert tensors are read only at the kept
+experts' slices (arch/layouts.py FusedLayout.read).
+
+Peak memory above the process's baseline (measured in tests/core/test_assembly_memory.py and
+bench/streaming_convert.py), in bytes, for a layer with K kept experts in k groups (largest group G
+experts) of width I on hidden H, target width W, output itemsize o, stored itemsize s:
+    peak ≈ max(largest copied tensor,        its mapped pages (+ a copy when cast), e.g. the embedding [V, H]
+               3·W·H·o                        the layer's dense FFN, allocated once at its final width
+               + G·3·I·H·(s + 4 + 8)          one group's experts: mapped slices, float32, float64
+               + 3·I·H·8                      its merged block (float64), written into the FFN's slice
+               (+ 2·W·H·o for fused targets such as GPT-OSS, whose gate/up are interleaved on write))
+— never a whole output shard, never the whole teacher, never all K experts at once: independent of the
+number of layers, of E and of K. Qwen3-30B-A3B (bf16, K = 8, prune, W = 6144, H = 2048, I = 768):
+max(622 MB embedding, 75 MB + 57 MB + 38 MB) ≈ 0.62 GB; measured in the README (bench/streaming_convert.py).
+
+Digests: the teacher's shard digests come from `Teacher.file_digests()` (no second hash when the teacher
+was opened with known digests); the output shards' from the writer (computed while writing, not re-read).
+
+Order of work: validate everything that can be checked from files (the teacher through `open_teacher`:
+integrity, every tensor vs config; plan vs checkpoint; output folder) before reading any expert; write
+into a staging folder; read the written headers back and check they are exactly the parameters of the
+dense model class built from the written config.json (checkpoint/dense.py: nothing missing, nothing
+unexpected, every shape right); only then publish the folder by rename (output_dir.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +54,7 @@ from typing import Any
 
 import torch
 
+from moe2dense_core.arch.expert_weights import ExpertWeights
 from moe2dense_core.arch.spec import MoEArchSpec, MoEDims
 from moe2dense_core.assembly.layer_ffn import dense_layer_ffn, moe_layer_ffn
 from moe2dense_core.assembly.model_card import render_model_card
@@ -41,9 +66,11 @@ from moe2dense_core.checkpoint.expected import LAYER_PREFIX
 from moe2dense_core.checkpoint.teacher import Teacher, using_teacher
 from moe2dense_core.checkpoint.validate import inherited_by_student
 from moe2dense_core.errors import CheckpointError, Moe2DenseError
+from moe2dense_core.io.fp8 import dequantized_dtype
 from moe2dense_core.io.reader import CheckpointReader
+from moe2dense_core.io.safetensors_header import TensorEntry
 from moe2dense_core.io.writer import ShardedCheckpointWriter
-from moe2dense_core.plan import ConversionPlan
+from moe2dense_core.plan import ConversionPlan, LayerPlan
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 """5 GiB per shard, the Hugging Face default for `save_pretrained`."""
@@ -119,19 +146,20 @@ def _assemble(
     dense_config["dtype"] = str(out_dtype).removeprefix("torch.")
 
     with staged_output_dir(target) as staging:
-        with ShardedCheckpointWriter(staging, max_shard_bytes) as writer:
-            num_parameters = _write_tensors(
-                writer, reader, spec, dims, plan, out_dtype, cast_all=dtype is not None
-            )
+        student = _student_tensors(reader, spec, dims, plan, out_dtype, cast_all=dtype is not None)
+        layout = [tensor.entry for tensor in student.values()]
+        with ShardedCheckpointWriter(staging, max_shard_bytes, layout=layout) as writer:
+            _write_tensors(writer, student, reader, spec, plan, out_dtype)
         _write_json(staging / "config.json", dense_config)
         check_dense_checkpoint(staging)
+        file_digests = teacher.file_digests()
         record = AssemblyProvenance(
             tool_version=installed_tool_version(),
             source_model=teacher.source,
             source_revision=teacher.revision,
             source_model_type=reader.model_type,
             source_snapshot_digest=teacher.snapshot_digest(),
-            source_shard_digests=reader.shard_digests(),
+            source_shard_digests={shard: file_digests[shard] for shard in reader.shard_files()},
             dense_model_type=dense_config["model_type"],
             dense_architectures=list(dense_config.get("architectures", [])),
             ffn_width=plan.target_width,
@@ -148,13 +176,23 @@ def _assemble(
         out_dir=target,
         shard_digests=record.shard_digests,
         plan_digest=record.plan_digest,
-        num_parameters=num_parameters,
+        num_parameters=sum(math.prod(entry.shape) for entry in layout),
         provenance=record,
     )
 
 
-def _write_tensors(
-    writer: ShardedCheckpointWriter,
+@dataclass(frozen=True)
+class _StudentTensor:
+    """One tensor of the dense checkpoint: what is written (entry), the decoder layer it belongs to (None:
+    embeddings, final norm, head) and the teacher tensor it copies (None: part of the dense FFN of `layer`,
+    which is then set)."""
+
+    entry: TensorEntry
+    layer: int | None
+    source: str | None
+
+
+def _student_tensors(
     reader: CheckpointReader,
     spec: MoEArchSpec,
     dims: MoEDims,
@@ -162,51 +200,85 @@ def _write_tensors(
     out_dtype: torch.dtype,
     *,
     cast_all: bool,
-) -> int:
-    """Stream every student tensor into the writer: tensors outside the decoder layers (embeddings, final
-    norm, head), then per layer its attention / norms and its dense FFN. Returns the parameter count."""
-    sink = _TensorSink(writer)
-    copy_dtype = out_dtype if cast_all else None
-    layer_plans = {lp.layer: lp for lp in plan.layers}
+) -> dict[str, _StudentTensor]:
+    """Every tensor of the dense checkpoint, from headers and shapes alone: the inherited teacher tensors
+    renamed by `spec.rename_for_dense` (in their read dtype — FP8 dequantised to float32 — or `out_dtype`
+    when `cast_all` and floating), and per decoder layer `spec.dense_ffn_tensors` of a width-W FFN in
+    `out_dtype` (names and shapes from meta tensors). CheckpointError on a name written twice."""
+    student: dict[str, _StudentTensor] = {}
+
+    def put(tensor: _StudentTensor) -> None:
+        if tensor.entry.name in student:
+            raise CheckpointError(
+                f"dense checkpoint: tensor {tensor.entry.name!r} would be written twice (spec naming clash)"
+            )
+        student[tensor.entry.name] = tensor
+
     outside_layers, by_layer = _non_ffn_tensors_by_layer(reader, spec, dims)
-    for name in outside_layers:
-        sink.add(spec, name, spec.read_tensor(reader, name), copy_dtype)
-    for layer in range(dims.num_layers):
-        for name in by_layer.get(layer, []):
-            sink.add(spec, name, spec.read_tensor(reader, name), copy_dtype)
-        if layer in layer_plans:
-            ffn = moe_layer_ffn(spec, reader, layer_plans[layer], plan.target_width)
-        else:
-            ffn = dense_layer_ffn(spec, reader, layer, plan.target_width)
-        for name, tensor in spec.dense_ffn_tensors(layer, ffn).items():
-            sink.add_new(name, tensor.to(out_dtype))
-    return sink.num_parameters
-
-
-class _TensorSink:
-    """Adds tensors to the writer once each, renaming teacher tensors and counting parameters."""
-
-    def __init__(self, writer: ShardedCheckpointWriter) -> None:
-        self._writer = writer
-        self._names: set[str] = set()
-        self.num_parameters = 0
-
-    def add(self, spec: MoEArchSpec, name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> None:
+    inherited = [(None, name) for name in outside_layers]
+    inherited += [(layer, name) for layer, names in sorted(by_layer.items()) for name in names]
+    for layer, name in inherited:
         target = spec.rename_for_dense(name)
         if target is None:
-            return
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        self.add_new(target, tensor)
+            continue
+        dtype = dequantized_dtype(reader, name)
+        if cast_all and dtype.is_floating_point:
+            dtype = out_dtype
+        put(_StudentTensor(TensorEntry(target, dtype, reader.shape(name)), layer, name))
+    width, hidden = plan.target_width, dims.hidden
+    shapes_only = ExpertWeights(
+        gate=torch.empty(1, width, hidden, device="meta"),
+        up=torch.empty(1, width, hidden, device="meta"),
+        down=torch.empty(1, hidden, width, device="meta"),
+    )
+    for layer in range(dims.num_layers):
+        for name, tensor in spec.dense_ffn_tensors(layer, shapes_only).items():
+            put(_StudentTensor(TensorEntry(name, out_dtype, tuple(tensor.shape)), layer, None))
+    return student
 
-    def add_new(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self._names:
-            raise CheckpointError(
-                f"dense checkpoint: tensor {name!r} would be written twice (spec naming clash)"
-            )
-        self._names.add(name)
-        self.num_parameters += tensor.numel()
-        self._writer.add(name, tensor.contiguous())
+
+def _write_tensors(
+    writer: ShardedCheckpointWriter,
+    student: dict[str, _StudentTensor],
+    reader: CheckpointReader,
+    spec: MoEArchSpec,
+    plan: ConversionPlan,
+    out_dtype: torch.dtype,
+) -> None:
+    """Make every student tensor in `writer.order` and stream it into the writer: a copied teacher tensor
+    read (and cast) on its own; a dense-FFN tensor from its layer's FFN, computed once when the first of
+    its tensors is due and kept until the last is written. The reader's memory maps are dropped after each
+    tensor, so what is mapped is at most the tensor being copied or one layer's kept experts."""
+    layer_plans = {lp.layer: lp for lp in plan.layers}
+    ffn: dict[str, torch.Tensor] = {}
+    for name in writer.order or ():
+        tensor = student[name]
+        if tensor.source is not None:
+            writer.add(name, spec.read_tensor(reader, tensor.source).to(tensor.entry.dtype))
+        else:
+            if name not in ffn:
+                ffn = _dense_ffn_tensors(
+                    spec, reader, tensor.layer, layer_plans, plan.target_width, out_dtype
+                )
+            writer.add(name, ffn.pop(name))
+        reader.release_mapped()
+
+
+def _dense_ffn_tensors(
+    spec: MoEArchSpec,
+    reader: CheckpointReader,
+    layer: int,
+    layer_plans: dict[int, LayerPlan],
+    target_width: int,
+    out_dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """The dense FFN tensors of decoder `layer`, stored in `out_dtype` (merged kept experts of a MoE layer,
+    or a teacher dense MLP zero-padded), as `spec.dense_ffn_tensors` names them."""
+    if layer in layer_plans:
+        ffn = moe_layer_ffn(spec, reader, layer_plans[layer], target_width, out_dtype)
+    else:
+        ffn = dense_layer_ffn(spec, reader, layer, target_width, out_dtype)
+    return spec.dense_ffn_tensors(layer, ffn)
 
 
 def _non_ffn_tensors_by_layer(

@@ -40,6 +40,8 @@ def merge_group(members: ExpertWeights, merge_weights: Sequence[float]) -> Exper
     if bool((weights < 0).any()) or abs(float(weights.sum()) - 1.0) > MERGE_WEIGHT_SUM_TOLERANCE:
         raise PlanError(f"merge_weights: {weights.tolist()} must be non-negative and sum to 1")
     members = members.to(torch.float64)
+    if members.num_experts == 1 and float(weights[0]) == 1.0:  # a group of one is copied (no arithmetic)
+        return members
     merged = {}
     for field in fields(members):
         tensor = getattr(members, field.name)

@@ -6,7 +6,10 @@ takes its own slice of every global batch (see `moe2dense_core.distill.sampling`
 average gradients, so N processes compute the gradient of the same global batch as one process would.
 FSDP (`parallelism="fsdp"`, PyTorch's `fully_shard`) shards parameters, gradients and optimizer states
 across processes, one unit per decoder layer (the model's `_no_split_modules`) plus the root, for
-students too big for one GPU.
+students too big for one GPU. With precision "bf16" (as `precision.resolve_precision` decided) FSDP
+all-gathers and computes with bf16 copies of the parameters and reduce-scatters gradients in fp32
+(`MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`); the sharded master weights, gradients
+and optimizer states stay fp32. DDP keeps fp32 replicas and runs the forward under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from moe2dense_core.errors import DistillError
@@ -59,17 +63,19 @@ def setup_distributed(default_device: torch.device) -> DistributedContext:
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
-def wrap_student(student: nn.Module, ctx: DistributedContext, parallelism: str = "ddp") -> nn.Module:
-    """The module to run forward/backward on: DDP wrapper, or the student sharded in place (FSDP),
-    when more than one process runs; the student itself otherwise."""
+def wrap_student(
+    student: nn.Module, ctx: DistributedContext, parallelism: str = "ddp", precision: str = "fp32"
+) -> nn.Module:
+    """The module to run forward/backward on: DDP wrapper, or the student sharded in place (FSDP, with
+    the mixed precision of the module docstring when precision == "bf16"), when more than one process
+    runs; the student itself otherwise."""
     if not ctx.active:
         return student
     if parallelism == "ddp":
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return DistributedDataParallel(student, device_ids=device_ids)
     if parallelism == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
+        policy = fsdp_mixed_precision(precision)
         unit_names = set(getattr(student, "_no_split_modules", None) or ())
         units = [m for m in student.modules() if type(m).__name__ in unit_names]
         if not units:
@@ -78,10 +84,20 @@ def wrap_student(student: nn.Module, ctx: DistributedContext, parallelism: str =
                 f"{type(student).__name__} lists {sorted(unit_names)}"
             )
         for unit in units:
-            fully_shard(unit)
-        fully_shard(student)
+            fully_shard(unit, mp_policy=policy)
+        fully_shard(student, mp_policy=policy)
         return student
     raise DistillError(f"unknown parallelism {parallelism!r}; choose ddp or fsdp")
+
+
+def fsdp_mixed_precision(precision: str) -> MixedPrecisionPolicy:
+    """FSDP's policy for a resolved precision: bf16 parameters in compute, fp32 gradient reduction for
+    "bf16"; everything in the parameters' own dtype (fp32) for "fp32"."""
+    if precision == "bf16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if precision == "fp32":
+        return MixedPrecisionPolicy()
+    raise DistillError(f"unknown resolved precision {precision!r}; expected bf16 or fp32")
 
 
 @contextlib.contextmanager
@@ -125,6 +141,21 @@ def gather_objects(obj: object, ctx: DistributedContext) -> list[object]:
     return out
 
 
+def main_value(obj: object, ctx: DistributedContext) -> object:
+    """Rank 0's `obj` on every process (a broadcast); `obj` itself on one process."""
+    if not ctx.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(ctx: DistributedContext) -> None:
     if ctx.active:
         dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, if this process joined one (the end of a launched process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

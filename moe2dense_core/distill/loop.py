@@ -5,7 +5,9 @@ Per optimizer step s (G = global rows per step, L = sequence length, w = config.
 with D the configured divergence (forward KL: the paper's Eq. 5). Every process accumulates its share
 of the sums over its micro-batches (see `sampling`), scaled by world_size because DDP averages gradients,
 so the gradient equals the single-process gradient of the same global batch (DDP and FSDP alike). Then: clip the global grad
-norm, AdamW step (fp32 master weights; forward under bf16 autocast where supported), warmup-cosine lr.
+norm, AdamW step (fp32 master weights; forward under bf16 autocast where supported, and FSDP's bf16
+mixed precision: `distributed`), warmup-cosine lr. Optional activation checkpointing recomputes each
+decoder layer in the backward (`config.gradient_checkpointing`, with or without DDP / FSDP).
 
 Metrics logged every `log_every` steps (rank 0): loss, kl (mean forward KL per token at temperature T,
 no T² factor; over the k + 1 buckets in cached mode), ce (when w > 0), lr, grad_norm, tokens_per_s.
@@ -28,11 +30,9 @@ from moe2dense_core.data import tokens_digest
 from moe2dense_core.distill.checkpointing import (
     TrainerPosition,
     checkpoint_step,
-    full_training_state,
     latest_checkpoint,
     load_checkpoint,
     read_run_identity,
-    rng_state,
     save_checkpoint,
 )
 from moe2dense_core.distill.config import DistillConfig
@@ -40,8 +40,6 @@ from moe2dense_core.distill.distributed import (
     DistributedContext,
     all_reduce_sum,
     as_float,
-    barrier,
-    gather_objects,
     gradient_sync,
     setup_distributed,
     wrap_student,
@@ -119,7 +117,7 @@ def _teacher_source(
     cache = teacher_or_cache if isinstance(teacher_or_cache, TopKCache) else TopKCache.open(teacher_or_cache)
     cache.check_fits(data_digest=data_digest, temperature=config.temperature, teacher_top_k=config.teacher_top_k,
                      teacher_digest=teacher_digest)
-    return CachedTeacher(cache, device), f"topk_cache(k={cache.manifest.k})", cache.manifest.teacher_digest
+    return CachedTeacher(cache, device), cache.label, cache.manifest.teacher_digest
 
 
 def _checkpoint_to_resume(
@@ -219,9 +217,10 @@ def distill(
     data: packed training rows [N, L] (int64, see `data.prepare_token_splits`; never the held-out rows).
     teacher_or_cache: the MoE teacher (run online) or a `TopKCache` / its directory (`write_topk_cache`
     on the same `data`; an online teacher is moved to the student's device and put in eval mode).
-    Checkpoints go to `checkpoint_dir` every `config.checkpoint_every` steps and at the end, each with
-    the run identity (`run_identity`: config fields, data digest, teacher, `teacher_digest` and
-    `student_digest` — the caller's ids of the teacher and of the student's starting weights, or None).
+    Checkpoints (DCP, see `checkpointing`) go to `checkpoint_dir` every `config.checkpoint_every` steps and
+    at the end, each with the run identity (`run_identity`: config fields, global batch, data digest,
+    teacher, `teacher_digest` and `student_digest` — the caller's ids of the teacher and of the student's
+    starting weights, or None); a run may resume on another number of processes with the same global batch.
     resume=True continues from the newest one there exactly (none there: starts at step 0), refusing a
     checkpoint of another run with an error naming what differs; resume="extend" continues it to a new
     `config.max_steps` (≥ its step), the lr schedule rebuilt for the new total; resume=False refuses a
@@ -248,14 +247,14 @@ def distill(
     )
     if source.vocab_size != vocab_size:
         raise DistillError(f"student vocab_size {vocab_size} != teacher vocab_size {source.vocab_size}")
-    identity = run_identity(config, data_digest=data_digest, teacher=teacher_label,
+    identity = run_identity(config, world_size=ctx.world_size, data_digest=data_digest, teacher=teacher_label,
                             teacher_digest=teacher_digest, student_digest=student_digest)
     found = _checkpoint_to_resume(checkpoint_dir, resume, identity)
 
     student.to(ctx.device).train()
     if config.gradient_checkpointing:
         enable_activation_checkpointing(student)
-    model = wrap_student(student, ctx, config.parallelism)
+    model = wrap_student(student, ctx, config.parallelism, precision)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay
@@ -290,8 +289,7 @@ def _train(
     """The optimizer-step loop of `distill` from checkpoint `found` (None: step 0) to config.max_steps."""
     position = TrainerPosition(step=0, data_position=0)
     if found is not None:
-        position = load_checkpoint(found, model=student, optimizer=optimizer, rank=ctx.rank,
-                                   world_size=ctx.world_size)
+        position = load_checkpoint(found, model=student, optimizer=optimizer, ctx=ctx)
         LOG.info("resuming distillation from %s at step %d of %d", found, position.step, config.max_steps)
     start_step = position.step
     scheduler = warmup_cosine_scheduler(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio,
@@ -337,13 +335,8 @@ def _train(
 
         at_interval = config.checkpoint_every is not None and position.step % config.checkpoint_every == 0
         if checkpoint_dir is not None and (at_interval or position.step == config.max_steps):
-            model_state, optimizer_state = full_training_state(student, optimizer)
-            rng_states = gather_objects(rng_state(), ctx)
-            if ctx.is_main:
-                saved = save_checkpoint(checkpoint_dir, model_state=model_state, optimizer_state=optimizer_state,
-                                        position=position, rng_states=rng_states, identity=identity,
-                                        keep=config.keep_checkpoints)
-            barrier(ctx)
+            saved = save_checkpoint(checkpoint_dir, model=student, optimizer=optimizer, position=position,
+                                    identity=identity, keep=config.keep_checkpoints, ctx=ctx)
     if checkpoint_dir is not None and saved is None:
         saved = latest_checkpoint(checkpoint_dir)
     return DistillResult(

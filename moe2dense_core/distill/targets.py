@@ -66,12 +66,12 @@ class CachedTeacher:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if temperature != self.cache.manifest.temperature:
             raise DistillError(
-                f"cache {self.cache.directory} holds log-probabilities at T={self.cache.manifest.temperature}, "
+                f"cache {self.cache.location} holds log-probabilities at T={self.cache.manifest.temperature}, "
                 f"not T={temperature}"
             )
         cached = self.cache.rows(rows).to(self.device)
         if not torch.equal(cached.input_ids, input_ids):
-            raise DistillError(f"cache {self.cache.directory} rows {rows.tolist()[:4]}… hold other tokens")
+            raise DistillError(f"cache {self.cache.location} rows {rows.tolist()[:4]}… hold other tokens")
         teacher_logp, student_logp = topk_bucket_logprobs(
             temperature_logprobs(student_logits, temperature),
             cached.topk_ids,

@@ -4,20 +4,28 @@
 [N, L] and writes, per row-shard `shard_00000.safetensors`:
   input_ids      int32   [n, L]      the tokens (row i of the shard is row first_row + i of data)
   topk_ids       int32   [n, L, k]   the k most probable next-token ids, most probable first
-  topk_logprobs  float32 [n, L, k]   log p_v = log softmax(z / T)_v at those ids
+  topk_logprobs  float32 [n, L, k]   log p_v = log softmax(z / T)_v at those ids (float16 on request)
   tail_logprob   float32 [n, L]      log r, r = Σ_{v ∉ top-k} p_v, from the full logits (−inf if k = V)
 and `manifest.json` (k, V, L, N, T, teacher_top_k — the routing k' the teacher ran with, None for its own
-k —, the teacher precision, the caller's teacher digest, sha256 of the data and of each shard).
+k —, the teacher precision, the log-probability dtype, the caller's teacher digest, sha256 of the data
+and of each shard).
+Size [defined here]: `bytes_per_token(k, dtype)` = k·(4 + b) + 4 + 4 — k ids of 4 bytes and k
+log-probabilities of b bytes (4 for float32, 2 for float16), the tail (4) and the input id (4) — plus a
+few hundred bytes of safetensors header per shard; `cache_bytes(k, dtype, tokens)` for a token budget.
 `TopKCache.open(out_dir)` reads rows back by index, so distillation never holds the teacher in memory;
-`TopKCache.check_fits` refuses a run whose data, temperature, routing or teacher differ from the cache's.
+`TopKCache(manifest, locate, location)` reads shards that `locate` brings on first use (e.g. one at a
+time from an artifact store); `TopKCache.check_fits` refuses a run whose data, temperature, routing,
+teacher, k or dtype differ from the cache's.
 How the tail mass enters the loss: `moe2dense_core.distill.losses.topk_bucket_logprobs` [defined here].
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -33,8 +41,12 @@ from moe2dense_core.io.atomic import atomic_path, atomic_write_text
 from moe2dense_core.io.digests import file_sha256
 from moe2dense_core.schema import check_schema_version
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+LogprobDtype = Literal["float32", "float16"]
+LOGPROB_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+ID_BYTES = 4  # int32 token ids (top-k ids and input ids)
+TAIL_BYTES = 4  # float32 tail log-mass
 
 
 class CacheShard(BaseModel):
@@ -59,14 +71,33 @@ class TopKCacheManifest(BaseModel):
     temperature: float
     teacher_top_k: int | None
     precision: str
+    logprob_dtype: LogprobDtype
     data_digest: str
     teacher_digest: str | None = None
     shards: tuple[CacheShard, ...]
 
 
+ShardLocator = Callable[[CacheShard], Path]
+
+
+def bytes_per_token(k: int, logprob_dtype: LogprobDtype) -> int:
+    """Stored bytes per token: k·(4 + b) + 4 (tail) + 4 (input id), b = bytes of one log-probability."""
+    if logprob_dtype not in LOGPROB_DTYPES:
+        raise DistillError(f"logprob_dtype {logprob_dtype!r}: choose one of {sorted(LOGPROB_DTYPES)}")
+    if k < 1:
+        raise DistillError(f"top-k cache k={k} must be at least 1")
+    return k * (ID_BYTES + LOGPROB_DTYPES[logprob_dtype].itemsize) + TAIL_BYTES + ID_BYTES
+
+
+def cache_bytes(k: int, logprob_dtype: LogprobDtype, num_tokens: int) -> int:
+    """Stored bytes of a cache over `num_tokens` tokens: num_tokens · bytes_per_token (headers aside)."""
+    return num_tokens * bytes_per_token(k, logprob_dtype)
+
+
 @dataclass(frozen=True)
 class TeacherTopK:
-    """Cached teacher targets for a batch of rows: ids [B, L, k], logprobs [B, L, k], tail [B, L]."""
+    """Cached teacher targets for a batch of rows: input_ids [B, L] int64, topk_ids [B, L, k] int32,
+    topk_logprobs [B, L, k] float32 (upcast when stored as float16), tail_logprob [B, L] float32."""
 
     input_ids: torch.Tensor
     topk_ids: torch.Tensor
@@ -102,22 +133,29 @@ def write_topk_cache(
     batch_size: int = 8,
     rows_per_shard: int = 1024,
     precision: str = "auto",
+    logprob_dtype: LogprobDtype = "float32",
+    on_shard: Callable[[Path, CacheShard], None] | None = None,
 ) -> TopKCacheManifest:
     """Run `teacher` over `data` [N, L] (int) and write its top-k log-probabilities to `out_dir`.
 
     k: kept ids per token (1 ≤ k ≤ V); temperature: T of p = softmax(z / T) (distillation must use
     the same T); teacher_top_k: expanded routing k' (paper Eq. 6; a run must ask for the same k', or
     None for both); teacher_digest: the caller's id of the teacher weights (e.g. its snapshot sha256),
-    recorded so `distill(teacher_digest=...)` can check it. The teacher runs on its own device.
-    Returns the manifest, also written last (atomically) as `out_dir/manifest.json`.
+    recorded so `distill(teacher_digest=...)` can check it; logprob_dtype: how the k log-probabilities
+    are stored (float16 rounds them to 11 significant bits; the tail stays float32). The teacher runs on
+    its own device. on_shard(path, shard) is called once each shard file is complete (e.g. to upload it;
+    it may delete the file). Returns the manifest, also written last (atomically) as
+    `out_dir/manifest.json`.
     """
     if data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
         raise DistillError(f"data must be an int tensor [N, L], got {tuple(data.shape)} {data.dtype}")
     vocab_size = int(teacher.config.vocab_size)
     if not 1 <= k <= vocab_size:
         raise DistillError(f"top-k cache k={k} must lie in [1, vocab_size={vocab_size}]")
+    bytes_per_token(k, logprob_dtype)  # refuses an unknown dtype before the teacher runs
     if batch_size < 1 or rows_per_shard < batch_size:
         raise DistillError(f"need 1 ≤ batch_size ({batch_size}) ≤ rows_per_shard ({rows_per_shard})")
+    stored = LOGPROB_DTYPES[logprob_dtype]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = next(teacher.parameters()).device
@@ -140,70 +178,108 @@ def write_topk_cache(
                 tensors = {
                     "input_ids": rows.to(torch.int32).contiguous(),
                     "topk_ids": torch.cat([p[0] for p in parts]).contiguous(),
-                    "topk_logprobs": torch.cat([p[1] for p in parts]).contiguous(),
+                    "topk_logprobs": torch.cat([p[1] for p in parts]).to(stored).contiguous(),
                     "tail_logprob": torch.cat([p[2] for p in parts]).contiguous(),
                 }
                 name = f"shard_{len(shards):05d}.safetensors"
                 with atomic_path(out / name) as tmp:
                     save_file(tensors, tmp, metadata={"first_row": str(first)})
-                shards.append(CacheShard(file=name, first_row=first, num_rows=rows.shape[0],
-                                         sha256=file_sha256(out / name)))
+                shard = CacheShard(file=name, first_row=first, num_rows=rows.shape[0],
+                                   sha256=file_sha256(out / name))
+                shards.append(shard)
+                if on_shard is not None:
+                    on_shard(out / name, shard)
     finally:
         teacher.train(was_training)
     manifest = TopKCacheManifest(
         k=k, vocab_size=vocab_size, seq_len=data.shape[1], num_sequences=data.shape[0], temperature=temperature,
-        teacher_top_k=teacher_top_k, precision=resolved, data_digest=tokens_digest(data),
-        teacher_digest=teacher_digest, shards=tuple(shards),
+        teacher_top_k=teacher_top_k, precision=resolved, logprob_dtype=logprob_dtype,
+        data_digest=tokens_digest(data), teacher_digest=teacher_digest, shards=tuple(shards),
     )
     atomic_write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=2))
     return manifest
 
 
-class TopKCache:
-    """Read access to a cache written by `write_topk_cache`: rows by index, memory-mapped."""
+def read_manifest(path: Path) -> TopKCacheManifest:
+    """The manifest at `path`, its schema_version checked first; DistillError naming the file otherwise."""
+    if not path.is_file():
+        raise DistillError(f"{path} is missing: not a finished top-k cache")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as err:
+        raise DistillError(f"{path} is not a valid top-k cache manifest: {err}") from err
+    found = raw.get("schema_version") if isinstance(raw, dict) else None
+    check_schema_version(found, SCHEMA_VERSION, str(path), DistillError)
+    try:
+        return TopKCacheManifest.model_validate(raw)
+    except ValueError as err:
+        raise DistillError(f"{path} is not a valid top-k cache manifest: {err}") from err
 
-    def __init__(self, directory: Path, manifest: TopKCacheManifest) -> None:
-        self.directory = directory
+
+class TopKCache:
+    """Read access to a cache written by `write_topk_cache`: rows by index, memory-mapped.
+
+    `locate(shard)` gives the local path of a shard; it is asked once per shard, when a row of it is
+    first read (`open` locates in a folder; a store-backed locator fetches the shard then). `location`
+    names the cache in messages (its folder or URI).
+    """
+
+    def __init__(self, manifest: TopKCacheManifest, locate: ShardLocator, location: str) -> None:
         self.manifest = manifest
+        self.location = location
+        self._locate = locate
+        self._paths: dict[int, Path] = {}
         self._starts = torch.tensor([s.first_row for s in manifest.shards])
 
     @classmethod
     def open(cls, directory: str | Path, *, verify: bool = False) -> TopKCache:
         """Open `directory`; verify=True also checks every shard's sha256 (reads all bytes)."""
         directory = Path(directory)
-        manifest_path = directory / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise DistillError(f"{manifest_path} is missing: not a finished top-k cache")
-        try:
-            manifest = TopKCacheManifest.model_validate(json.loads(manifest_path.read_text()))
-        except ValueError as err:
-            raise DistillError(f"{manifest_path} is not a valid top-k cache manifest: {err}") from err
-        check_schema_version(manifest.schema_version, SCHEMA_VERSION, str(manifest_path), DistillError)
+        manifest = read_manifest(directory / MANIFEST_NAME)
         for shard in manifest.shards:
             path = directory / shard.file
             if not path.is_file():
                 raise DistillError(f"top-k cache shard {path} is missing")
             if verify and file_sha256(path) != shard.sha256:
                 raise DistillError(f"top-k cache shard {path} does not match its sha256 in the manifest")
-        return cls(directory, manifest)
+        return cls(manifest, lambda shard: directory / shard.file, str(directory))
+
+    @property
+    def label(self) -> str:
+        """What the targets are, for a run's identity: `topk_cache(k=64)`, `topk_cache(k=64, float16)`."""
+        dtype = "" if self.manifest.logprob_dtype == "float32" else f", {self.manifest.logprob_dtype}"
+        return f"topk_cache(k={self.manifest.k}{dtype})"
+
+    def shard_path(self, index: int) -> Path:
+        """Local path of shard `index`, located on first use."""
+        if index not in self._paths:
+            self._paths[index] = self._locate(self.manifest.shards[index])
+        return self._paths[index]
 
     def check_fits(
-        self, *, data_digest: str, temperature: float, teacher_top_k: int | None, teacher_digest: str | None
+        self,
+        *,
+        data_digest: str,
+        temperature: float,
+        teacher_top_k: int | None,
+        teacher_digest: str | None,
+        k: int | None = None,
+        logprob_dtype: LogprobDtype | None = None,
     ) -> None:
         """Raise DistillError naming every field where this cache differs from what a run asks for.
 
-        Data, temperature and routing k' (None = the teacher's own k) must be equal; the teacher digest
-        is checked when the run gives one.
+        Data, temperature and routing k' (None = the teacher's own k) must be equal; the teacher digest,
+        k and the log-probability dtype are checked when the run gives them.
         """
         m = self.manifest
         asked = {"data_digest": data_digest, "temperature": temperature, "teacher_top_k": teacher_top_k}
-        if teacher_digest is not None:
-            asked["teacher_digest"] = teacher_digest
+        optional = {"teacher_digest": teacher_digest, "k": k, "logprob_dtype": logprob_dtype}
+        asked.update({name: value for name, value in optional.items() if value is not None})
         differ = [f"{name}: cache {getattr(m, name)!r}, run {value!r}" for name, value in asked.items()
                   if getattr(m, name) != value]
         if differ:
             written_for = " (written for other data)" if m.data_digest != data_digest else ""
-            raise DistillError(f"top-k cache {self.directory} does not fit this run{written_for}: " + "; ".join(differ))
+            raise DistillError(f"top-k cache {self.location} does not fit this run{written_for}: " + "; ".join(differ))
 
     def rows(self, indices: torch.Tensor) -> TeacherTopK:
         """Cached targets of rows `indices` [B] (positions in the packed data), in that order."""
@@ -215,7 +291,7 @@ class TopKCache:
         picked: dict[int, dict[str, torch.Tensor]] = {}
         for shard_idx in shard_of.unique().tolist():
             shard = self.manifest.shards[shard_idx]
-            with safe_open(self.directory / shard.file, framework="pt") as f:
+            with safe_open(self.shard_path(shard_idx), framework="pt") as f:
                 for row in indices[shard_of == shard_idx].tolist():
                     local = row - shard.first_row
                     picked[row] = {name: f.get_slice(name)[local : local + 1] for name in fields}
@@ -223,6 +299,6 @@ class TopKCache:
         return TeacherTopK(
             input_ids=torch.cat([picked[r]["input_ids"] for r in rows]).long(),
             topk_ids=torch.cat([picked[r]["topk_ids"] for r in rows]),
-            topk_logprobs=torch.cat([picked[r]["topk_logprobs"] for r in rows]),
+            topk_logprobs=torch.cat([picked[r]["topk_logprobs"] for r in rows]).float(),
             tail_logprob=torch.cat([picked[r]["tail_logprob"] for r in rows]),
         )

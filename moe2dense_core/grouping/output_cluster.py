@@ -14,9 +14,10 @@ from moe2dense_core.grouping.registry import register_grouper
 from moe2dense_core.grouping.request import GroupingRequest
 from moe2dense_core.grouping.seeded_assignment import groups_by_gram
 from moe2dense_core.registry import MethodOptions
+from moe2dense_core.stats.request import EVERYTHING
 
 
-@register_grouper("output_cluster")
+@register_grouper("output_cluster", needs=EVERYTHING)
 def output_cluster(request: GroupingRequest, options: MethodOptions) -> list[list[int]]:
     """Seeded groups by output cosine similarity (see module docstring)."""
     return groups_by_gram(request.ranked, request.num_groups, request.stats.gram)

@@ -15,9 +15,10 @@ from __future__ import annotations
 from moe2dense_core.grouping.registry import register_grouper
 from moe2dense_core.grouping.request import GroupingRequest
 from moe2dense_core.registry import MethodOptions
+from moe2dense_core.stats.request import ROUTER_ONLY
 
 
-@register_grouper("score_balanced")
+@register_grouper("score_balanced", needs=ROUTER_ONLY)
 def score_balanced(request: GroupingRequest, options: MethodOptions) -> list[list[int]]:
     """Serpentine dealing of the ranked experts into k groups (see module docstring)."""
     k = request.num_groups

@@ -21,9 +21,10 @@ from moe2dense_core.grouping.registry import register_grouper
 from moe2dense_core.grouping.request import GroupingRequest
 from moe2dense_core.grouping.seeded_assignment import assign_to_seeds, cosine_from_gram
 from moe2dense_core.registry import MethodOptions
+from moe2dense_core.stats.request import ROUTER_ONLY
 
 
-@register_grouper("weight_cluster", needs_weights=True)
+@register_grouper("weight_cluster", needs_weights=True, needs=ROUTER_ONLY)
 def weight_cluster(request: GroupingRequest, options: MethodOptions) -> list[list[int]]:
     """Seeded groups by weight cosine similarity (see module docstring)."""
     layer = request.stats.layer

@@ -16,6 +16,7 @@ from moe2dense_core.errors import CheckpointError
 
 SCALE_SUFFIX = "_scale_inv"
 DEFAULT_BLOCK = (128, 128)
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def dequantize_fp8_blocks(
@@ -48,12 +49,17 @@ def fp8_block_size(config: dict[str, Any]) -> tuple[int, int]:
     return (block[0], block[1])
 
 
+def dequantized_dtype(reader: Any, name: str) -> torch.dtype:
+    """The dtype `read_dequantized(reader, name)` returns, from the header alone (no data read)."""
+    return torch.float32 if reader.dtype(name) in _FP8_DTYPES else reader.dtype(name)
+
+
 def read_dequantized(reader: Any, name: str) -> torch.Tensor:
     """`reader.get(name)`, dequantised to float32 when it is an FP8 weight with a `…_scale_inv` partner;
     other tensors are returned in their stored dtype."""
     tensor = reader.get(name)
     scale_name = name + SCALE_SUFFIX
-    if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if tensor.dtype in _FP8_DTYPES:
         if scale_name not in reader:
             raise CheckpointError(f"{name}: FP8 weight without its {scale_name!r} in the checkpoint")
         return dequantize_fp8_blocks(tensor, reader.get(scale_name), fp8_block_size(reader.config), name=name)

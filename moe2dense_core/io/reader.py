@@ -11,13 +11,21 @@ checkpoint fails before anything expensive: config.json present and a JSON objec
 the index parses; every shard it names exists; every safetensors header parses, its byte length
 matches the file (truncation / trailing bytes), it holds every tensor the index assigns to it and
 no tensor the index leaves out (or assigns to another shard).
-Tensors are then read lazily with `safetensors.safe_open`, one per `get` call.
+Tensors are then read lazily with `safetensors.safe_open`, one per `get` call, or only some sub-tensors
+of one along its first axis with `index_select` (the kept experts of a fused [E, …] expert tensor).
+
+Memory: safetensors maps each opened shard file; the pages a read touches stay resident (counted in
+the process's RSS) until the map is dropped. `release_mapped()` drops every map (they reopen lazily on the
+next read); callers that stream a checkpoint call it after each decoder layer, so resident mapped pages
+stay bounded by one layer instead of growing with the checkpoint. A map lives on while a tensor read from
+it is referenced. `bytes_read` counts, per tensor name, the bytes of tensor data handed out.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +46,7 @@ class CheckpointReader:
     """Read-only view of a checkpoint folder (see module docstring).
 
     Attributes: model_dir (Path), config (dict: config.json), index_file (Path | None),
-    format ("safetensors" | "pickle").
+    format ("safetensors" | "pickle"), bytes_read (Counter: tensor name → bytes handed out).
     """
 
     def __init__(self, model_dir: str | Path, *, allow_pickle: bool = False) -> None:
@@ -50,6 +58,7 @@ class CheckpointReader:
         self._pickle_shards: dict[str, dict[str, torch.Tensor]] = {}
         self._digests: dict[str, str] | None = None
         self.index_file: Path | None = None
+        self.bytes_read: Counter[str] = Counter()
 
         if (self.model_dir / SAFETENSORS_INDEX).is_file():
             self.format = "safetensors"
@@ -86,12 +95,34 @@ class CheckpointReader:
         """Read ONE tensor from its shard, in its stored dtype."""
         shard = self.shard_of(name)
         if self.format == "pickle":
-            return self._load_pickle_shard(shard)[name]
-        handle = self._handles.get(shard)
-        if handle is None:
-            handle = safe_open(str(self.model_dir / shard), framework="pt", device="cpu")
-            self._handles[shard] = handle
-        return handle.get_tensor(name)
+            tensor = self._load_pickle_shard(shard)[name]
+        else:
+            tensor = self._handle(shard).get_tensor(name)
+        self.bytes_read[name] += self._info(name).nbytes
+        return tensor
+
+    def index_select(self, name: str, indices: Sequence[int]) -> torch.Tensor:
+        """`get(name)[indices]` along the first axis, in the given order, reading only those sub-tensors.
+
+        tensor [N, …] → [len(indices), …]; runs of consecutive ascending indices are read as one slice
+        (safetensors `get_slice`), so the bytes read are len(indices)/N of the tensor's.
+        """
+        shape = self.shape(name)
+        if not shape or any(not 0 <= i < shape[0] for i in indices):
+            raise CheckpointError(
+                f"tensor {name!r} {list(shape)}: indices {list(indices)} are not along a first axis of that size"
+            )
+        runs = _consecutive_runs(indices)
+        if self.format == "pickle":
+            stored = self._load_pickle_shard(self.shard_of(name))[name]
+            parts = [stored[start:stop] for start, stop in runs]
+        else:
+            sliced = self._handle(self.shard_of(name)).get_slice(name)
+            parts = [sliced[start:stop] for start, stop in runs]
+        self.bytes_read[name] += (self._info(name).nbytes // shape[0] if shape[0] else 0) * len(indices)
+        if not parts:
+            return torch.empty((0, *shape[1:]), dtype=self.dtype(name))
+        return parts[0].clone() if len(parts) == 1 else torch.cat(parts)
 
     def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) for `names` (default: all), read one at a time."""
@@ -113,10 +144,15 @@ class CheckpointReader:
             self._digests = {shard: file_sha256(self.model_dir / shard) for shard in self.shard_files()}
         return dict(self._digests)
 
-    def close(self) -> None:
-        """Drop open shard handles (memory maps); the reader reopens them on the next `get`."""
+    def release_mapped(self) -> None:
+        """Drop every open shard memory map (safetensors handles, memory-mapped pickles); each reopens
+        lazily on the next read. See the module docstring (memory)."""
         self._handles.clear()
         self._pickle_shards.clear()
+
+    def close(self) -> None:
+        """`release_mapped()`: the reader holds nothing else, and stays usable."""
+        self.release_mapped()
 
     def __enter__(self) -> CheckpointReader:
         return self
@@ -125,6 +161,13 @@ class CheckpointReader:
         self.close()
 
     # ---- internals -------------------------------------------------------------------------------
+    def _handle(self, shard: str) -> Any:
+        handle = self._handles.get(shard)
+        if handle is None:
+            handle = safe_open(str(self.model_dir / shard), framework="pt", device="cpu")
+            self._handles[shard] = handle
+        return handle
+
     def _info(self, name: str) -> TensorInfo:
         try:
             return self._infos[name]
@@ -217,6 +260,17 @@ class CheckpointReader:
                 raise CheckpointError(f"{path}: not a state dict of tensors")
             self._pickle_shards[shard] = state
         return self._pickle_shards[shard]
+
+
+def _consecutive_runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, stop) runs covering `indices` in order: [4, 5, 6, 1, 2] → [(4, 7), (1, 3)]."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from moe2dense_core.scoring.ratios import token_count
 from moe2dense_core.scoring.registry import register_scorer
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import EXPERT_OUTPUTS
 
 
 def activation_weighted_cp(stats: LayerStats) -> torch.Tensor:
@@ -25,7 +26,7 @@ def activation_weighted_cp(stats: LayerStats) -> torch.Tensor:
     return conditional_probability(stats) * rms_output
 
 
-@register_scorer("acp")
+@register_scorer("acp", needs=EXPERT_OUTPUTS)
 def acp(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
     """The acp scorer: scores = acp."""
     return ScoreResult(scores=activation_weighted_cp(stats))

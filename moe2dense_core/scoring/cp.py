@@ -14,6 +14,7 @@ from moe2dense_core.scoring.ratios import ratio_or_zero
 from moe2dense_core.scoring.registry import register_scorer
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import ROUTER_ONLY
 
 
 def conditional_probability(stats: LayerStats) -> torch.Tensor:
@@ -21,7 +22,7 @@ def conditional_probability(stats: LayerStats) -> torch.Tensor:
     return ratio_or_zero(stats.prob_sums_selected, stats.counts)
 
 
-@register_scorer("cp")
+@register_scorer("cp", needs=ROUTER_ONLY)
 def cp(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
     """The cp scorer: scores = cp."""
     return ScoreResult(scores=conditional_probability(stats))

@@ -39,6 +39,7 @@ from moe2dense_core.scoring.registry import register_scorer
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.scoring.selection import select_top_k
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import EVERYTHING
 
 
 def quality_gram(stats: LayerStats) -> torch.Tensor:
@@ -63,7 +64,7 @@ class DoAcpOptions(MethodOptions):
     """Search every K-subset exactly when there are at most this many (C(E, K)) [defined here]."""
 
 
-@register_scorer("do_acp", DoAcpOptions)
+@register_scorer("do_acp", DoAcpOptions, needs=EVERYTHING)
 def d_optimal_acp(stats: LayerStats, num_selected: int, options: DoAcpOptions) -> ScoreResult:
     """The D-optimal kept set of size K = num_selected and acp scores (see module docstring)."""
     quality_matrix = quality_gram(stats)

@@ -12,9 +12,10 @@ from moe2dense_core.scoring.ratios import ratio_or_zero
 from moe2dense_core.scoring.registry import register_scorer
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import EXPERT_OUTPUTS
 
 
-@register_scorer("ean")
+@register_scorer("ean", needs=EXPERT_OUTPUTS)
 def expert_activation_norm(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
     """ean scores [E] float64 (see module docstring)."""
     return ScoreResult(scores=ratio_or_zero(stats.routed_norm_sums, stats.counts))

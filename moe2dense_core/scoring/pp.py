@@ -13,9 +13,10 @@ from moe2dense_core.scoring.ratios import token_count
 from moe2dense_core.scoring.registry import register_scorer
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import ROUTER_ONLY
 
 
-@register_scorer("pp")
+@register_scorer("pp", needs=ROUTER_ONLY)
 def pre_selection_probability(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
     """pp scores [E] float64 (see module docstring)."""
     return ScoreResult(scores=stats.prob_sums / token_count(stats))

@@ -17,6 +17,7 @@ from moe2dense_core.registry import MethodOptions
 from moe2dense_core.scoring.registry import register_scorer
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import ROUTER_ONLY
 
 
 class RandomOptions(MethodOptions):
@@ -30,7 +31,7 @@ def layer_seed(seed: int, layer: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-@register_scorer("random", RandomOptions, control=True)
+@register_scorer("random", RandomOptions, control=True, needs=ROUTER_ONLY)
 def random_scores(stats: LayerStats, num_selected: int, options: RandomOptions) -> ScoreResult:
     """Uniform random scores [E] float64 (see module docstring)."""
     generator = torch.Generator().manual_seed(layer_seed(options.seed, stats.layer))

@@ -14,9 +14,10 @@ from moe2dense_core.scoring.ratios import ratio_or_zero
 from moe2dense_core.scoring.registry import register_scorer
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import EXPERT_OUTPUTS
 
 
-@register_scorer("reap")
+@register_scorer("reap", needs=EXPERT_OUTPUTS)
 def router_weighted_activation_norm(
     stats: LayerStats, num_selected: int, options: MethodOptions
 ) -> ScoreResult:

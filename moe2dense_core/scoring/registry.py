@@ -5,6 +5,8 @@ MethodOptions model: scores [E] (higher = keep) and, for a scorer that chooses t
 itself (`do_acp`), that set. Calling a registered scorer completes and checks the result: without a
 chosen set the kept set is the top-K by score (selection.py); the set must be K distinct experts in
 [0, E). K itself is validated once, by plan.validate_plan_config.
+A scorer declares the statistics it reads (`needs`, a StatsRequest; default everything), so a plan
+collects only those; called on statistics that lack them it raises StatsError naming what is missing.
 """
 
 from __future__ import annotations
@@ -16,19 +18,22 @@ from moe2dense_core.registry import Method, MethodOptions, MethodRegistry
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.scoring.selection import select_top_k
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import EVERYTHING, StatsRequest
 
 
 @dataclass(frozen=True)
 class Scorer(Method):
     """A registered scoring method. control: a reference point (the `random` selection), not a method
-    to compare, so a sweep's default grid leaves it out."""
+    to compare, so a sweep's default grid leaves it out. needs: the statistics it reads."""
 
     control: bool = False
+    needs: StatsRequest = EVERYTHING
 
     def __call__(
         self, stats: LayerStats, num_selected: int, options: MethodOptions | None = None
     ) -> ScoreResult:
         """ScoreResult with `selected` always set (ascending); options default to the method's defaults."""
+        stats.collected.require(self.needs, f"scorer {self.name!r}")
         result = self.fn(stats, num_selected, options or self.defaults())
         kept = result.selected if result.selected is not None else select_top_k(result.scores, num_selected)
         if (

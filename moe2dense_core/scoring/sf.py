@@ -12,9 +12,10 @@ from moe2dense_core.scoring.ratios import token_count
 from moe2dense_core.scoring.registry import register_scorer
 from moe2dense_core.scoring.result import ScoreResult
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import ROUTER_ONLY
 
 
-@register_scorer("sf")
+@register_scorer("sf", needs=ROUTER_ONLY)
 def selection_frequency(stats: LayerStats, num_selected: int, options: MethodOptions) -> ScoreResult:
     """sf scores [E] float64 (see module docstring)."""
     return ScoreResult(scores=stats.counts / token_count(stats))

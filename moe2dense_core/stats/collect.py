@@ -4,13 +4,39 @@ Two modes, same numbers (tested to agree):
   in_memory       load the teacher with stock `AutoModelForCausalLM.from_pretrained` (no remote code:
                   moe2dense_core.pretrained)
                   — or take a loaded model — and run each batch through it under the stat hooks.
-  layer_by_layer  StreamedTeacher: ONE decoder layer in memory at a time, read from the checkpoint;
-                  the hidden states of all batches are carried from layer to layer. For teachers
-                  larger than RAM (peak: embeddings + one decoder layer + the N·H hidden states of
-                  all N calibration tokens + one batch's activations).
+  layer_by_layer  StreamedTeacher: ONE decoder layer in memory at a time, read from the checkpoint (on
+                  `device`: a GPU runs one decoder layer at a time), every batch advanced through it, its
+                  converted weights and the checkpoint's memory maps released before the next; the hidden
+                  states of all batches are carried from layer to layer in a HiddenStateStore
+                  (hidden_store.py), one copy per token, spilled to a memory-mapped temporary file beyond
+                  `max_hidden_bytes`. For teachers larger than RAM.
+
+Peak memory of layer_by_layer, as a function of the inputs (on a CPU all of it is RAM; with a GPU
+`device` the hidden-state store stays in host RAM and the other terms, plus one batch's hidden states,
+are GPU memory):
+    peak ≈ W_layer + C_layer + min(N·H·s, max_hidden_bytes) + A_chunk + embeddings + layer arguments
+  W_layer       the largest decoder layer's weights in `dtype` (s = its itemsize); the checkpoint pages
+                read for it are memory-mapped only until the layer is done (reader.release_mapped)
+  C_layer       its routed experts converted to `outputs_dtype` (float32) when that differs from `dtype`
+                (3·E·I·H·4 bytes for a bf16 teacher; 0 for a float32 one; only with expert outputs requested)
+  N·H·s         the hidden states of all N calibration tokens (HiddenStateStore: beyond the bound they
+                live in page cache, which the kernel reclaims)
+  A_chunk       one batch's layer activations [B, T, ·] plus, with expert outputs, one chunk's all-expert
+                outputs and intermediates, ≤ max_chunk_bytes
+  embeddings    the embedding matrix (+ final norm), resident throughout
+  layer args    per batch, the decoder layers' other arguments (rotary tables [1, T, d_head], attention
+                masks [B, 1, T, T] for families that build them)
+in_memory holds the whole teacher instead of W_layer and the hidden states of one batch at a time.
+
+What is collected is `request` (request.py; default everything): a plan needs only what its scorer and
+grouper read (`plan.stats_request_for`), and router-only statistics cost little over a forward.
+dtype "auto" (or any name) resolves through the project's one precision rule
+(moe2dense_core.distill.precision.compute_dtype): bfloat16 only where the device has native bf16, so a
+bf16 checkpoint on a CPU without bf16 units runs in float32.
 Before any weight is loaded or any forward runs, a checkpoint is opened and validated once
 (checkpoint.open_teacher, headers only; an already opened Teacher is used as it is) and every batch is
 checked (2-D integer tensor, ids within the vocabulary).
+Data parallel: statistics of disjoint batch shards (processes, GPUs) combine with ExpertStats.merge.
 Calibration data and size are not given by the paper [defined here: the caller chooses].
 """
 
@@ -28,11 +54,14 @@ from moe2dense_core.arch import get_spec
 from moe2dense_core.arch.spec import MoEArchSpec
 from moe2dense_core.checkpoint.teacher import Teacher, using_teacher
 from moe2dense_core.checkpoint.tokenizer import config_vocab_size
+from moe2dense_core.distill.precision import compute_dtype
 from moe2dense_core.errors import CheckpointError
 from moe2dense_core.pretrained import load_causal_lm
 from moe2dense_core.stats.expert_stats import ExpertStats
+from moe2dense_core.stats.hidden_store import DEFAULT_MAX_HIDDEN_BYTES, HiddenStateStore
 from moe2dense_core.stats.hooks import DEFAULT_MAX_CHUNK_BYTES, attach_stat_hooks
 from moe2dense_core.stats.layer_stats import StatsError
+from moe2dense_core.stats.request import EVERYTHING, StatsRequest
 from moe2dense_core.stats.streamed_teacher import StreamedTeacher
 
 Mode = Literal["in_memory", "layer_by_layer"]
@@ -45,9 +74,13 @@ def collect_stats(
     batches: Iterable[torch.Tensor],
     *,
     mode: Mode = "in_memory",
-    dtype: torch.dtype = torch.float32,
+    request: StatsRequest = EVERYTHING,
+    dtype: torch.dtype | str = torch.float32,
+    outputs_dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    max_hidden_bytes: int = DEFAULT_MAX_HIDDEN_BYTES,
+    spill_dir: str | Path | None = None,
     revision: str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExpertStats:
@@ -56,14 +89,20 @@ def collect_stats(
     model_dir_or_model: a Teacher from `open_teacher` (used as it is, left open), a local checkpoint folder
     or a Hub repo id (opened with open_teacher at `revision`, closed on return), or (in_memory only) a
     loaded transformers MoE model.
+    request: which statistics to collect (router statistics always; expert outputs, Gram on request).
     dtype / device: where and in which precision a teacher read from a folder runs (a loaded model runs
-    as it is); statistics are always accumulated in float64.
-    max_chunk_bytes: bound on the float64 expert outputs / weights computed at once (see hooks.py).
+    as it is); a name ("auto", "float32", "bfloat16", "float16") goes through precision.compute_dtype.
+    outputs_dtype: float32 or float64, the dtype of the all-expert outputs f_e(x) and their per-chunk
+    norms and Gram; statistics are always accumulated in float64.
+    max_chunk_bytes: bound on the expert outputs and intermediates computed at once (see hooks.py).
+    max_hidden_bytes / spill_dir (layer_by_layer): the calibration hidden states beyond this many bytes
+    go to a memory-mapped temporary file under spill_dir (see hidden_store.py and the peak formula above).
     on_progress: called as on_progress(done, total) after each batch (in_memory) or each decoder layer
     (layer_by_layer), e.g. to draw a progress bar.
     """
     if mode not in ("in_memory", "layer_by_layer"):
         raise StatsError(f"mode must be 'in_memory' or 'layer_by_layer', got {mode!r}")
+    hooks = {"outputs_dtype": outputs_dtype, "max_chunk_bytes": max_chunk_bytes}
     if isinstance(model_dir_or_model, nn.Module):
         if mode != "in_memory":
             raise StatsError(
@@ -73,19 +112,29 @@ def collect_stats(
         config = _config_dict(model.config)
         spec = get_spec(config.get("model_type"))
         batches = validate_batches(batches, config_vocab_size(config, "model.config"))
-        return _collect_in_memory(model, spec, config, batches, max_chunk_bytes, on_progress)
+        return _collect_in_memory(
+            model, spec, _empty_stats(spec, config, request), batches, hooks, on_progress
+        )
+    device = torch.device(device)
+    dtype = compute_dtype(dtype, device) if isinstance(dtype, str) else dtype
     with using_teacher(model_dir_or_model, revision) as teacher:
         reader, spec = teacher.reader, teacher.spec
         batches = validate_batches(
             batches, config_vocab_size(reader.config, str(reader.model_dir / "config.json"))
         )
         if mode == "layer_by_layer":
-            streamed = StreamedTeacher(reader, dtype=dtype, device=device)
             return collect_layer_by_layer(
-                streamed, spec, batches, max_chunk_bytes=max_chunk_bytes, on_progress=on_progress
+                StreamedTeacher(reader, dtype=dtype, device=device),
+                spec,
+                batches,
+                request=request,
+                max_hidden_bytes=max_hidden_bytes,
+                spill_dir=spill_dir,
+                on_progress=on_progress,
+                **hooks,
             )
         model, info = load_causal_lm(
-            reader.model_dir, dtype=dtype, device_map=torch.device(device), output_loading_info=True
+            reader.model_dir, dtype=dtype, device_map=device, output_loading_info=True
         )
         # transformers would run missing parameters randomly initialised: refuse instead
         if info["missing_keys"] or info["mismatched_keys"]:
@@ -93,7 +142,8 @@ def collect_stats(
                 f"{reader.model_dir}: parameters missing from the checkpoint {sorted(info['missing_keys'])}, "
                 f"shape mismatches {sorted(info['mismatched_keys'])}"
             )
-        return _collect_in_memory(model, spec, reader.config, batches, max_chunk_bytes, on_progress)
+        stats = _empty_stats(spec, reader.config, request)
+        return _collect_in_memory(model, spec, stats, batches, hooks, on_progress)
 
 
 def validate_batches(batches: Iterable[torch.Tensor], vocab_size: int) -> list[torch.Tensor]:
@@ -122,18 +172,18 @@ def validate_batches(batches: Iterable[torch.Tensor], vocab_size: int) -> list[t
 def _collect_in_memory(
     model: nn.Module,
     spec: MoEArchSpec,
-    config: dict[str, Any],
+    stats: ExpertStats,
     batches: list[torch.Tensor],
-    max_chunk_bytes: int,
+    hooks: dict[str, Any],
     on_progress: ProgressCallback | None = None,
 ) -> ExpertStats:
-    """Each batch through the whole model in eval mode (a loaded model's train/eval mode is restored)."""
-    stats = _empty_stats(spec, config)
+    """Each batch through the whole model in eval mode (a loaded model's train/eval mode is restored);
+    converted expert weights live for one layer call."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), attach_stat_hooks(model, spec, stats, max_chunk_bytes=max_chunk_bytes):
+        with torch.no_grad(), attach_stat_hooks(model, spec, stats, **hooks):
             for done, batch in enumerate(batches, start=1):
                 model.base_model(input_ids=batch.to(device), use_cache=False)
                 if on_progress is not None:
@@ -148,32 +198,62 @@ def collect_layer_by_layer(
     spec: MoEArchSpec,
     batches: list[torch.Tensor],
     *,
+    request: StatsRequest = EVERYTHING,
+    outputs_dtype: torch.dtype = torch.float32,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    max_hidden_bytes: int = DEFAULT_MAX_HIDDEN_BYTES,
+    spill_dir: str | Path | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExpertStats:
-    """Layer-by-layer collection on validated batches: for decoder layer 0 … last MoE layer, materialise
-    the layer, advance every batch's hidden states [B, T, H] through it under the stat hooks, free it."""
+    """Layer-by-layer collection on validated batches: embed every batch into one HiddenStateStore, then
+    for decoder layer 0 … last MoE layer materialise the layer on the teacher's device, advance every
+    batch's hidden states [B, T, H] through it under the stat hooks (converted expert weights held for
+    the layer), free it and release the checkpoint's memory maps (module docstring: peak memory)."""
     config = teacher.reader.config
-    stats = _empty_stats(spec, config)
-    inputs = [teacher.layer_inputs(batch) for batch in batches]
-    hidden = [h for h, _ in inputs]
-    calls = [c for _, c in inputs]
+    stats = _empty_stats(spec, config, request)
+    hidden_dtype = teacher.model.get_input_embeddings().weight.dtype
+    shapes = [tuple(batch.shape) for batch in batches]
     last_moe = max(spec.dims(config).moe_layers)
-    with torch.no_grad(), attach_stat_hooks(teacher.model, spec, stats, max_chunk_bytes=max_chunk_bytes):
-        for index in range(last_moe + 1):
-            with teacher.materialised_layer(index) as layer:
-                for b, batch_calls in enumerate(calls):
-                    args, kwargs = batch_calls[index]
-                    hidden[b] = layer(hidden[b], *args, **kwargs)
-            if on_progress is not None:
-                on_progress(index + 1, last_moe + 1)
+    calls = []
+    with HiddenStateStore(
+        shapes, spec.dims(config).hidden, hidden_dtype, max_ram_bytes=max_hidden_bytes, spill_dir=spill_dir
+    ) as store:
+        for b, batch in enumerate(batches):
+            embedded, batch_calls = teacher.layer_inputs(batch)
+            store.put(b, embedded)
+            calls.append(batch_calls)
+        del embedded
+        with (
+            torch.no_grad(),
+            attach_stat_hooks(
+                teacher.model,
+                spec,
+                stats,
+                outputs_dtype=outputs_dtype,
+                max_chunk_bytes=max_chunk_bytes,
+                hold_weights=True,
+            ) as hooks,
+        ):
+            for index in range(last_moe + 1):
+                with teacher.materialised_layer(index) as layer:
+                    for b, batch_calls in enumerate(calls):
+                        args, kwargs = batch_calls[index]
+                        store.put(b, layer(store.get(b).to(teacher.device), *args, **kwargs))
+                    hooks.release_weights()
+                teacher.reader.release_mapped()
+                if on_progress is not None:
+                    on_progress(index + 1, last_moe + 1)
     return stats
 
 
-def _empty_stats(spec: MoEArchSpec, config: dict[str, Any]) -> ExpertStats:
+def _empty_stats(spec: MoEArchSpec, config: dict[str, Any], request: StatsRequest) -> ExpertStats:
     dims = spec.dims(config)
     return ExpertStats(
-        config=config, model_type=spec.model_type, num_experts=dims.num_experts, top_k=dims.top_k
+        config=config,
+        model_type=spec.model_type,
+        num_experts=dims.num_experts,
+        top_k=dims.top_k,
+        collected=request,
     )
 
 

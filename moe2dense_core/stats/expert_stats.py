@@ -2,10 +2,13 @@
 
 On disk (`save(dir)` / `load(dir)`), a stats artifact is a folder of two files:
   stats.safetensors   every tensor of every layer, keyed `layers.<i>.<field>` (float64; ids int64)
-  stats.json          {schema_version, model_type, num_experts, top_k, layers, config,
-                       tensors_sha256 (of stats.safetensors), digest (of the content)}
+  stats.json          {schema_version, model_type, num_experts, top_k, layers, config, collected
+                       ({expert_outputs, gram}: the StatsRequest), tensors_sha256 (of stats.safetensors),
+                       digest (of the content)}
 Both are written atomically (temp file + os.replace), the tensors first, so a reader never sees a
 JSON that points at a half-written tensor file; `load` verifies the tensor file's sha256.
+Schema 1 (written before statistics requests existed, when every statistic was always collected) is
+read as collected=EVERYTHING; any other version than 1 and 2 is refused.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from moe2dense_core.io.atomic import atomic_path, atomic_write_text
 from moe2dense_core.io.digests import file_sha256
 from moe2dense_core.schema import check_schema_version
 from moe2dense_core.stats.layer_stats import LayerStats
+from moe2dense_core.stats.request import EVERYTHING, StatsRequest
 
-STATS_SCHEMA_VERSION = 1
+STATS_SCHEMA_VERSION = 2
+_SCHEMA_EVERYTHING_COLLECTED = 1
 TENSORS_FILE = "stats.safetensors"
 METADATA_FILE = "stats.json"
 
@@ -34,7 +39,7 @@ class ExpertStats:
     """Per-layer float64 accumulators of one teacher.
 
     config: the teacher's config.json (dict); model_type: its `config.model_type`;
-    layers: MoE layer index → LayerStats.
+    layers: MoE layer index → LayerStats, each collected with `collected` (request.py).
     """
 
     config: dict
@@ -42,22 +47,35 @@ class ExpertStats:
     num_experts: int
     top_k: int
     layers: dict[int, LayerStats] = field(default_factory=dict)
+    collected: StatsRequest = EVERYTHING
+
+    def new_layer(self, layer: int) -> LayerStats:
+        """The LayerStats of MoE layer `layer`, created empty (with this request) if absent."""
+        stats = self.layers.setdefault(
+            layer, LayerStats(layer, self.num_experts, self.top_k, collected=self.collected)
+        )
+        if stats.collected != self.collected:
+            raise StatsError(f"layer {layer}: collected {stats.collected}, the statistics {self.collected}")
+        return stats
 
     # ---- combination --------------------------------------------------------------------------------
     def merge(self, other: ExpertStats) -> ExpertStats:
         """A new ExpertStats over both token sets (e.g. two data shards or two GPUs); inputs untouched.
 
-        Both must describe the same model (model_type, E, k) and hold the same MoE layers.
-        The config of `self` is kept.
+        Both must describe the same model (model_type, E, k), hold the same MoE layers and have been
+        collected with the same request. The config of `self` is kept.
         """
-        mine = (self.model_type, self.num_experts, self.top_k, sorted(self.layers))
-        theirs = (other.model_type, other.num_experts, other.top_k, sorted(other.layers))
+        mine = (self.model_type, self.num_experts, self.top_k, sorted(self.layers), self.collected)
+        theirs = (other.model_type, other.num_experts, other.top_k, sorted(other.layers), other.collected)
         if mine != theirs:
             raise StatsError(
-                f"ExpertStats.merge: (model_type, num_experts, top_k, layers) differ: {mine} vs {theirs}"
+                "ExpertStats.merge: (model_type, num_experts, top_k, layers, collected) differ: "
+                f"{mine} vs {theirs}"
             )
         layers = {i: self.layers[i].merge(other.layers[i]) for i in sorted(self.layers)}
-        return ExpertStats(dict(self.config), self.model_type, self.num_experts, self.top_k, layers)
+        return ExpertStats(
+            dict(self.config), self.model_type, self.num_experts, self.top_k, layers, self.collected
+        )
 
     # ---- serialisation ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -77,6 +95,7 @@ class ExpertStats:
             "top_k": self.top_k,
             "layers": sorted(self.layers),
             "config": self.config,
+            "collected": self.collected.to_json(),
         }
 
     def digest(self) -> str:
@@ -115,8 +134,11 @@ class ExpertStats:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StatsError(f"{meta_path}: does not parse: {exc}") from None
         version = meta.get("schema_version") if isinstance(meta, dict) else None
-        check_schema_version(version, STATS_SCHEMA_VERSION, str(meta_path), StatsError)
+        everything_collected = type(version) is int and version == _SCHEMA_EVERYTHING_COLLECTED
+        if not everything_collected:
+            check_schema_version(version, STATS_SCHEMA_VERSION, str(meta_path), StatsError)
         keys = ("model_type", "num_experts", "top_k", "layers", "config", "tensors_sha256")
+        keys += () if everything_collected else ("collected",)
         missing = [k for k in keys if k not in meta]
         if missing:
             raise StatsError(f"{meta_path}: missing fields {missing}")
@@ -124,12 +146,15 @@ class ExpertStats:
             raise StatsError(
                 f"{tensors_path}: sha256 does not match tensors_sha256 in {meta_path} (corrupt or replaced)"
             )
+        collected = (
+            EVERYTHING if everything_collected else StatsRequest.from_json(meta["collected"], str(meta_path))
+        )
         flat = load_file(str(tensors_path))
         layers = {}
         for i in meta["layers"]:
             prefix = f"layers.{i}."
             layer = LayerStats.from_state_dict(
-                {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+                {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}, collected
             )
             if (layer.layer, layer.num_experts, layer.top_k) != (i, meta["num_experts"], meta["top_k"]):
                 raise StatsError(
@@ -140,7 +165,7 @@ class ExpertStats:
         unexpected = sorted({k.split(".")[1] for k in flat} - {str(i) for i in meta["layers"]})
         if unexpected:
             raise StatsError(f"{tensors_path}: tensors of layers {unexpected} not listed in {meta_path}")
-        return cls(meta["config"], meta["model_type"], meta["num_experts"], meta["top_k"], layers)
+        return cls(meta["config"], meta["model_type"], meta["num_experts"], meta["top_k"], layers, collected)
 
 
 def _canonical_json(value: object) -> str:

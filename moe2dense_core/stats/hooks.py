@@ -4,10 +4,18 @@ Within each MoE layer the teacher calls, in a family-dependent order, its router
 (→ logits [T, E], top-k weights [T, k], top-k indices [T, k]), its routed-experts module (first input:
 hidden states x [T, H]) and, for Qwen2-MoE, its shared-expert gate (→ pre-sigmoid gate [T, 1]).
 A collector per layer keeps whichever of these parts have arrived; when the last one arrives it
-computes p(t) = spec.router_probs(logits) and f_e(x_t) for EVERY expert e on EVERY token t in float64
-(the teacher's own experts only ran its top-k), then calls LayerStats.update. Tokens are processed in
-chunks so that the float64 outputs [E, T_chunk, H] and one slice of float64 expert weights stay
-within `max_chunk_bytes`.
+computes p(t) = spec.router_probs(logits) and, when the statistics request expert outputs
+(`ExpertStats.collected`, request.py), f_e(x_t) for EVERY expert e on EVERY token t (the teacher's
+own experts only ran its top-k), then calls LayerStats.update. Without expert outputs the experts
+module is not hooked at all: router statistics cost a softmax and a few [T, E] reductions.
+
+Expert outputs are computed in `outputs_dtype` (float32, or float64 for a fully float64 pass) from the
+layer's expert weights converted to that dtype ONCE per layer call — or, with hold_weights=True, once
+until `StatHooks.release_weights()` (layer-by-layer collection runs every batch through a layer before
+the next). Converting is free when the weights already have that dtype (the canonical weights are views);
+otherwise it is the "+ converted copy of one layer's experts" in collect.py's peak-memory formula.
+Tokens are processed in chunks so that the outputs [E, T_chunk, H] and the intermediate activations
+[E, T_chunk, I] (gate, up, act) of one chunk stay within `max_chunk_bytes`.
 """
 
 from __future__ import annotations
@@ -25,7 +33,19 @@ from moe2dense_core.stats.expert_stats import ExpertStats
 from moe2dense_core.stats.layer_stats import LayerStats, StatsError
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
-_F64_BYTES = 8
+
+
+class StatHooks:
+    """What `attach_stat_hooks` yields: the statistics being filled and the held converted weights."""
+
+    def __init__(self, stats: ExpertStats, collectors: list[_LayerCollector]) -> None:
+        self.stats = stats
+        self._collectors = collectors
+
+    def release_weights(self) -> None:
+        """Drop every layer's converted expert weights (they are converted again on the next call)."""
+        for collector in self._collectors:
+            collector.converted = None
 
 
 @contextmanager
@@ -34,35 +54,53 @@ def attach_stat_hooks(
     spec: MoEArchSpec,
     stats: ExpertStats,
     *,
+    outputs_dtype: torch.dtype = torch.float32,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-) -> Iterator[ExpertStats]:
-    """Hook every MoE layer of `model` so each forward adds its tokens to `stats`; yields `stats`.
+    hold_weights: bool = False,
+) -> Iterator[StatHooks]:
+    """Hook every MoE layer of `model` so each forward adds its tokens to `stats`; yields a StatHooks.
 
-    Layers are spec.dims(stats.config).moe_layers; a missing LayerStats is created. The hooks are
-    removed when the block exits, also on an exception. On a normal exit, a layer whose router ran
-    without its experts (or the reverse) raises StatsError: the forward did not follow the MoE block.
+    Layers are spec.dims(stats.config).moe_layers; a missing LayerStats is created. What is collected is
+    `stats.collected`. outputs_dtype: float32 or float64, the dtype of the all-expert outputs and their
+    per-chunk norms and Gram (accumulators are float64). hold_weights: keep each layer's converted
+    expert weights between calls until `release_weights()` (else dropped after every call).
+    The hooks are removed when the block exits, also on an exception. On a normal exit, a layer whose
+    router ran without its experts (or the reverse) raises StatsError: the forward did not follow the
+    MoE block.
     """
     if max_chunk_bytes <= 0:
         raise StatsError(f"max_chunk_bytes must be positive, got {max_chunk_bytes}")
+    if outputs_dtype not in (torch.float32, torch.float64):
+        raise StatsError(f"outputs_dtype must be torch.float32 or torch.float64, got {outputs_dtype}")
     dims = spec.dims(stats.config)
-    collectors = []
+    collectors: list[_LayerCollector] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
+    hooks = StatHooks(stats, collectors)
     try:
         for layer in dims.moe_layers:
-            layer_stats = stats.layers.setdefault(layer, LayerStats(layer, dims.num_experts, dims.top_k))
             experts = spec.experts_module(model, layer)
             shared_gate = spec.shared_gate_module(model, layer)
-            collector = _LayerCollector(spec, layer_stats, experts, shared_gate is not None, max_chunk_bytes)
+            collector = _LayerCollector(
+                spec,
+                stats.new_layer(layer),
+                experts,
+                shared_gate is not None,
+                outputs_dtype,
+                max_chunk_bytes,
+                hold_weights,
+            )
             collectors.append(collector)
             handles.append(spec.router_module(model, layer).register_forward_hook(collector.on_router))
-            handles.append(experts.register_forward_pre_hook(collector.on_experts, with_kwargs=True))
+            if stats.collected.expert_outputs:
+                handles.append(experts.register_forward_pre_hook(collector.on_experts, with_kwargs=True))
             if shared_gate is not None:
                 handles.append(shared_gate.register_forward_hook(collector.on_shared_gate))
-        yield stats
+        yield hooks
         incomplete = [c.describe_pending() for c in collectors if c.pending]
         if incomplete:
             raise StatsError("MoE layers saw part of a forward only: " + "; ".join(incomplete))
     finally:
+        hooks.release_weights()
         for handle in handles:
             handle.remove()
 
@@ -76,13 +114,22 @@ class _LayerCollector:
         stats: LayerStats,
         experts: nn.Module,
         has_shared_gate: bool,
+        outputs_dtype: torch.dtype,
         max_chunk_bytes: int,
+        hold_weights: bool,
     ) -> None:
         self.spec = spec
         self.stats = stats
         self.experts = experts
+        self.outputs_dtype = outputs_dtype
         self.max_chunk_bytes = max_chunk_bytes
-        self.required = {"router", "experts"} | ({"shared_gate"} if has_shared_gate else set())
+        self.hold_weights = hold_weights
+        self.converted: ExpertWeights | None = None
+        self.required = (
+            {"router"}
+            | ({"experts"} if stats.collected.expert_outputs else set())
+            | ({"shared_gate"} if has_shared_gate else set())
+        )
         self.pending: dict[str, Any] = {}
 
     # ---- hooks ------------------------------------------------------------------------------------
@@ -116,29 +163,43 @@ class _LayerCollector:
         self.pending[part] = value
         if set(self.pending) == self.required:
             parts, self.pending = self.pending, {}
-            self._update(parts)
+            try:
+                self._update(parts)
+            finally:
+                if not self.hold_weights:
+                    self.converted = None
 
     def describe_pending(self) -> str:
-        return f"layer {self.stats.layer} got {sorted(self.pending)}, missing {sorted(self.required - set(self.pending))}"
+        missing = sorted(self.required - set(self.pending))
+        return f"layer {self.stats.layer} got {sorted(self.pending)}, missing {missing}"
+
+    def _weights(self) -> ExpertWeights:
+        """The layer's E experts in canonical layout and outputs_dtype, converted once (module docstring)."""
+        if self.converted is None:
+            self.converted = self.spec.module_expert_weights(self.experts).to(self.outputs_dtype)
+        return self.converted
 
     @torch.no_grad()
     def _update(self, parts: dict[str, Any]) -> None:
         logits, weights, indices = parts["router"]
-        x = parts["experts"]
+        x = parts.get("experts")
         shared_gate = parts.get("shared_gate")
-        t = x.shape[0]
-        for name, tensor in (("router logits", logits), ("shared gate", shared_gate)):
+        t = logits.shape[0]
+        for name, tensor in (("experts' input", x), ("shared gate", shared_gate)):
             if tensor is not None and tensor.shape[0] != t:
                 raise StatsError(
-                    f"layer {self.stats.layer}: {name} cover {tensor.shape[0]} tokens, experts got {t}"
+                    f"layer {self.stats.layer}: {name} covers {tensor.shape[0]} tokens, the router {t}"
                 )
         probs = self.spec.router_probs(logits)
-        weights_all = self.spec.module_expert_weights(self.experts)
-        e, hidden = weights_all.num_experts, weights_all.hidden
-        token_chunk = max(1, self.max_chunk_bytes // (_F64_BYTES * e * hidden))
+        if x is None:
+            self.stats.update(probs, weights, indices, None, shared_gate)
+            return
+        experts = self._weights()
+        per_token = experts.num_experts * (experts.hidden + 3 * experts.width) * experts.gate.element_size()
+        token_chunk = max(1, self.max_chunk_bytes // per_token)
         for start in range(0, t, token_chunk):
             rows = slice(start, min(t, start + token_chunk))
-            outputs = _all_expert_outputs(weights_all, x[rows], self.spec, self.max_chunk_bytes)
+            outputs = experts.forward(x[rows].to(self.outputs_dtype), self.spec.activation)  # [E, T_chunk, H]
             self.stats.update(
                 probs[rows],
                 weights[rows],
@@ -146,20 +207,3 @@ class _LayerCollector:
                 outputs,
                 None if shared_gate is None else shared_gate[rows],
             )
-
-
-def _all_expert_outputs(
-    weights: ExpertWeights, x: torch.Tensor, spec: MoEArchSpec, max_chunk_bytes: int
-) -> torch.Tensor:
-    """f_e(x) for every expert, float64: x [T, H] → [E, T, H], converting a slice of experts at a time
-    to float64 so no more than ~max_chunk_bytes of float64 weights exist at once."""
-    e = weights.num_experts
-    per_expert = _F64_BYTES * 3 * weights.width * weights.hidden
-    expert_chunk = max(1, max_chunk_bytes // per_expert)
-    x64 = x.to(torch.float64)
-    out = torch.empty(e, x.shape[0], weights.hidden, dtype=torch.float64, device=x.device)
-    for start in range(0, e, expert_chunk):
-        ids = list(range(start, min(e, start + expert_chunk)))
-        part = weights.select(ids).to(torch.float64)
-        out[ids[0] : ids[-1] + 1] = part.forward(x64, spec.activation)
-    return out

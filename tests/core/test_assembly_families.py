@@ -9,6 +9,7 @@ assembly uses), and every teacher dense layer is reproduced unchanged.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -305,8 +306,35 @@ def test_a_layer_reads_only_its_kept_experts(family, teacher_dirs):
     moe_layer_ffn(spec, reader, layer_plan, plan.target_width)
     allowed = set(spec.shared_tensor_names(reader.config, layer_plan.layer))
     routed = set(spec.routed_tensor_names(reader.config, layer_plan.layer))
-    assert set(reader.read) <= allowed | routed
-    if isinstance(spec.disk_experts, PerExpertLayout):  # fused layouts hold every expert in one tensor
+    assert set(reader.bytes_read) <= allowed | routed
+    if isinstance(spec.disk_experts, PerExpertLayout):
+        assert set(reader.read) <= allowed | routed
         assert {
             int(name.split(".experts.")[1].split(".")[0]) for name in reader.read if ".experts." in name
         } == {2, 3, 6}
+    else:  # every fused tensor [E, …] (MXFP4 blocks and scales, biases): only 3 of the 8 experts' slices
+        fused = spec.disk_experts.tensor_names(spec.experts_prefix(layer_plan.layer), reader.config, 8)
+        assert set(reader.bytes_read) - allowed == set(fused)
+        for name in fused:
+            assert reader.bytes_read[name] == 3 * reader_bytes(reader, name) // 8, name
+
+
+def reader_bytes(reader: CheckpointReader, name: str) -> int:
+    """Stored size of a tensor, from its shard header."""
+    return math.prod(reader.shape(name)) * torch.empty(0, dtype=reader.dtype(name)).element_size()
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "granitemoe"])
+def test_reading_kept_slices_of_fused_experts_equals_reading_them_whole(family, teacher_dirs):
+    """The selective read gives exactly what the former whole-tensor read then index gave (MXFP4 dequantised)."""
+    teacher_dir = teacher_dirs(family)
+    spec = get_spec(family)
+    reader = CheckpointReader(teacher_dir)
+    layer = spec.dims(reader.config).moe_layers[-1]
+    whole = spec.read_experts(reader, layer, list(range(8)))
+    kept = [6, 2, 3, 7]
+    selected = spec.read_experts(reader, layer, kept)
+    for field in ("gate", "up", "down", "gate_bias", "up_bias", "down_bias"):
+        expected = getattr(whole.select(kept), field)
+        got = getattr(selected, field)
+        assert (got is None and expected is None) or torch.equal(got, expected), field

@@ -142,3 +142,17 @@ def test_concatenation_rejects_inconsistent_requests():
         concatenate_blocks([groups.select([0]), groups], [0.5, 0.5])
     with pytest.raises(PlanError, match="target_width: 3 is smaller"):
         pad_to_width(groups.select([0]), 3)
+
+
+def test_blocks_streamed_into_a_narrower_dtype_are_the_float64_result_rounded_once():
+    """A generator of blocks (one group in memory at a time) into bfloat16 storage: every value is the
+    float64 concatenation's, rounded once — as casting the float64 result afterwards gives."""
+    groups = random_experts(3, biases=True, seed=9)
+    scales = [0.3, 0.3, 0.4]
+    reference = concatenate_blocks([groups.select([g]) for g in range(3)], scales, target_width=3 * WIDTH + 4)
+    streamed = concatenate_blocks(
+        (groups.select([g]) for g in range(3)), scales, target_width=3 * WIDTH + 4, dtype=torch.bfloat16
+    )
+    for name in ("gate", "up", "down", "gate_bias", "up_bias", "down_bias"):
+        got, expected = getattr(streamed, name), getattr(reference, name)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, expected.to(torch.bfloat16)), name

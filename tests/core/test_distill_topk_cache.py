@@ -1,5 +1,6 @@
 """Top-k logit cache: k = V reproduces the online loss and training; small k is close (gap reported);
-the cache refuses data, temperature or routing it was not written for; shards round-trip by row."""
+the cache refuses data, temperature or routing it was not written for; shards round-trip by row; float16
+log-probabilities round-trip through one rounding; the stored size is the bytes-per-token formula."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from moe2dense_core.distill import (
     write_topk_cache,
 )
 from moe2dense_core.distill.targets import CachedTeacher, OnlineTeacher
+from moe2dense_core.distill.topk_cache import bytes_per_token, cache_bytes
 from tests.core.distill_tiny_models import VOCAB, dense_student_from_teacher, peaked_teacher, random_rows
 
 CPU = torch.device("cpu")
@@ -128,3 +130,69 @@ def test_open_rejects_incomplete_or_tampered_caches(setup: dict, tmp_path: Path)
         TopKCache.open(tmp_path, verify=True)
     with pytest.raises(DistillError, match="vocab_size"):
         write_topk_cache(setup["teacher"], setup["data"], tmp_path / "bad", VOCAB + 1)
+
+
+def _payload_bytes(path: Path) -> int:
+    """Bytes of a safetensors file's tensors: its size less the 8-byte length and the JSON header."""
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    return path.stat().st_size - 8 - header_len
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_stored_size_is_the_bytes_per_token_formula(setup: dict, tmp_path: Path, dtype: str) -> None:
+    data = setup["data"]
+    manifest = write_topk_cache(setup["teacher"], data, tmp_path, 16, precision="fp32", batch_size=2,
+                                rows_per_shard=3, logprob_dtype=dtype)
+    payload = sum(_payload_bytes(tmp_path / shard.file) for shard in manifest.shards)
+    assert payload == cache_bytes(16, dtype, data.numel()) == data.numel() * bytes_per_token(16, dtype)
+    assert bytes_per_token(16, dtype) == 16 * (4 + (4 if dtype == "float32" else 2)) + 4 + 4
+
+
+def test_paper_scale_arithmetic() -> None:
+    """README "Offline teacher": k = 64 in float16 for the paper's ~4B distillation tokens."""
+    assert bytes_per_token(64, "float16") == 392 and bytes_per_token(64, "float32") == 520
+    assert cache_bytes(64, "float16", 4_000_000_000) == 1_568_000_000_000  # 1.57 TB
+    with pytest.raises(DistillError, match="logprob_dtype 'bfloat16'"):
+        bytes_per_token(64, "bfloat16")  # type: ignore[arg-type]
+
+
+def test_float16_logprobs_round_trip(setup: dict, tmp_path: Path) -> None:
+    teacher, data = setup["teacher"], setup["data"]
+    half = write_topk_cache(teacher, data, tmp_path, 16, precision="fp32", batch_size=2, rows_per_shard=3,
+                            logprob_dtype="float16")
+    assert half.logprob_dtype == "float16" and setup["manifests"][16].logprob_dtype == "float32"
+    rows = torch.tensor([6, 1, 3])
+    full, got = TopKCache.open(setup["root"] / "k16").rows(rows), TopKCache.open(tmp_path, verify=True).rows(rows)
+    assert got.topk_logprobs.dtype == torch.float32  # upcast on read
+    assert torch.equal(got.topk_logprobs, full.topk_logprobs.half().float())  # exactly one float16 rounding
+    assert torch.equal(got.topk_ids, full.topk_ids) and torch.equal(got.tail_logprob, full.tail_logprob)
+    assert TopKCache.open(tmp_path).label == "topk_cache(k=16, float16)"
+    with pytest.raises(DistillError, match="k: cache 16, run 8; logprob_dtype: cache 'float16', run 'float32'"):
+        TopKCache.open(tmp_path).check_fits(data_digest=half.data_digest, temperature=1.0, teacher_top_k=None,
+                                            teacher_digest=None, k=8, logprob_dtype="float32")
+
+
+def test_shards_are_located_when_first_read(setup: dict) -> None:
+    directory = setup["root"] / "k16"
+    cache = TopKCache.open(directory)
+    located: list[str] = []
+
+    def locate(shard):
+        located.append(shard.file)
+        return directory / shard.file
+
+    lazy = TopKCache(cache.manifest, locate, "lazy-cache")
+    assert located == []
+    got = lazy.rows(torch.tensor([7, 6]))  # rows 6, 7: the third shard (rows 6-7)
+    lazy.rows(torch.tensor([6]))
+    assert located == ["shard_00002.safetensors"]  # once
+    assert torch.equal(got.topk_ids, cache.rows(torch.tensor([7, 6])).topk_ids)
+
+
+def test_a_manifest_of_another_schema_version_is_refused(setup: dict, tmp_path: Path) -> None:
+    manifest = json.loads((setup["root"] / "k16" / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    del manifest["logprob_dtype"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DistillError, match="schema_version 1 is not supported"):
+        TopKCache.open(tmp_path)

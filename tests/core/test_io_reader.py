@@ -182,3 +182,57 @@ def test_allowed_pickle_still_refuses_arbitrary_objects(copy_dir: Path) -> None:
     torch.save({"weights": torch.zeros(2), "payload": shutil.rmtree}, copy_dir / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="weights-only pickle"):
         CheckpointReader(copy_dir, allow_pickle=True)
+
+
+FUSED = "model.layers.1.block_sparse_moe.input_linear.weight"
+
+
+@pytest.fixture(scope="module")
+def fused_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Granite stores every layer's experts fused, [E, 2I, H]."""
+    return build_tiny_moe("granitemoe", tmp_path_factory.mktemp("granitemoe"))
+
+
+def test_index_select_reads_only_the_selected_rows_in_their_order(fused_dir: Path) -> None:
+    reader = CheckpointReader(fused_dir)
+    whole = reader.get(FUSED)
+    reader.bytes_read.clear()
+    for indices in ([5, 6, 7, 2, 3, 0], [4], list(range(whole.shape[0])), []):
+        selected = reader.index_select(FUSED, indices)
+        assert torch.equal(selected, whole[indices]), indices
+        assert selected.untyped_storage().nbytes() == selected.numel() * selected.element_size()
+    assert reader.bytes_read[FUSED] == (6 + 1 + 8 + 0) * whole[0].numel() * whole.element_size()
+
+
+def test_index_select_refuses_indices_outside_the_first_axis(fused_dir: Path) -> None:
+    reader = CheckpointReader(fused_dir)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(FUSED)}' \[8, 64, 64\]: indices \[1, 8\]"):
+        reader.index_select(FUSED, [1, 8])
+
+
+def test_index_select_on_an_allowed_pickle(copy_dir: Path) -> None:
+    merged = _to_pickle(copy_dir)
+    reader = CheckpointReader(copy_dir, allow_pickle=True)
+    assert torch.equal(reader.index_select(EXPERT, [3, 1]), merged[EXPERT][[3, 1]])
+    assert reader.bytes_read[EXPERT] == 2 * merged[EXPERT][0].numel() * 4
+
+
+def _mapped_shards(model_dir: Path) -> set[str]:
+    """Shard files of `model_dir` this process has memory-mapped (Linux /proc/self/maps)."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    return {
+        Path(line.split()[-1]).name
+        for line in lines
+        if line.endswith(".safetensors") and str(model_dir) in line
+    }
+
+
+def test_release_mapped_unmaps_every_shard_and_reads_go_on(tiny_dir: Path) -> None:
+    reader = CheckpointReader(tiny_dir)
+    names = reader.names()
+    values = {name: reader.get(name).clone() for name in names}  # clones: nothing pins a map
+    assert _mapped_shards(tiny_dir) == set(reader.shard_files())
+    reader.release_mapped()
+    assert _mapped_shards(tiny_dir) == set()
+    assert torch.equal(reader.get(EXPERT), values[EXPERT])  # reopened lazily
+    assert _mapped_shards(tiny_dir) == {reader.shard_of(EXPERT)}

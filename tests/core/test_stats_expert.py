@@ -10,6 +10,7 @@ import torch
 
 from moe2dense_core.stats.expert_stats import METADATA_FILE, TENSORS_FILE, ExpertStats
 from moe2dense_core.stats.layer_stats import SUM_FIELDS, LayerStats, StatsError
+from moe2dense_core.stats.request import EVERYTHING, ROUTER_ONLY
 
 CONFIG = {"model_type": "qwen3_moe", "num_experts": 4, "num_experts_per_tok": 2, "hidden_size": 8}
 
@@ -57,8 +58,26 @@ def test_save_load_round_trip_and_digest(tmp_path: Path) -> None:
     assert_same(stats, loaded)
     assert loaded.digest() == digest
     meta = json.loads((tmp_path / "stats" / METADATA_FILE).read_text())
-    assert meta["schema_version"] == 1 and meta["digest"] == digest and meta["layers"] == [0, 2]
+    assert meta["schema_version"] == 2 and meta["digest"] == digest and meta["layers"] == [0, 2]
+    assert meta["collected"] == {"expert_outputs": True, "gram": True}
     assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == sorted([TENSORS_FILE, METADATA_FILE])
+
+
+def test_what_was_collected_round_trips_and_schema_1_reads_as_everything(tmp_path: Path) -> None:
+    router_only = ExpertStats(dict(CONFIG), "qwen3_moe", 4, 2, collected=ROUTER_ONLY)
+    router_only.new_layer(0)
+    router_only.save(tmp_path / "router")
+    loaded = ExpertStats.load(tmp_path / "router")
+    assert loaded.collected == ROUTER_ONLY and loaded.layers[0].collected == ROUTER_ONLY
+    filled_stats(1).save(tmp_path / "old")
+    meta_path = tmp_path / "old" / METADATA_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["collected"]
+    meta_path.write_text(json.dumps({**meta, "schema_version": 1}))  # as written before requests existed
+    assert ExpertStats.load(tmp_path / "old").collected == EVERYTHING
+    meta_path.write_text(json.dumps({**meta, "schema_version": 2}))
+    with pytest.raises(StatsError, match=r"missing fields \['collected'\]"):
+        ExpertStats.load(tmp_path / "old")
 
 
 def test_digest_depends_on_content_only() -> None:

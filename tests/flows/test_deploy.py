@@ -26,12 +26,15 @@ def read_pool(name: str):
 
 def test_deployments_land_on_their_pools_with_the_watch_schedule_and_the_recipe_form(team_stack):
     ids = deploy_all(gpu_pool="gpu-it", watch_cron="*/30 * * * *")
-    assert len(ids) == 4
+    assert len(ids) == 5
     deployments = read_deployments(ids)
-    assert set(deployments) == {"convert/default", "sweep/default", "teacher/default", "watch/scheduled"}
+    assert set(deployments) == {
+        "convert/default", "sweep/default", "compare/default", "teacher/default", "watch/scheduled"
+    }
     assert read_pool(DEFAULT_WORK_POOL).type == "process" and read_pool("gpu-it").type == "process"
     assert deployments["convert/default"].work_pool_name == "gpu-it"
     assert deployments["sweep/default"].work_pool_name == "gpu-it"
+    assert deployments["compare/default"].work_pool_name == "gpu-it"
     assert deployments["watch/scheduled"].work_pool_name == DEFAULT_WORK_POOL
     (schedule,) = deployments["watch/scheduled"].schedules
     assert schedule.schedule.cron == "*/30 * * * *"
@@ -41,6 +44,9 @@ def test_deployments_land_on_their_pools_with_the_watch_schedule_and_the_recipe_
     recipe_schema = form["definitions"]["Recipe"]
     assert {"source", "calibration", "plan"} <= set(recipe_schema["properties"])
     assert recipe_schema.get("additionalProperties") is False
+    compare_form = deployments["compare/default"].parameter_openapi_schema
+    assert compare_form["required"] == ["recipe"]
+    assert {"source", "twin", "students", "seeds"} <= set(compare_form["definitions"]["CompareRecipe"]["properties"])
 
 
 def test_code_comes_from_the_installed_package_never_from_the_deployers_folder(team_stack):

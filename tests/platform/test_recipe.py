@@ -19,7 +19,8 @@ from moe2dense_platform.recipe_io import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("watch."))  # recipes only
+# convert recipes only: not watch files, nor comparison recipes (tests/platform/test_compare_recipe.py)
+SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith(("watch.", "compare.")))
 PAPER_TASKS = [("winogrande", 5), ("hellaswag", 10), ("arc_easy", 25), ("arc_challenge", 25), ("mmlu", 5)]
 
 
@@ -56,7 +57,8 @@ def test_paper_recipes_match_method_md(file: str, model: str, tokens: float) -> 
     plan = recipe.plan
     assert (str(plan.scoring), plan.num_selected, str(plan.grouping), str(plan.scaling)) == ("do_acp", None, "prune", "uniform")
     train = recipe.distillation.train
-    budget = train.max_steps * train.sequences_per_step(world_size=8) * recipe.distillation.seq_len
+    assert recipe.distillation.world_size == 8  # the paper's 8 GPUs
+    budget = train.max_steps * recipe.distillation.tokens_per_step(recipe.distillation.world_size)
     assert budget == pytest.approx(tokens, rel=0.02)
     assert train.loss == "forward_kl"
     assert [(t.name, t.num_fewshot) for t in recipe.evaluation.downstream.tasks] == PAPER_TASKS

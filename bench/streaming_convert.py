@@ -1,0 +1,251 @@
+"""Benchmark (not a test): converting a checkpoint far larger than the memory the conversion may use.
+
+Builds a synthetic checkpoint from the released Qwen/Qwen3-30B-A3B config.json (shared data:
+real_moe_configs/Qwen__Qwen3-30B-A3B) with fewer decoder layers: the released tensor names and shapes
+(checkpoint.expected.teacher_tensor_shapes), the config's dtype (bfloat16), random weights streamed to
+disk shard by shard. Then, each in a fresh child process, timed after its imports:
+  copy     every shard read and written back with safetensors alone (load_file → save_file): the baseline
+  convert  open_teacher → collect_stats (layer_by_layer, float32, 256 random tokens) → build_plan
+           (do_acp, K = k, prune) → assemble (bfloat16 output)
+Prints, with their goals:
+  peak RSS of the conversion (VmHWM; per stage via /proc/self/clear_refs) / checkpoint size  (goal ≤ 0.25)
+  throughput ratio = copy time / conversion time (the same checkpoint bytes in both)  (goal ≥ 0.5)
+and the same two numbers for assembly alone, and how many checkpoint bytes assembly read.
+Everything it makes is removed at the end. --quick builds a ~340 MB checkpoint (2 layers, 12 experts,
+vocabulary 4096) instead of the ≥ target-gb one. Run:
+    .venv/bin/python bench/streaming_convert.py [--target-gb 4.5] [--quick] [--workdir DIR] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+QWEN3_CONFIG = Path("real_moe_configs") / "Qwen__Qwen3-30B-A3B" / "config.json"
+QUICK = {"num_hidden_layers": 2, "num_experts": 12, "vocab_size": 4096}
+SHARD_BYTES = 2 * 1024**3
+CALIBRATION_TOKENS = (2, 128)
+"""Calibration batches × tokens per batch (random ids)."""
+DISK_FACTOR = 2.6
+"""Free disk needed, in checkpoints: the checkpoint, its safetensors copy and the dense output."""
+
+
+# ---- the synthetic teacher --------------------------------------------------------------------------
+def teacher_config(target_gb: float, quick: bool) -> dict:
+    """The released config with fewer layers: the fewest that reach `target_gb` (or the --quick sizes)."""
+    from moe2dense_core.shared_data import shared_data_dir
+
+    path = shared_data_dir() / QWEN3_CONFIG
+    if not path.is_file():
+        sys.exit(f"{path} not found: set MOE2DENSE_SHARED_DATA to the shared data folder")
+    config = json.loads(path.read_text())
+    if quick:
+        config.update(QUICK)
+    else:
+        one_layer = released_layout({**config, "num_hidden_layers": 1, "max_window_layers": 1})
+        per_layer = sum(e.nbytes for e in one_layer if e.name.startswith("model.layers.0."))
+        outside = sum(e.nbytes for e in one_layer) - per_layer
+        config["num_hidden_layers"] = max(1, math.ceil((target_gb * 1e9 - outside) / per_layer))
+    config["max_window_layers"] = config["num_hidden_layers"]
+    return config
+
+
+def released_layout(config: dict) -> list:
+    """TensorEntry of every tensor of the released checkpoint layout for `config`, in the config's dtype."""
+    import torch
+
+    from moe2dense_core.arch import get_spec
+    from moe2dense_core.checkpoint.expected import teacher_tensor_shapes
+    from moe2dense_core.io import TensorEntry
+
+    spec = get_spec(config["model_type"])
+    shapes = teacher_tensor_shapes(config, spec, spec.dims(config), QWEN3_CONFIG.name).required
+    dtype = getattr(torch, config["torch_dtype"])
+    return [TensorEntry(name, dtype, shape) for name, shape in shapes.items()]
+
+
+def write_teacher(config: dict, out: Path) -> None:
+    """Random weights (norms 1, else N(0, 0.02²)), one tensor in memory at a time."""
+    import torch
+
+    from moe2dense_core.io import ShardedCheckpointWriter
+
+    layout = {entry.name: entry for entry in released_layout(config)}
+    generator = torch.Generator().manual_seed(0)
+    with ShardedCheckpointWriter(out, SHARD_BYTES, layout=layout.values()) as writer:
+        for name in writer.order or ():
+            entry = layout[name]
+            if name.endswith("norm.weight"):
+                tensor = torch.ones(entry.shape, dtype=entry.dtype)
+            else:
+                tensor = (torch.randn(entry.shape, generator=generator) * 0.02).to(entry.dtype)
+            writer.add(name, tensor)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+# ---- child processes ----------------------------------------------------------------------------------
+def status_bytes(field: str) -> int:
+    """A kB field of /proc/self/status (VmRSS, VmHWM) in bytes."""
+    match = re.search(rf"^{field}:\s+(\d+) kB$", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(match.group(1)) * 1024
+
+
+def reset_peak() -> None:
+    """Set VmHWM to the current VmRSS (Linux ≥ 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def child_copy(teacher: Path, out: Path) -> dict:
+    """The baseline: every shard through safetensors alone."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir()
+    reset_peak()
+    baseline = status_bytes("VmRSS")
+    started = time.perf_counter()
+    for shard in sorted(teacher.glob("*.safetensors")):
+        tensors = load_file(shard)
+        save_file(tensors, str(out / shard.name), metadata={"format": "pt"})
+        del tensors
+    return {"seconds": time.perf_counter() - started, "baseline": baseline, "peak": status_bytes("VmHWM")}
+
+
+class StageTimer:
+    """`with timer("name"):` records the stage's wall seconds and peak RSS (VmHWM reset at its start)."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        reset_peak()
+        started = time.perf_counter()
+        yield
+        self.stages[name] = {"seconds": time.perf_counter() - started, "peak": status_bytes("VmHWM")}
+
+
+def child_convert(teacher_dir: Path, out: Path) -> dict:
+    """The conversion, stage by stage: wall seconds and peak RSS of each."""
+    import torch
+
+    from moe2dense_core import PlanConfig, assemble, build_plan, collect_stats
+    from moe2dense_core.checkpoint import open_teacher
+
+    batches, tokens = CALIBRATION_TOKENS
+    generator = torch.Generator().manual_seed(0)
+    reset_peak()
+    baseline = status_bytes("VmRSS")
+    timer = StageTimer()
+    with timer("open_teacher"):
+        teacher = open_teacher(teacher_dir)
+    vocab = teacher.config["vocab_size"]
+    calibration = [torch.randint(0, vocab, (1, tokens), generator=generator) for _ in range(batches)]
+    with timer("collect_stats"):
+        stats = collect_stats(teacher, calibration, mode="layer_by_layer", dtype=torch.float32)
+    with timer("build_plan"):
+        plan = build_plan(stats, PlanConfig(grouping="prune"))
+    read_before = sum(teacher.reader.bytes_read.values())
+    with timer("assemble"):
+        assemble(teacher, plan, out)
+    assembly_read = sum(teacher.reader.bytes_read.values()) - read_before
+    teacher.close()
+    return {"baseline": baseline, "stages": timer.stages, "assembly_read": assembly_read}
+
+
+def run_child(kind: str, teacher: Path, out: Path, threads: int) -> dict:
+    command = [sys.executable, __file__, "--child", kind, str(teacher), str(out), "--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{kind} child failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- report -------------------------------------------------------------------------------------------
+def gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def report(size: int, copy: dict, convert: dict) -> None:
+    stages = convert["stages"]
+    convert_seconds = sum(s["seconds"] for s in stages.values())
+    convert_peak = max(s["peak"] for s in stages.values())
+    assembly = stages["assemble"]
+    print(f"checkpoint: {gb(size)} on disk")
+    print(f"process baseline RSS (python + torch + transformers imported): {gb(convert['baseline'])}")
+    for name, s in stages.items():
+        print(
+            f"  {name:<14} {s['seconds']:8.1f} s   peak RSS {gb(s['peak'])}  ({s['peak'] / size:.3f} × checkpoint)"
+        )
+    print(
+        f"safetensors copy: {copy['seconds']:.1f} s, peak RSS {gb(copy['peak'])} ({copy['peak'] / size:.3f} ×)"
+    )
+    print(f"assembly read {gb(convert['assembly_read'])} of the checkpoint's {gb(size)}")
+    print(f"peak RSS / checkpoint, conversion: {convert_peak / size:.3f}   (goal ≤ 0.25)")
+    print(f"peak RSS / checkpoint, assembly:   {assembly['peak'] / size:.3f}   (goal ≤ 0.25)")
+    print(
+        f"throughput vs safetensors copy, conversion: {copy['seconds'] / convert_seconds:.2f}   (goal ≥ 0.5)"
+    )
+    print(
+        f"throughput vs safetensors copy, assembly:   {copy['seconds'] / assembly['seconds']:.2f}   (goal ≥ 0.5)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--target-gb", type=float, default=4.5, help="smallest checkpoint size to build")
+    parser.add_argument("--quick", action="store_true", help="a ~340 MB checkpoint for a smoke run")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where to build")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads in each child")
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "TEACHER", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.child:
+        kind, teacher, out = args.child
+        child = child_copy if kind == "copy" else child_convert
+        print(json.dumps(child(Path(teacher), Path(out))))
+        return
+
+    config = teacher_config(args.target_gb, args.quick)
+    size = sum(entry.nbytes for entry in released_layout(config))
+    free = shutil.disk_usage(args.workdir).free
+    if free < DISK_FACTOR * size:
+        sys.exit(f"{args.workdir}: {gb(free)} free, the bench needs {gb(DISK_FACTOR * size)}; pass --workdir")
+    work = Path(tempfile.mkdtemp(prefix="moe2dense-streaming-", dir=args.workdir))
+    try:
+        started = time.perf_counter()
+        write_teacher(config, work / "teacher")
+        layers, experts = config["num_hidden_layers"], config["num_experts"]
+        print(
+            f"built {layers} layers × {experts} experts of {QWEN3_CONFIG.parent.name} in {time.perf_counter() - started:.0f} s"
+        )
+        on_disk = sum(path.stat().st_size for path in (work / "teacher").glob("*.safetensors"))
+        copy = run_child("copy", work / "teacher", work / "copy", args.threads)
+        shutil.rmtree(work / "copy")
+        convert = run_child("convert", work / "teacher", work / "dense", args.threads)
+        report(on_disk, copy, convert)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
