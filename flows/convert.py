@@ -26,6 +26,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from moe2dense_core.plan import stats_request_for
 from moe2dense_platform.flow_parent import flow_parent_run
 from moe2dense_platform.recipe import Recipe
 from moe2dense_platform.recipe_teacher import check_recipe_fits_teacher
@@ -70,7 +71,9 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
     with flow_parent_run(recipe, "convert") as (runtime, parent):
         source = source_task(recipe.source, parent.run_id)
         check_recipe_fits_teacher(recipe, source.local_path)
-        calibration = calibrate_task(source, recipe.calibration, recipe.statistics, parent.run_id)
+        calibration = calibrate_task(
+            source, recipe.calibration, recipe.statistics, parent.run_id, stats_request_for(recipe.plan)
+        )
         plan = plan_task(source, calibration, recipe.plan, parent.run_id)
         assembled = assemble_task(source, plan, recipe.storage, parent.run_id)
 

@@ -27,6 +27,7 @@ from moe2dense_core.plan import (
     ScalingChoice,
     ScorerChoice,
     grouping_fits,
+    stats_request_for,
     validate_plan_config,
 )
 from moe2dense_core.scoring import compared_scorers
@@ -110,7 +111,9 @@ def sweep_flow(sweep: SweepRecipe) -> SweepResult:
         configs = sweep.grid.configs(recipe.plan, source.top_k)
         for config in configs:
             validate_plan_config(config, source.num_experts, source.top_k)
-        calibration = calibrate_task(source, recipe.calibration, recipe.statistics, parent.run_id)
+        calibration = calibrate_task(
+            source, recipe.calibration, recipe.statistics, parent.run_id, stats_request_for(configs)
+        )
 
         plans = [
             f.result() for f in [plan_task.submit(source, calibration, c, parent.run_id) for c in configs]

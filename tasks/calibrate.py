@@ -6,8 +6,10 @@ rows = train-side text packed into sequences of `seq_len` tokens (moe2dense_plat
 once to the artifact store (kind `stats`; the stage's MLflow run records its URI and content address,
 tasks/publish.py); the calibration tokens are logged as an MLflow input with their digest. The
 expensive read of the teacher: cached on snapshot digest, the content digest of the calibration text
-(never its path), the rest of the calibration and collection config (`calibrate_parts`), so a sweep
-over plans calibrates once.
+(never its path), the rest of the calibration and collection config and the statistics requested
+(`calibrate_parts`), so a sweep over plans calibrates once. The flow asks for what its plans read
+(`moe2dense_core.plan.stats_request_for`: router statistics only for `sf` + `prune`, the all-expert
+outputs and their Gram only for the scorers and groupers that need them).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from moe2dense_core.data import tokens_digest
 from moe2dense_core.distill.precision import compute_dtype
 from moe2dense_core.pretrained import load_tokenizer
 from moe2dense_core.stats.collect import collect_stats
+from moe2dense_core.stats.request import EVERYTHING, StatsRequest
 from moe2dense_platform.caching import without
 from moe2dense_platform.corpus import corpus_digest, token_rows
 from moe2dense_platform.progress import StageProgress
@@ -33,10 +36,11 @@ from tasks.stage import stage
 
 
 def calibrate_parts(p: dict[str, Any]) -> list[Any]:
-    """Snapshot digest, corpus digest of `calibration.data`, the rest of `calibration`, statistics config."""
-    calibration = p["calibration"]
+    """Snapshot digest, corpus digest of `calibration.data`, the rest of `calibration`, statistics config,
+    the statistics requested."""
+    calibration, request = p["calibration"], p.get("request", EVERYTHING)
     return [p["source"].snapshot_digest, corpus_digest(calibration.data), without(calibration, "data"),
-            p["statistics"]]
+            p["statistics"], {"expert_outputs": request.expert_outputs, "gram": request.gram}]
 
 
 def calibration_rows(source: SourceResult, calibration: CalibrationConfig) -> torch.Tensor:
@@ -60,7 +64,11 @@ def resolve_device(device: str) -> str:
 @stage("calibrate", result=CalibrationResult, key=calibrate_parts,
        lineage={TAG_STATS_DIGEST: "stats_digest", TAG_DATA_DIGEST: "data_digest"})
 def calibrate_task(
-    source: SourceResult, calibration: CalibrationConfig, statistics: StatisticsConfig, parent_run_id: str
+    source: SourceResult,
+    calibration: CalibrationConfig,
+    statistics: StatisticsConfig,
+    parent_run_id: str,
+    request: StatsRequest = EVERYTHING,
 ) -> CalibrationResult:
     runtime = Runtime.from_environment()
     rows = calibration_rows(source, calibration)
@@ -82,6 +90,7 @@ def calibrate_task(
                 teacher,
                 list(rows.split(calibration.batch_size)),
                 mode=statistics.mode,
+                request=request,
                 dtype=compute_dtype(statistics.dtype, torch.device(resolve_device(statistics.device))),
                 device=resolve_device(statistics.device),
                 on_progress=StageProgress("calibrate", tokens_per_step=tokens_per_step).update,

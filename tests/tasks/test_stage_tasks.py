@@ -10,8 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from moe2dense_core.io.digests import file_sha256
-from moe2dense_core.plan import ConversionPlan, PlanConfig
+from moe2dense_core.plan import ConversionPlan, PlanConfig, stats_request_for
 from moe2dense_core.stats.expert_stats import ExpertStats
+from moe2dense_core.stats.request import EVERYTHING, ROUTER_ONLY
 from moe2dense_platform.runtime import Runtime
 from tasks.assemble import assemble_task
 from tasks.calibrate import calibrate_task, calibration_rows
@@ -19,6 +20,7 @@ from tasks.distill import distill_task
 from tasks.evaluate import EvalTarget, evaluate_task
 from tasks.plan import plan_task
 from tasks.source import source_task
+from tasks.stage import STAGES
 from tests.tasks.stage_fixtures import parent_run_id, teacher  # noqa: F401 (fixtures)
 
 
@@ -85,3 +87,18 @@ def test_evaluate_and_distill_store_their_results(chain, parent_run_id):  # noqa
     assert 1.0 < after.perplexity < 300 and 1.0 < before.perplexity < 300
     document = json.loads(Runtime.from_environment().fetch_uri(after.eval_uri).read_text())
     assert document["perplexity"]["value"] == pytest.approx(after.perplexity)
+
+
+def test_calibration_collects_what_the_plans_read_and_keys_on_it(chain, parent_run_id):  # noqa: F811
+    recipe, source, *_ = chain
+    router_plan = PlanConfig.model_validate({"scoring": "sf", "grouping": "prune"})
+    request = stats_request_for(router_plan)
+    assert request == ROUTER_ONLY
+    calibration = calibrate_task.fn(source, recipe.calibration, recipe.statistics, parent_run_id, request)
+    stats = ExpertStats.load(Runtime.from_environment().fetch_uri(calibration.stats_uri))
+    assert {layer.collected for layer in stats.layers.values()} == {ROUTER_ONLY}
+    key = STAGES["calibrate"].key
+    parts = {"source": source, "calibration": recipe.calibration, "statistics": recipe.statistics}
+    assert key(None, {**parts, "request": ROUTER_ONLY}) != key(None, {**parts, "request": EVERYTHING})
+    plan = plan_task.fn(source, calibration, router_plan, parent_run_id)  # sf + prune read the router only
+    assert plan.kept_experts
