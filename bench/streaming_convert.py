@@ -4,13 +4,15 @@ Builds a synthetic checkpoint from the released Qwen/Qwen3-30B-A3B config.json (
 real_moe_configs/Qwen__Qwen3-30B-A3B) with fewer decoder layers: the released tensor names and shapes
 (checkpoint.expected.teacher_tensor_shapes), the config's dtype (bfloat16), random weights streamed to
 disk shard by shard. Then, each in a fresh child process, timed after its imports:
-  copy     every shard read and written back with safetensors alone (load_file → save_file): the baseline
-  convert  open_teacher → collect_stats (layer_by_layer, float32, 256 random tokens) → build_plan
-           (do_acp, K = k, prune) → assemble (bfloat16 output)
+  copy      every shard read and written back with safetensors alone (load_file → save_file): the baseline
+  convert   what `convert` does, stage by stage: open_teacher → collect_stats (layer_by_layer, float32,
+            256 random tokens, the plan's stats request) → build_plan (do_acp, K = k, prune) →
+            assemble (bfloat16 output); the plan is saved
+  assemble  open_teacher → assemble with that plan, alone in a fresh process
 Prints, with their goals:
-  peak RSS of the conversion (VmHWM; per stage via /proc/self/clear_refs) / checkpoint size  (goal ≤ 0.25)
+  peak RSS (VmHWM; per stage via /proc/self/clear_refs) / checkpoint size  (goal ≤ 0.25)
   throughput ratio = copy time / conversion time (the same checkpoint bytes in both)  (goal ≥ 0.5)
-and the same two numbers for assembly alone, and how many checkpoint bytes assembly read.
+for the whole conversion and for assembly alone, and how many checkpoint bytes assembly read.
 Everything it makes is removed at the end. --quick builds a ~340 MB checkpoint (2 layers, 12 experts,
 vocabulary 4096) instead of the ≥ target-gb one. Run:
     .venv/bin/python bench/streaming_convert.py [--target-gb 4.5] [--quick] [--workdir DIR] [--threads 2]
@@ -36,6 +38,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 QWEN3_CONFIG = Path("real_moe_configs") / "Qwen__Qwen3-30B-A3B" / "config.json"
 QUICK = {"num_hidden_layers": 2, "num_experts": 12, "vocab_size": 4096}
+PLAN_FILE = "plan.json"
 SHARD_BYTES = 2 * 1024**3
 CALIBRATION_TOKENS = (2, 128)
 """Calibration batches × tokens per batch (random ids)."""
@@ -105,6 +108,16 @@ def status_bytes(field: str) -> int:
     return int(match.group(1)) * 1024
 
 
+def import_everything() -> None:
+    """Load the modules the library imports lazily (transformers' Qwen3 / Qwen3-MoE model classes), so
+    neither the baseline RSS nor the stage times include imports."""
+    import transformers.models.qwen3.modeling_qwen3  # noqa: F401
+    import transformers.models.qwen3_moe.modeling_qwen3_moe  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: F401
+
+    import moe2dense_core  # noqa: F401
+
+
 def reset_peak() -> None:
     """Set VmHWM to the current VmRSS (Linux ≥ 4.0)."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -115,6 +128,7 @@ def child_copy(teacher: Path, out: Path) -> dict:
     from safetensors.torch import load_file, save_file
 
     out.mkdir()
+    import_everything()
     reset_peak()
     baseline = status_bytes("VmRSS")
     started = time.perf_counter()
@@ -140,14 +154,16 @@ class StageTimer:
 
 
 def child_convert(teacher_dir: Path, out: Path) -> dict:
-    """The conversion, stage by stage: wall seconds and peak RSS of each."""
+    """The conversion, stage by stage: wall seconds and peak RSS of each; the plan is saved beside `out`."""
     import torch
 
     from moe2dense_core import PlanConfig, assemble, build_plan, collect_stats
     from moe2dense_core.checkpoint import open_teacher
+    from moe2dense_core.plan import stats_request_for
 
     batches, tokens = CALIBRATION_TOKENS
     generator = torch.Generator().manual_seed(0)
+    import_everything()
     reset_peak()
     baseline = status_bytes("VmRSS")
     timer = StageTimer()
@@ -155,16 +171,41 @@ def child_convert(teacher_dir: Path, out: Path) -> dict:
         teacher = open_teacher(teacher_dir)
     vocab = teacher.config["vocab_size"]
     calibration = [torch.randint(0, vocab, (1, tokens), generator=generator) for _ in range(batches)]
-    with timer("collect_stats"):
-        stats = collect_stats(teacher, calibration, mode="layer_by_layer", dtype=torch.float32)
+    plan_config = PlanConfig(grouping="prune")
+    with timer("collect_stats"):  # as convert() calls it
+        stats = collect_stats(
+            teacher,
+            calibration,
+            mode="layer_by_layer",
+            request=stats_request_for(plan_config),
+            dtype=torch.float32,
+        )
     with timer("build_plan"):
-        plan = build_plan(stats, PlanConfig(grouping="prune"))
-    read_before = sum(teacher.reader.bytes_read.values())
+        plan = build_plan(stats, plan_config, expert_weights=teacher.expert_weights)
+    (out.parent / PLAN_FILE).write_text(plan.model_dump_json())
     with timer("assemble"):
         assemble(teacher, plan, out)
-    assembly_read = sum(teacher.reader.bytes_read.values()) - read_before
     teacher.close()
-    return {"baseline": baseline, "stages": timer.stages, "assembly_read": assembly_read}
+    return {"baseline": baseline, "stages": timer.stages}
+
+
+def child_assemble(teacher_dir: Path, out: Path) -> dict:
+    """Assembly alone, in a fresh process, with the plan the conversion saved."""
+    from moe2dense_core import assemble
+    from moe2dense_core.checkpoint import open_teacher
+    from moe2dense_core.plan import ConversionPlan
+
+    plan = ConversionPlan.model_validate_json((out.parent / PLAN_FILE).read_text())
+    import_everything()
+    reset_peak()
+    baseline = status_bytes("VmRSS")
+    timer = StageTimer()
+    with timer("open_teacher"):
+        teacher = open_teacher(teacher_dir)
+    with timer("assemble"):
+        assemble(teacher, plan, out)
+    teacher.close()
+    return {"baseline": baseline, "stages": timer.stages, "read": sum(teacher.reader.bytes_read.values())}
 
 
 def run_child(kind: str, teacher: Path, out: Path, threads: int) -> dict:
@@ -180,29 +221,23 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def report(size: int, copy: dict, convert: dict) -> None:
-    stages = convert["stages"]
-    convert_seconds = sum(s["seconds"] for s in stages.values())
-    convert_peak = max(s["peak"] for s in stages.values())
-    assembly = stages["assemble"]
-    print(f"checkpoint: {gb(size)} on disk")
-    print(f"process baseline RSS (python + torch + transformers imported): {gb(convert['baseline'])}")
-    for name, s in stages.items():
+def report(size: int, copy: dict, convert: dict, alone: dict) -> None:
+    """Every number with its goal (see module docstring)."""
+    print(
+        f"checkpoint: {gb(size)} on disk; safetensors copy {copy['seconds']:.1f} s, peak RSS {gb(copy['peak'])}"
+    )
+    for title, child in (("conversion", convert), ("assembly alone", alone)):
+        stages = child["stages"]
+        seconds = sum(s["seconds"] for s in stages.values())
+        peak = max(s["peak"] for s in stages.values())
+        print(f"{title} (process baseline RSS after imports {gb(child['baseline'])}):")
+        for name, s in stages.items():
+            print(f"  {name:<14} {s['seconds']:7.1f} s   peak RSS {gb(s['peak'])}")
         print(
-            f"  {name:<14} {s['seconds']:8.1f} s   peak RSS {gb(s['peak'])}  ({s['peak'] / size:.3f} × checkpoint)"
+            f"  peak RSS / checkpoint: {peak / size:.3f} (goal ≤ 0.25); above the baseline: {(peak - child['baseline']) / size:.3f}"
         )
-    print(
-        f"safetensors copy: {copy['seconds']:.1f} s, peak RSS {gb(copy['peak'])} ({copy['peak'] / size:.3f} ×)"
-    )
-    print(f"assembly read {gb(convert['assembly_read'])} of the checkpoint's {gb(size)}")
-    print(f"peak RSS / checkpoint, conversion: {convert_peak / size:.3f}   (goal ≤ 0.25)")
-    print(f"peak RSS / checkpoint, assembly:   {assembly['peak'] / size:.3f}   (goal ≤ 0.25)")
-    print(
-        f"throughput vs safetensors copy, conversion: {copy['seconds'] / convert_seconds:.2f}   (goal ≥ 0.5)"
-    )
-    print(
-        f"throughput vs safetensors copy, assembly:   {copy['seconds'] / assembly['seconds']:.2f}   (goal ≥ 0.5)"
-    )
+        print(f"  throughput vs safetensors copy: {copy['seconds'] / seconds:.2f} (goal ≥ 0.5)")
+    print(f"assembly read {gb(alone['read'])} of the checkpoint")
 
 
 def main() -> None:
@@ -221,7 +256,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         kind, teacher, out = args.child
-        child = child_copy if kind == "copy" else child_convert
+        child = {"copy": child_copy, "convert": child_convert, "assemble": child_assemble}[kind]
         print(json.dumps(child(Path(teacher), Path(out))))
         return
 
@@ -242,7 +277,8 @@ def main() -> None:
         copy = run_child("copy", work / "teacher", work / "copy", args.threads)
         shutil.rmtree(work / "copy")
         convert = run_child("convert", work / "teacher", work / "dense", args.threads)
-        report(on_disk, copy, convert)
+        alone = run_child("assemble", work / "teacher", work / "dense-alone", args.threads)
+        report(on_disk, copy, convert, alone)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

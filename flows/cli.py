@@ -600,9 +600,14 @@ def ui(
             str(mlflow_port),
         ],
     }
+    from moe2dense_platform.processes import stop_group
+
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop both servers on SIGTERM as on Ctrl-C
     environments = {"Prefect": prefect_env, "MLflow": env}
-    processes = {name: subprocess.Popen(argv, env=environments[name]) for name, argv in commands.items()}
+    processes = {  # each in its own process group, so that stopping one stops the workers it started
+        name: subprocess.Popen(argv, env=environments[name], start_new_session=True)
+        for name, argv in commands.items()
+    }
     console.print(f"Prefect UI: {prefect_url}   MLflow UI: http://127.0.0.1:{mlflow_port}")
     console.print(f"to run flows against this server: export MOE2DENSE_PREFECT_API_URL={prefect_url}/api")
     try:
@@ -612,10 +617,7 @@ def ui(
         pass
     finally:
         for process in processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in processes.values():
-            process.wait(timeout=30)
+            stop_group(process.pid, timeout_s=30)  # SIGTERM, then SIGKILL what is left after 30 s
 
 
 @app.command()

@@ -19,8 +19,9 @@ MLflow: the parent run (the recipe, `moe2dense.flow` = compare) holds the shared
 calibrate, teacher_logits, evaluate-teacher) and one nested run per student (`student-<name>`, tags
 `moe2dense.student` / `moe2dense.student_kind`), under which that student's stages nest. Each run is
 tagged with the run that produced each result (`moe2dense.stage_run.<label>`), so a cached re-run still
-links to them. The parent gets the table as `comparison/comparison.{json,csv,md}` and the plots
-`comparison/perplexity.png`, `comparison/curves.png` (also stored once in the artifact store, kind
+links to them. The parent gets the table as `comparison/comparison.{json,csv,md}`, the report's rows
+`comparison/results.json` (`moe2dense report RUN_ID` draws them), the plots `comparison/perplexity.png`
+and `comparison/curves.png` (the folder also stored once in the artifact store, kind
 `comparison`, its URI and sha256 in the parent's `moe2dense.output.comparison.*` tags), and metrics
 `<student>/perplexity_mean` (…_std, kl_to_teacher_mean, mean_acc_mean); the Prefect flow run gets the
 table as its `comparison` table artifact.
@@ -44,6 +45,7 @@ from pydantic import BaseModel
 from moe2dense_core.baselines import StudentBudget, check_equal_budgets, config_parameter_count
 from moe2dense_core.baselines.budget import DEFAULT_PARAM_REL_TOL
 from moe2dense_core.errors import BudgetMismatchError
+from moe2dense_core.plan import stats_request_for
 from moe2dense_platform.compare_recipe import (
     CompareRecipe,
     StudentSpec,
@@ -101,7 +103,10 @@ def compare_flow(recipe: CompareRecipe) -> CompareResult:
     with flow_parent_run(recipe, "compare") as (runtime, parent):
         source = source_task(recipe.source, parent.run_id)
         check_compare_fits_teacher(recipe, source.local_path)
-        calibration = calibrate_task(source, recipe.calibration, recipe.statistics, parent.run_id)
+        plans = [s.plan for s in recipe.students if s.kind == "converted"]
+        calibration = calibrate_task(
+            source, recipe.calibration, recipe.statistics, parent.run_id, stats_request_for(plans)
+        )
         with ExitStack() as student_runs:
             runs = {
                 s.name: student_runs.enter_context(student_run(runtime, parent.run_id, s))
@@ -217,7 +222,7 @@ def build_students(
 
 
 def token_budget(recipe: CompareRecipe) -> int:
-    """T = max_steps · tokens_per_step(W), W the distillation's processes on this node's layout (module docstring)."""
+    """T = max_steps · tokens_per_step(W), W the distillation's processes here (module docstring)."""
     distillation = recipe.distillation
     return distillation.train.max_steps * distillation.tokens_per_step(
         process_layout(distillation).world_size

@@ -2,16 +2,18 @@
 
 Read top to bottom (configs/study/cpu.yaml, docs/results.md):
 1. text: the study's two disjoint sides (flows/study_config.py) copied under `<out>/text`;
-2. teachers (flow `teacher`): the Qwen3-MoE and its equal-size dense twin, trained on the teacher side
-   (or reused: same config and text → same folder); then one routing pass of the MoE over the teacher
-   side's held-out text (router entropy and expert load per layer, moe2dense_core.teacher.routing);
+2. the MoE teacher (flow `teacher`): a Qwen3-MoE trained on the teacher side (or reused: same config
+   and text → same folder); then one routing pass over the teacher side's held-out text (router
+   entropy and expert load per layer, moe2dense_core.teacher.routing);
 3. the grid (flow `sweep`, twice on ONE cached calibration): `prune` at K = k and the merging groupers
    at each K > k, every scorer (the `random` control included) × every scaling, ranked by the
    pre-distillation perplexity on the teacher side's held-out text;
-4. the comparison (flow `compare`) on ONE budget over the distill side: the `best` configurations of the
+4. the dense twin (flow `teacher` again, the MoE reused): the equal-size dense Qwen3 for d2d, trained
+   after the grid so that the grid does not wait for it;
+5. the comparison (flow `compare`) on ONE budget over the distill side: the `best` configurations of the
    grid, do_acp and sf at K = k (prune, uniform), d2d from the dense twin, random init, random FFN, once
    per seed; each distilled student is then also evaluated on the teacher side's held-out text;
-5. `<out>/results/`: study.json, tables.md and the plots (flows/study_results.py), written after every
+6. `<out>/results/`: study.json, tables.md and the plots (flows/study_results.py), written after every
    step, so an interrupted study leaves what finished.
 Every stage is a cached task of the flows it calls: a re-run continues where the last one stopped.
 """
@@ -173,6 +175,17 @@ def routing_of(teacher: str, text: CorpusSpec, sizes: StudySizes) -> dict[str, A
     return routing_profile(model, heldout[: sizes.num_tokens], sizes.seq_len, sizes.batch_size).to_dict()
 
 
+def train_teachers(
+    study: StudyConfig, text: dict[str, CorpusSpec], out: Path, dense: bool
+) -> TeacherFlowResult:
+    """Flow `teacher` on the teacher side: the MoE, and with `dense` its equal-size dense twin (an already
+    trained teacher of the same config and text is reused from `<out>/teachers`)."""
+    recipe = TeacherRecipe(
+        corpus=text["teacher"], model=study.teacher, train_dense=dense, output_dir=out / "teachers"
+    )
+    return teacher_flow(recipe)
+
+
 def teacher_records(teachers: TeacherFlowResult) -> dict[str, Any]:
     """Each teacher's training record (teacher.json: config, tokens, held-out perplexity, seconds)."""
     return {
@@ -201,15 +214,11 @@ def study_flow(study: StudyConfig, output_dir: Path) -> StudyResult:
     with flow_parent_run(study, "study") as (runtime, parent):
         started = time.perf_counter()
         text = write_study_text(study, out)
-        teachers = teacher_flow(
-            TeacherRecipe(
-                corpus=text["teacher"], model=study.teacher, train_dense=True, output_dir=out / "teachers"
-            )
-        )
+        teachers = train_teachers(study, text, out, dense=False)
         record["teachers"] = teacher_records(teachers)
         record["routing"] = routing_of(teachers.moe.path, text["teacher"], study.evaluation)
         parent.log_text(json.dumps(record["routing"], indent=2), "study/routing.json")
-        seconds["teachers"] = time.perf_counter() - started
+        seconds["moe teacher"] = time.perf_counter() - started
         save()
 
         started = time.perf_counter()
@@ -221,6 +230,12 @@ def study_flow(study: StudyConfig, output_dir: Path) -> StudyResult:
         record["grid"] = [e.model_dump(mode="json") for e in ranked]
         record["sweep_run_ids"] = [s.mlflow_run_id for s in sweeps]
         seconds["grid"] = time.perf_counter() - started
+        save()
+
+        started = time.perf_counter()
+        teachers = train_teachers(study, text, out, dense=True)  # the MoE is reused
+        record["teachers"] = teacher_records(teachers)
+        seconds["dense teacher"] = time.perf_counter() - started
         save()
 
         started = time.perf_counter()

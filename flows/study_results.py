@@ -143,7 +143,11 @@ def grid_tables(points: list[SweepPoint]) -> str:
     ):
         if not members:
             continue
-        effects = main_effects(members, {f: FACTORS[f] for f in factors})
+        effects = {
+            factor: levels
+            for factor, levels in main_effects(members, {f: FACTORS[f] for f in factors}).items()
+            if len(levels) > 1
+        }
         lines += [
             "",
             f"Main effects, {block} ({len(members)} configurations): perplexity ratio between the "
@@ -180,7 +184,7 @@ def comparison_table(record: dict) -> str:
         lines.append(
             f"| {student['name']} | {student['kind']} | {student['num_params']:,} | {student['train_tokens']:,} | "
             f"{len(seeds)} | {_pm([s['perplexity'] for s in seeds])} | {_pm(teacher_text) if teacher_text else ''} | "
-            f"{_pm(kl, 3) if kl else ''} | {_pm(distill_s, 0) if distill_s else ''} | {_pm(eval_s, 0) if eval_s else ''} |"
+            f"{_pm(kl, 4) if kl else ''} | {_pm(distill_s, 0) if distill_s else ''} | {_pm(eval_s, 0) if eval_s else ''} |"
         )
     return "\n".join(lines)
 
@@ -197,7 +201,7 @@ def routing_plot(routing: dict):
     axis.set_yticks(range(load.shape[0]), [f"layer {i}\nH/logE={h:.2f}" for i, h in enumerate(entropies)])
     axis.set_xticks(range(load.shape[1]))
     axis.set_xlabel("expert")
-    axis.set_title(f"expert load × E on {routing['num_tokens']:,} held-out tokens (1 = balanced)", fontsize=9)
+    axis.set_title("expert load × E (1 = balanced)", fontsize=9)
     figure.colorbar(image, ax=axis, label="load × E")
     return figure
 

@@ -1,4 +1,4 @@
-"""A comparison's results as plain values, its table (JSON, CSV, markdown) and its plots. No MLflow, no Prefect.
+"""A comparison's results as plain values, its table (JSON, CSV, markdown), its plots. No MLflow, no Prefect.
 
     comparison = Comparison(recipe_name=..., teacher=TeacherOutcome(...), students=[StudentOutcome(...), ...])
     rows = summary_rows(comparison)                 # one row per model: the table every format shows

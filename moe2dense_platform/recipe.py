@@ -24,15 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.errors import Moe2DenseError, PlanError
@@ -168,11 +160,11 @@ class DistillationConfig(_Section):
     )
     teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
     nproc_per_node: int | Literal["auto"] = Field(
-        1, description="Distillation processes (GPUs) per node; `auto`: one per CUDA device, 1 without CUDA."
+        1, description="Distillation processes (GPUs) per node, ≥ 1; `auto`: one per CUDA device (1 without)."
     )
-    nnodes: PositiveInt = Field(1, description="Nodes of a multi-node distillation (infra/kubernetes/).")
-    token_budget: PositiveInt | None = Field(
-        None, description="Training tokens the run is meant to see: within one step of max_steps × tokens_per_step."
+    nnodes: int = Field(1, ge=1, description="Nodes of a multi-node distillation (infra/kubernetes/).")
+    token_budget: int | None = Field(
+        None, gt=0, description="Training tokens to see: within one step of max_steps × tokens_per_step."
     )
 
     @field_validator("nproc_per_node", mode="before")

@@ -108,7 +108,8 @@ def launch_distill(
     """Distill on `layout`'s processes (module docstring); rank 0 saves the student into `output_dir`.
 
     rows [N, L]: the training rows; teacher_model (online) or teacher_cache_uri (the stored top-k cache
-    of stage teacher_logits); the rest as `distill`'s arguments. `home` holds a multi-node group's announcements.
+    of stage teacher_logits); the rest as `distill`'s arguments. `home` holds a multi-node group's
+    announcements.
     """
     for name, folder in (("student_dir", student_dir), ("teacher_model", teacher_model)):
         if folder is not None and not (folder / "config.json").is_file():

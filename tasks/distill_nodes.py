@@ -2,8 +2,9 @@
 multi-node distillation (the indexed Job of infra/kubernetes/distill-multinode.yaml).
 
     python -m torch.distributed.run --nproc_per_node N <node arguments> -m tasks.distill_worker SPEC
-    one node:       --standalone
-    node r of M:    --nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id ID-i --rdzv-conf is_host=0|1
+    one node:     --standalone
+    node r of M:  --nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id ID-i
+                  --rdzv-conf is_host=1 (r = 0) | is_host=0
 
 A multi-node run is described by the environment of every node (`NodeGroup.from_environment`):
 MOE2DENSE_NNODES (M), MOE2DENSE_NODE_RANK (r, the Job's completion index), MOE2DENSE_RDZV_ENDPOINT

@@ -44,7 +44,7 @@ ROWS_KEY = "rows"
 
 
 class WorkerSpec(BaseModel):
-    """Everything a worker process needs (module docstring); exactly one of teacher_model / teacher_cache_uri."""
+    """Everything a worker process needs (module docstring); one of teacher_model / teacher_cache_uri."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -65,7 +65,7 @@ class WorkerSpec(BaseModel):
     def _one_teacher(self) -> WorkerSpec:
         if (self.teacher_model is None) == (self.teacher_cache_uri is None):
             raise ValueError(
-                "give exactly one of teacher_model (online teacher) and teacher_cache_uri (stored top-k cache)"
+                "give exactly one of teacher_model (online teacher) and teacher_cache_uri (stored cache)"
             )
         return self
 

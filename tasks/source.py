@@ -1,5 +1,11 @@
 """Stage `source`: resolve the teacher (local folder or hub id at a revision) and digest every file.
 
+Revisions: a hub revision is recorded as the commit it resolved to (`main` or a tag moves; the commit is
+the name of the snapshot folder that was read) in the result, the stage run's `source.revision` param and
+`moe2dense.source_revision` tag, and through the result in the registered model's tags and the report.
+A local folder has no commit: the recipe's `revision` is recorded as given (normally none), and the
+snapshot digest identifies the files.
+
 Output (no copy: the snapshot stays where it is): the local folder, `config.model_type`, E and k,
 sha256 of every file the stages read (weights, config, tokenizer: the patterns `resolve_model`
 fetches) and the snapshot digest = sha256 of their canonical JSON, which every later cache key uses.
@@ -40,13 +46,14 @@ def source_parts(p: dict[str, Any]) -> list[Any] | None:
 
 def resolve_source(source: SourceConfig) -> SourceResult:
     """Resolve, validate and digest the teacher named by the recipe's `source` section (open_teacher: the
-    one validation of the run; the tokenizer is required, calibration tokenizes text with it)."""
+    one validation of the run; the tokenizer is required, calibration tokenizes text with it); a hub
+    revision as the commit it resolved to (module docstring)."""
     revision = None if source.is_local else source.revision
     with open_teacher(source.model, revision=revision, require_tokenizer=True) as teacher:
         digests = teacher.file_digests()
         return SourceResult(
             model=source.model,
-            revision=source.revision,
+            revision=source.revision if source.is_local else teacher.revision,
             local_path=str(teacher.path.resolve()),
             model_type=teacher.model_type,
             num_experts=teacher.dims.num_experts,
@@ -72,11 +79,13 @@ def open_source(source: SourceResult) -> Teacher:
     lineage={TAG_SOURCE_MODEL: "model", TAG_SOURCE_REVISION: "revision", TAG_SNAPSHOT_DIGEST: "snapshot_digest"},
 )
 def source_task(source: SourceConfig, parent_run_id: str | None = None) -> SourceResult:
-    """The resolved snapshot; with `parent_run_id` (in a flow) also its `source` stage run."""
+    """The resolved snapshot; with `parent_run_id` (in a flow) also its `source` stage run, whose
+    `source.revision` param is logged once resolved (the commit, never a branch name)."""
     if parent_run_id is None:
         return resolve_source(source)
     runtime = Runtime.from_environment()
-    with runtime.stage(parent_run_id, "source", {"source": source}) as run:
+    with runtime.stage(parent_run_id, "source", {"source": source.model_dump(exclude={"revision"})}) as run:
         result = resolve_source(source).model_copy(update={"mlflow_run_id": run.run_id})
+        run.log_params({"source.revision": result.revision})
         finish(run, "source", result)
         return result

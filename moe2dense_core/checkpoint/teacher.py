@@ -59,8 +59,9 @@ class Teacher:
     """An opened, validated teacher checkpoint (see module docstring). Close it (or use `with`) to drop
     the shard memory maps; the reader reopens them on the next read.
 
-    source: the model as given — a local folder as its absolute path, or a Hub id; revision: the requested
-    revision, else the commit of a Hub cache snapshot folder (…/snapshots/<40 hex>), else None;
+    source: the model as given — a local folder as its absolute path, or a Hub id; revision: the commit of
+    a Hub cache snapshot folder (…/snapshots/<40 hex>: a branch or tag name resolved), else the requested
+    revision (None for a plain local folder);
     path: the local folder; dims: E, k, widths, layers (validated).
     """
 
@@ -199,12 +200,11 @@ def _source_name(source: str | Path) -> str:
 
 
 def _revision(revision: str | None, path: Path) -> str | None:
-    """The requested revision, else the commit hash of a huggingface_hub cache snapshot folder."""
-    if revision is not None:
-        return revision
+    """The commit of a huggingface_hub cache snapshot folder (`…/snapshots/<40 hex>`: what a requested
+    branch or tag resolved to, so a moving name is never recorded), else the requested revision."""
     resolved = path.resolve()
     is_snapshot = resolved.parent.name == "snapshots" and _SNAPSHOT_REVISION.match(resolved.name)
-    return resolved.name if is_snapshot else None
+    return resolved.name if is_snapshot else revision
 
 
 class _ValidatedSnapshots:

@@ -241,7 +241,8 @@ def save_checkpoint(
             else "no earlier checkpoint"
         )
         raise DistillError(
-            f"could not write checkpoint {final.name} into {root} ({free_mib:.1f} MiB free): {failures[0]}; {kept}"
+            f"could not write checkpoint {final.name} into {root} ({free_mib:.1f} MiB free): "
+            f"{failures[0]}; {kept}"
         )
     return final
 

@@ -112,6 +112,8 @@ class CheckpointReader:
             raise CheckpointError(
                 f"tensor {name!r} {list(shape)}: indices {list(indices)} are not along a first axis of that size"
             )
+        if not indices:
+            return torch.empty((0, *shape[1:]), dtype=self.dtype(name))
         runs = _consecutive_runs(indices)
         if self.format == "pickle":
             stored = self._load_pickle_shard(self.shard_of(name))[name]
@@ -119,9 +121,7 @@ class CheckpointReader:
         else:
             sliced = self._handle(self.shard_of(name)).get_slice(name)
             parts = [sliced[start:stop] for start, stop in runs]
-        self.bytes_read[name] += (self._info(name).nbytes // shape[0] if shape[0] else 0) * len(indices)
-        if not parts:
-            return torch.empty((0, *shape[1:]), dtype=self.dtype(name))
+        self.bytes_read[name] += self._info(name).nbytes // shape[0] * len(indices)
         return parts[0].clone() if len(parts) == 1 else torch.cat(parts)
 
     def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:

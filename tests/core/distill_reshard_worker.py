@@ -28,9 +28,17 @@ PARALLELISMS = ("ddp", "fsdp")
 
 
 def config(parallelism: str, world_size: int) -> DistillConfig:
-    return DistillConfig(max_steps=4, micro_batch_size=GLOBAL_ROWS_PER_MICRO_STEP // world_size,
-                         grad_accum_steps=2, lr=2e-3, ce_weight=0.3, precision="fp32", seed=5,
-                         checkpoint_every=2, parallelism=parallelism)
+    return DistillConfig(
+        max_steps=4,
+        micro_batch_size=GLOBAL_ROWS_PER_MICRO_STEP // world_size,
+        grad_accum_steps=2,
+        lr=2e-3,
+        ce_weight=0.3,
+        precision="fp32",
+        seed=5,
+        checkpoint_every=2,
+        parallelism=parallelism,
+    )
 
 
 def inputs() -> tuple[torch.nn.Module, torch.Tensor]:
@@ -59,10 +67,17 @@ def main(folder: Path) -> None:
         barrier(ctx)
         if ctx.is_main:
             shutil.rmtree(folder / f"two_{parallelism}" / "step_00000004")
-        resumed = dense_student_from_teacher(tiny_teacher(seed=99))  # wrong weights until the checkpoint loads
-        outcome = distill(resumed, teacher, data, two, checkpoint_dir=folder / f"one_{parallelism}", resume=True)
-        results[parallelism] = {"straight": full_state(straight), "resumed_from_one": full_state(resumed),
-                                "start_step": outcome.start_step}
+        resumed = dense_student_from_teacher(
+            tiny_teacher(seed=99)
+        )  # wrong weights until the checkpoint loads
+        outcome = distill(
+            resumed, teacher, data, two, checkpoint_dir=folder / f"one_{parallelism}", resume=True
+        )
+        results[parallelism] = {
+            "straight": full_state(straight),
+            "resumed_from_one": full_state(resumed),
+            "start_step": outcome.start_step,
+        }
     if ctx.is_main:
         torch.save(results, folder / "two_processes.pt")
 

@@ -1,9 +1,9 @@
 """Assembly's peak memory is bounded by one layer's work, not by the checkpoint (assembly/checkpoint.py).
 
-A 16-layer teacher with 32 experts of width 256 per layer (≈ 420 MB float32) is converted keeping 4
+A 16-layer teacher with 32 experts of width 256 per layer (≈ 410 MB float32) is converted keeping 4
 experts per layer in a child process; its peak RSS above the baseline must stay under 15% of the
-checkpoint. Streaming needs ≈ 30 MB (4 experts read and cast to float64, the width-1024 FFN in float64);
-buffering the whole output (≈ 75 MB) or keeping every layer's mapped pages (≈ 70 MB) breaks the bound.
+checkpoint. Measured: 13 MB (3%) streaming; 96 MB (24%) with the former writer, which buffered a whole
+output shard and kept every shard's memory map open.
 """
 
 from __future__ import annotations

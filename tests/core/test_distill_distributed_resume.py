@@ -36,8 +36,16 @@ WORKER = "tests/core/distill_reshard_worker.py"
 
 def _two_processes(folder: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER,
-               str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        WORKER,
+        str(folder),
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return torch.load(folder / "two_processes.pt", weights_only=True)
@@ -59,8 +67,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         checkpoint = folder / f"two_{parallelism}" / "step_00000002"
         assert checkpoint_world_size(checkpoint) == 2
         student = dense_student_from_teacher(tiny_teacher(seed=99))
-        outcome = distill(student, teacher, data, config(parallelism, 1), checkpoint_dir=checkpoint.parent,
-                          resume=True)
+        outcome = distill(
+            student, teacher, data, config(parallelism, 1), checkpoint_dir=checkpoint.parent, resume=True
+        )
         assert outcome.start_step == 2
         resumed_on_one[parallelism] = full_state(student)
     return {"single": full_state(straight), "two": two, "resumed_on_one": resumed_on_one, "folder": folder}
@@ -81,8 +90,12 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(runs: dict, paralle
     _assert_close(two["straight"], single, f"2 processes ({parallelism})")
     assert two["start_step"] == 2
     _assert_close(two["resumed_from_one"], single, f"1-process checkpoint resumed on 2 ({parallelism})")
-    _assert_close(runs["resumed_on_one"][parallelism], single, f"2-process checkpoint resumed on 1 ({parallelism})")
-    shards = sorted(p.name for p in (runs["folder"] / f"two_{parallelism}" / "step_00000002" / STATE_DIR).iterdir())
+    _assert_close(
+        runs["resumed_on_one"][parallelism], single, f"2-process checkpoint resumed on 1 ({parallelism})"
+    )
+    shards = sorted(
+        p.name for p in (runs["folder"] / f"two_{parallelism}" / "step_00000002" / STATE_DIR).iterdir()
+    )
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
@@ -105,8 +118,14 @@ def test_metadata_naming_other_code_is_refused_before_unpickling(tmp_path: Path)
     distill(dense_student_from_teacher(teacher), teacher, data, cfg, checkpoint_dir=checkpoints)
     (checkpoints / "step_00000001" / STATE_DIR / ".metadata").write_bytes(pickle.dumps(_Planted()))
     with pytest.raises(DistillError, match=r"builtins\.print is not part of a checkpoint's metadata"):
-        distill(dense_student_from_teacher(teacher), teacher, data, cfg.model_copy(update={"max_steps": 2}),
-                checkpoint_dir=checkpoints, resume="extend")
+        distill(
+            dense_student_from_teacher(teacher),
+            teacher,
+            data,
+            cfg.model_copy(update={"max_steps": 2}),
+            checkpoint_dir=checkpoints,
+            resume="extend",
+        )
 
 
 def test_a_schema_1_checkpoint_still_resumes_exactly(tmp_path: Path) -> None:
@@ -119,18 +138,31 @@ def test_a_schema_1_checkpoint_still_resumes_exactly(tmp_path: Path) -> None:
     step_2 = tmp_path / "new" / "step_00000002"
     student = dense_student_from_teacher(teacher)
     optimizer = torch.optim.AdamW(student.parameters())
-    position = load_checkpoint(step_2, model=student, optimizer=optimizer, ctx=setup_distributed(torch.device("cpu")))
+    position = load_checkpoint(
+        step_2, model=student, optimizer=optimizer, ctx=setup_distributed(torch.device("cpu"))
+    )
     model_state, optimizer_state = full_training_state(student, optimizer)
     legacy = tmp_path / "old" / "step_00000002"
     legacy.mkdir(parents=True)
     save_file(model_state, str(legacy / "model.safetensors"))
-    torch.save({"step": position.step, "data_position": position.data_position, "optimizer": optimizer_state,
-                "world_size": 1}, legacy / "trainer_state.pt")
+    torch.save(
+        {
+            "step": position.step,
+            "data_position": position.data_position,
+            "optimizer": optimizer_state,
+            "world_size": 1,
+        },
+        legacy / "trainer_state.pt",
+    )
     shutil.copy2(step_2 / "rng_rank0.pt", legacy)
     identity = json.loads((step_2 / "run.json").read_text())
-    per_process = {"config.micro_batch_size": cfg.micro_batch_size, "config.grad_accum_steps": cfg.grad_accum_steps}
-    (legacy / "run.json").write_text(json.dumps({k: v for k, v in identity.items() if k != "global_batch"}
-                                                | per_process))
+    per_process = {
+        "config.micro_batch_size": cfg.micro_batch_size,
+        "config.grad_accum_steps": cfg.grad_accum_steps,
+    }
+    (legacy / "run.json").write_text(
+        json.dumps({k: v for k, v in identity.items() if k != "global_batch"} | per_process)
+    )
 
     resumed = dense_student_from_teacher(tiny_teacher(seed=99))
     outcome = distill(resumed, teacher, data, cfg, checkpoint_dir=legacy.parent, resume=True)
@@ -139,5 +171,11 @@ def test_a_schema_1_checkpoint_still_resumes_exactly(tmp_path: Path) -> None:
     for name, weight in full_state(resumed).items():
         assert torch.equal(weight, expected[name]), name
     with pytest.raises(DistillError, match=r"config\.lr: checkpoint 0\.002, now 0\.001"):
-        distill(resumed, teacher, data, cfg.model_copy(update={"lr": 1e-3}), checkpoint_dir=legacy.parent,
-                resume=True)
+        distill(
+            resumed,
+            teacher,
+            data,
+            cfg.model_copy(update={"lr": 1e-3}),
+            checkpoint_dir=legacy.parent,
+            resume=True,
+        )

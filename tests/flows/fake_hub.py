@@ -1,21 +1,26 @@
-"""A small fake model hub on 127.0.0.1 speaking the two Hub API calls `moe2dense_platform.hub.HubClient` makes.
+"""A small fake model hub on 127.0.0.1 speaking the two Hub API calls `moe2dense_platform.hub.HubClient` makes,
+and, for a release with files, the three `huggingface_hub.snapshot_download` makes.
 
     GET /api/models?author=<org>[&search=<text>][&limit=n]   → [{"id": ...}, ...] (newest first)
     GET /api/models/<org>/<name>/revision/<rev>[?blobs=true] → {"id", "sha", "config": {"model_type",
         "architectures"}, "safetensors": {"parameters", "total"}, "siblings": [{"rfilename"[, "size"]}]}
+    GET /api/models/<org>/<name>/tree/<rev>                  → [{"type": "file", "path", "size", "oid"}]
+    HEAD|GET /<org>/<name>/resolve/<rev>/<file>              → the file (X-Repo-Commit, ETag headers)
 
 As on the real hub, `<rev>` is a branch (`main`) or the commit sha itself, `safetensors` is absent when the
 model has no parameter count, and sibling sizes are listed only with `blobs=true`. `models` maps
-id → FakeRelease (replace one's sha to publish a new commit); `fail_next` makes the next N requests
+id → FakeRelease (replace one to publish a new commit); `fail_next` makes the next N requests
 answer HTTP 503; `requests` records every path served.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 SHARDS = 2
@@ -24,13 +29,19 @@ SHARDS = 2
 @dataclass(frozen=True)
 class FakeRelease:
     """One model's head commit: sha, config.model_type (None: no config), parameter count and bytes of its
-    safetensors shards (None: the hub reports none)."""
+    safetensors shards (None: the hub reports none), and `folder`: the files the repo holds at this commit,
+    served for download (None: metadata only, with made-up file names and sizes)."""
 
     sha: str
     model_type: str | None
     num_parameters: int | None = None
     checkpoint_bytes: int | None = None
     architectures: tuple[str, ...] = ()
+    folder: Path | None = None
+
+    def files(self) -> dict[str, Path]:
+        """{name: path} of the files served at this commit."""
+        return {p.name: p for p in sorted(self.folder.iterdir()) if p.is_file()} if self.folder else {}
 
     def info(self, model_id: str, with_sizes: bool) -> dict[str, object]:
         config = {"model_type": self.model_type, "architectures": list(self.architectures)}
@@ -38,6 +49,8 @@ class FakeRelease:
         if self.checkpoint_bytes is not None:
             shard = self.checkpoint_bytes // SHARDS
             files += [(f"model-{i:05d}-of-{SHARDS:05d}.safetensors", shard) for i in range(1, SHARDS + 1)]
+        if self.folder is not None:
+            files = [(name, path.stat().st_size) for name, path in self.files().items()]
         siblings = [{"rfilename": name, **({"size": size} if with_sizes else {})} for name, size in files]
         info = {"id": model_id, "sha": self.sha, "config": config if self.model_type else None}
         if self.num_parameters is not None:
@@ -53,7 +66,10 @@ class FakeHub:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+                self.do_GET(body=False)
+
+            def do_GET(self, body: bool = True) -> None:  # noqa: N802
                 hub.requests.append(self.path)
                 if hub.fail_next:
                     hub.fail_next -= 1
@@ -64,11 +80,34 @@ class FakeHub:
                 if parts == ["api", "models"]:
                     return self._send(200, hub.listing(query))
                 if len(parts) == 6 and parts[:2] == ["api", "models"] and parts[4] == "revision":
-                    release = hub.models.get(f"{parts[2]}/{parts[3]}")
-                    if release is not None and parts[5] in ("main", release.sha):
+                    release = hub.release(parts[2], parts[3], parts[5])
+                    if release is not None:
                         with_sizes = query.get("blobs") == ["true"]
                         return self._send(200, release.info(f"{parts[2]}/{parts[3]}", with_sizes))
+                if len(parts) == 6 and parts[:2] == ["api", "models"] and parts[4] == "tree":
+                    release = hub.release(parts[2], parts[3], parts[5])
+                    if release is not None:
+                        return self._send(200, [
+                            {"type": "file", "path": name, "size": path.stat().st_size, "oid": blob_id(path)}
+                            for name, path in release.files().items()
+                        ])
+                if len(parts) == 5 and parts[2] == "resolve":
+                    release = hub.release(parts[0], parts[1], parts[3])
+                    path = release and release.files().get(parts[4])
+                    if path:
+                        return self._send_file(release.sha, path, body)
                 return self._send(404, {"error": f"{url.path} not found"})
+
+            def _send_file(self, sha: str, path: Path, body: bool) -> None:
+                payload = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("X-Repo-Commit", sha)
+                self.send_header("ETag", f'"{blob_id(path)}"')
+                self.end_headers()
+                if body:
+                    self.wfile.write(payload)
 
             def _send(self, status: int, body: object) -> None:
                 payload = json.dumps(body).encode()
@@ -85,6 +124,11 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def release(self, org: str, name: str, revision: str) -> FakeRelease | None:
+        """The release of `org/name` when `revision` is `main` or its commit sha."""
+        release = self.models.get(f"{org}/{name}")
+        return release if release is not None and revision in ("main", release.sha) else None
+
     def listing(self, query: dict[str, list[str]]) -> list[dict[str, str]]:
         author, search = query.get("author", [None])[0], query.get("search", [None])[0]
         limit = int(query.get("limit", ["1000"])[0])
@@ -99,6 +143,11 @@ class FakeHub:
     def __exit__(self, *exc_info: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def blob_id(path: Path) -> str:
+    """The file's id on the fake hub (its etag): sha256 of its bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 RELEASES = {

@@ -12,13 +12,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from flows.cli import finished_task_runs
-from flows.compare import TAG_STUDENT, TAG_STUDENT_KIND, compare_flow, planned_stages
+from flows.compare import TAG_STUDENT, TAG_STUDENT_KIND, compare, compare_flow, planned_stages
 from moe2dense_core.baselines.budget import DEFAULT_PARAM_REL_TOL
 from moe2dense_core.errors import BudgetMismatchError
-from moe2dense_platform.compare_recipe import CompareRecipe, parse_compare_recipe
+from moe2dense_platform.compare_recipe import (
+    CompareRecipe,
+    StudentSpec,
+    load_compare_recipe,
+    parse_compare_recipe,
+)
 from moe2dense_platform.comparison import FILES
+from moe2dense_platform.recipe_io import recipe_to_yaml
 from moe2dense_platform.reporting.data import COMPARISON_RESULTS, ComparisonResults
 from moe2dense_platform.settings import Settings
 from moe2dense_platform.tracking import TAG_PREFECT_FLOW_RUN, TAG_RECIPE_NAME, TAG_STAGE, tracking_client
@@ -91,15 +98,15 @@ def embedded(prefect_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def compared(embedded, tiny_teacher, dense_twin):
-    """The teacher runs once (its top-k logits cached) for the 3 × 2 distillations."""
-    recipe = comparison_recipe(tiny_teacher, dense_twin, "compare-three", STUDENTS)
-    cached = recipe.distillation.model_copy(update={"teacher": "cached"})
-    recipe = recipe.model_copy(update={"distillation": cached})
+def compared(embedded, tiny_teacher, dense_twin, tmp_path_factory):
+    """From a recipe file, as the study calls it; the teacher runs once (its top-k logits cached) for the
+    3 × 2 distillations."""
+    path = tmp_path_factory.mktemp("compare_recipe") / "compare.yaml"
+    path.write_text(recipe_to_yaml(comparison_recipe(tiny_teacher, dense_twin, "compare-three", STUDENTS)))
     finished: list[str] = []
     with finished_task_runs(finished.append):
-        result = compare_flow(recipe)
-    return recipe, result, finished
+        result = compare(str(path), ["distillation.teacher=cached"])
+    return load_compare_recipe(path, ["distillation.teacher=cached"]), result, finished
 
 
 def nested_runs(client, run_id: str) -> list:
@@ -215,3 +222,37 @@ def test_the_cli_refuses_a_bad_comparison_recipe_naming_the_field(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "students.1.width_multiple: Input should be greater than or equal to 1" in result.stdout
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_random_ffn_student_carries_the_teachers_attention_and_a_seeded_random_ffn(
+    tiny_teacher, dense_twin, tmp_path
+):
+    """build_baseline (the stage's work) with the twin's architecture as the reference: every non-FFN
+    tensor is the MoE teacher's, the FFN is a function of the seed."""
+    from moe2dense_core.io.reader import CheckpointReader
+    from tasks.baseline_student import build_baseline
+    from tasks.source import resolve_source
+
+    source = resolve_source(tiny_teacher.recipe().source)
+    spec = StudentSpec(name="rffn", kind="random_ffn")
+    build = lambda seed: build_baseline(spec, source, dense_twin, None, None, seed, tmp_path)[0]  # noqa: E731
+    first, again, other = build(0), build(0), build(1)
+    with CheckpointReader(tiny_teacher.path) as teacher:
+        for name, tensor in first.state_dict().items():
+            if ".mlp." not in name and name in teacher:
+                assert torch.equal(tensor, next(teacher.iter_tensors([name]))[1].float()), name
+    ffn = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(first.state_dict()[ffn], again.state_dict()[ffn])
+    assert not torch.equal(first.state_dict()[ffn], other.state_dict()[ffn])
+
+
+def test_a_twin_with_another_vocabulary_is_refused_before_pruning(tiny_teacher, dense_twin, tmp_path):
+    from moe2dense_core.errors import CheckpointError
+    from moe2dense_platform.recipe import SourceConfig
+    from tasks.baseline_student import twin_folder
+
+    config = json.loads((dense_twin / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"vocab_size": config["vocab_size"] + 64}))
+    with pytest.raises(CheckpointError, match=r"vocab_size 364, the teacher's is 300"):
+        twin_folder(SourceConfig(model=str(tmp_path)), str(tiny_teacher.path))
+    assert twin_folder(SourceConfig(model=str(dense_twin)), str(tiny_teacher.path)) == dense_twin

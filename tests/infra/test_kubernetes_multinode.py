@@ -19,11 +19,19 @@ from tasks.distill_nodes import NNODES_ENV, NODE_RANK_ENV, RDZV_ENDPOINT_ENV, RD
 from tests.infra.commands import assert_real_command
 from tests.infra.stack_files import IMAGE, ROOT
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="the dev extra installs kubernetes-validate")
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="the dev extra installs kubernetes-validate"
+)
 KUBERNETES_VERSION = "1.33"
 TEMPLATE = ROOT / "infra" / "kubernetes" / "distill-multinode.yaml"
-VALUES = {"NAME": "distill-test", "IMAGE": f"registry.example.com/ml/{IMAGE}", "NNODES": "2", "GPUS_PER_NODE": "8",
-          "RECIPE": "/opt/moe2dense/configs/demo.yaml", "DATA_CLAIM": "moe2dense-shared"}
+VALUES = {
+    "NAME": "distill-test",
+    "IMAGE": f"registry.example.com/ml/{IMAGE}",
+    "NNODES": "2",
+    "GPUS_PER_NODE": "8",
+    "RECIPE": "/opt/moe2dense/configs/demo.yaml",
+    "DATA_CLAIM": "moe2dense-shared",
+}
 
 
 def documented_variables() -> list[str]:
@@ -35,7 +43,9 @@ def documented_variables() -> list[str]:
 
 def rendered(values: dict[str, str] = VALUES) -> tuple[dict, dict]:
     """(Service, Job) as `envsubst` renders the template with `values` (no other `$` in the manifests)."""
-    body = "\n".join(line for line in TEMPLATE.read_text(encoding="utf-8").splitlines() if not line.startswith("#"))
+    body = "\n".join(
+        line for line in TEMPLATE.read_text(encoding="utf-8").splitlines() if not line.startswith("#")
+    )
     assert set(re.findall(r"\$\{?(\w+)", body)) == set(documented_variables())
     service, job = yaml.safe_load_all(Template(body).substitute(values))
     return service, job
@@ -46,8 +56,9 @@ def test_the_rendered_manifests_are_valid_kubernetes_objects(kind: str) -> None:
     manifest = {m["kind"]: m for m in rendered()}[kind]
     kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
     with pytest.raises(kubernetes_validate.ValidationError, match="misspelt"):  # the check can fail
-        kubernetes_validate.validate({**manifest, "spec": {**manifest["spec"], "misspelt": 1}}, KUBERNETES_VERSION,
-                                     strict=True)
+        kubernetes_validate.validate(
+            {**manifest, "spec": {**manifest["spec"], "misspelt": 1}}, KUBERNETES_VERSION, strict=True
+        )
 
 
 def test_pod_0_hosts_the_rendezvous_the_other_pods_find() -> None:
@@ -67,7 +78,9 @@ def test_pod_0_hosts_the_rendezvous_the_other_pods_find() -> None:
     rank_from = env[NODE_RANK_ENV]["valueFrom"]["fieldRef"]["fieldPath"]
     assert rank_from == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     for rank in range(int(VALUES["NNODES"])):
-        values = {name: item["value"] for name, item in env.items() if "value" in item} | {NODE_RANK_ENV: str(rank)}
+        values = {name: item["value"] for name, item in env.items() if "value" in item} | {
+            NODE_RANK_ENV: str(rank)
+        }
         group = NodeGroup.from_environment(values)
         assert (group.nnodes, group.node_rank, group.rdzv_id) == (2, rank, VALUES["NAME"])
         assert group.torchrun_arguments(0)[-1] == f"is_host={int(rank == 0)}"
@@ -92,12 +105,19 @@ def test_a_paper_recipe_on_more_gpus_is_refused_at_pod_start_naming_the_max_step
     _, job = rendered({**VALUES, "RECIPE": "/opt/moe2dense/configs/paper/qwen3_30b_a3b.yaml"})
     (container,) = job["spec"]["template"]["spec"]["containers"]
     recipe_path, *overrides = container["command"][6:]
-    with pytest.raises(RecipeError, match="token_budget 4,000,000,000 is not within one step.*max_steps 3815 would fit"):
+    with pytest.raises(
+        RecipeError, match="token_budget 4,000,000,000 is not within one step.*max_steps 3815 would fit"
+    ):
         load_recipe(ROOT / recipe_path.removeprefix("/opt/moe2dense/"), overrides)
 
 
 def test_the_header_example_renders_every_variable() -> None:
-    header = " ".join(line.lstrip("# ").rstrip("\\") for line in TEMPLATE.read_text(encoding="utf-8").splitlines()
-                      if line.startswith("#   ") or line.startswith("#     "))
-    assignments = dict(token.split("=", 1) for token in shlex.split(header.split("envsubst")[0]) if "=" in token)
+    header = " ".join(
+        line.lstrip("# ").rstrip("\\")
+        for line in TEMPLATE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#   ") or line.startswith("#     ")
+    )
+    assignments = dict(
+        token.split("=", 1) for token in shlex.split(header.split("envsubst")[0]) if "=" in token
+    )
     assert set(assignments) == set(documented_variables())

@@ -17,7 +17,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import pytest
 import yaml
@@ -167,7 +167,9 @@ def valid_values(leaf: Leaf) -> st.SearchStrategy[Any]:
         else leaf.annotation
     )
     b = leaf.bounds
-    if get_origin(inner) is Literal:
+    if get_origin(inner) is Union:  # e.g. int | Literal["auto"]: any arm's values
+        value = st.one_of([valid_values(Leaf(leaf.path, arm, b)) for arm in get_args(inner)])
+    elif get_origin(inner) is Literal:
         value = st.sampled_from(get_args(inner))
     elif inner is bool:
         value = st.booleans()

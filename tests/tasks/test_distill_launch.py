@@ -28,8 +28,12 @@ from tasks.distill_launch import (
 from tasks.distill_nodes import DONE_FILE, NodeGroup, announce_launch, follow, main, torchrun_command
 from tasks.distill_worker import JsonLinesLogger, WorkerSpec, read_new_events, replay_events
 
-NODES = {"MOE2DENSE_NNODES": "2", "MOE2DENSE_NODE_RANK": "1", "MOE2DENSE_RDZV_ENDPOINT": "job-0.job:29500",
-         "MOE2DENSE_RDZV_ID": "job"}
+NODES = {
+    "MOE2DENSE_NNODES": "2",
+    "MOE2DENSE_NODE_RANK": "1",
+    "MOE2DENSE_RDZV_ENDPOINT": "job-0.job:29500",
+    "MOE2DENSE_RDZV_ID": "job",
+}
 LOG = logging.getLogger("tests.distill_launch")
 
 
@@ -53,10 +57,12 @@ def python(code: str) -> list[str]:
 
 def test_output_lines_are_logged_and_a_failure_names_its_exit_code_and_last_lines(tmp_path, caplog) -> None:
     polls: list[int] = []
-    code = "import sys\nfor i in range(60): print(f'line {i}', file=sys.stderr if i % 2 else sys.stdout)\nsys.exit(3)"
+    code = ("import sys\nfor i in range(60): print(f'line {i}', file=sys.stderr if i % 2 else sys.stdout)\n"
+            "sys.exit(3)")
     with caplog.at_level(logging.INFO, logger=LOG.name), pytest.raises(DistillLaunchError) as failed:
-        run_streaming(python(code), cwd=tmp_path, log=LOG, on_poll=lambda: polls.append(1), what="a test",
-                      poll_s=0.0)
+        run_streaming(
+            python(code), cwd=tmp_path, log=LOG, on_poll=lambda: polls.append(1), what="a test", poll_s=0.0
+        )
     message = str(failed.value)
     assert message.startswith("a test failed: it exited with code 3; its last 40 output lines:\nline 20\n")
     assert message.endswith("line 59") and "line 19\n" not in message
@@ -86,13 +92,22 @@ def test_metric_events_replay_in_order_and_a_partial_line_waits(tmp_path) -> Non
     writer.log_artifact(tmp_path / "x.txt", "plots")
     events, offset = read_new_events(path, offset)
     replay_events(events, recorder)
-    assert recorder.calls[2:] == [("metrics", {"loss": 0.25}, 2), ("artifact", str(tmp_path / "x.txt"), "plots")]
+    assert recorder.calls[2:] == [
+        ("metrics", {"loss": 0.25}, 2),
+        ("artifact", str(tmp_path / "x.txt"), "plots"),
+    ]
     assert read_new_events(path, offset) == ([], offset) and offset == path.stat().st_size
 
 
 def test_a_worker_spec_names_exactly_one_teacher(tmp_path) -> None:
-    paths = dict(student_dir=tmp_path, rows_file=tmp_path / "r", output_dir=tmp_path / "o",
-                 metrics_file=tmp_path / "m", result_file=tmp_path / "res", config=DistillConfig(max_steps=1))
+    paths = dict(
+        student_dir=tmp_path,
+        rows_file=tmp_path / "r",
+        output_dir=tmp_path / "o",
+        metrics_file=tmp_path / "m",
+        result_file=tmp_path / "res",
+        config=DistillConfig(max_steps=1),
+    )
     with pytest.raises(ValueError, match="exactly one of teacher_model"):
         WorkerSpec(**paths)
     with pytest.raises(ValueError, match="exactly one of teacher_model"):
@@ -100,8 +115,9 @@ def test_a_worker_spec_names_exactly_one_teacher(tmp_path) -> None:
 
 
 def recipe_distillation(**fields):
-    return parse_recipe({"name": "t", "source": {"model": "./teacher"},
-                         "distillation": {"train": {"max_steps": 1}, **fields}}).distillation
+    return parse_recipe(
+        {"name": "t", "source": {"model": "./teacher"}, "distillation": {"train": {"max_steps": 1}, **fields}}
+    ).distillation
 
 
 def test_the_layout_follows_the_recipe_and_the_nodes_environment() -> None:
@@ -110,8 +126,18 @@ def test_the_layout_follows_the_recipe_and_the_nodes_environment() -> None:
     assert local_processes("auto") == expected_auto
     layout = process_layout(recipe_distillation(nproc_per_node=2, nnodes=2), env=NODES)
     assert layout.world_size == 4 and layout.group == NodeGroup(2, 1, "job-0.job:29500", "job")
-    assert layout.node_arguments(3) == ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-                                        "job-0.job:29500", "--rdzv-id", "job-3", "--rdzv-conf", "is_host=0"]
+    assert layout.node_arguments(3) == [
+        "--nnodes",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "job-0.job:29500",
+        "--rdzv-id",
+        "job-3",
+        "--rdzv-conf",
+        "is_host=0",
+    ]
     assert ProcessLayout(2).node_arguments(0) == ["--standalone"]
     one_node = {**NODES, "MOE2DENSE_NNODES": "1", "MOE2DENSE_NODE_RANK": "0"}
     assert process_layout(recipe_distillation(), env=one_node).group is None
@@ -123,11 +149,13 @@ def test_the_layout_follows_the_recipe_and_the_nodes_environment() -> None:
 
 @pytest.mark.parametrize(
     "name, value, expected",
-    [("MOE2DENSE_NNODES", "two", "MOE2DENSE_NNODES='two': expected a whole number ≥ 1"),
-     ("MOE2DENSE_NODE_RANK", "2", "MOE2DENSE_NODE_RANK=2 is not below MOE2DENSE_NNODES=2"),
-     ("MOE2DENSE_NODE_RANK", "", "MOE2DENSE_NODE_RANK='': expected a whole number ≥ 0"),
-     ("MOE2DENSE_RDZV_ENDPOINT", "job-0", "MOE2DENSE_RDZV_ENDPOINT='job-0': expected HOST:PORT of node 0"),
-     ("MOE2DENSE_RDZV_ID", "a b", "MOE2DENSE_RDZV_ID='a b': expected an id")],
+    [
+        ("MOE2DENSE_NNODES", "two", "MOE2DENSE_NNODES='two': expected a whole number ≥ 1"),
+        ("MOE2DENSE_NODE_RANK", "2", "MOE2DENSE_NODE_RANK=2 is not below MOE2DENSE_NNODES=2"),
+        ("MOE2DENSE_NODE_RANK", "", "MOE2DENSE_NODE_RANK='': expected a whole number ≥ 0"),
+        ("MOE2DENSE_RDZV_ENDPOINT", "job-0", "MOE2DENSE_RDZV_ENDPOINT='job-0': expected HOST:PORT of node 0"),
+        ("MOE2DENSE_RDZV_ID", "a b", "MOE2DENSE_RDZV_ID='a b': expected an id"),
+    ],
 )
 def test_a_bad_nodes_environment_names_the_variable(name: str, value: str, expected: str) -> None:
     with pytest.raises(DistillError, match=expected):
@@ -147,16 +175,34 @@ def test_node_0_runs_its_command_and_then_releases_the_other_nodes(tmp_path, mon
 def test_launches_are_announced_in_order_with_the_worker_command(tmp_path) -> None:
     folder = tmp_path / "group"
     assert [announce_launch(folder, tmp_path / f"spec{i}.json", 2) for i in range(2)] == [0, 1]
-    assert json.loads((folder / "launch-0001.json").read_text()) == {"spec": str(tmp_path / "spec1.json"),
-                                                                     "nproc_per_node": 2}
+    assert json.loads((folder / "launch-0001.json").read_text()) == {
+        "spec": str(tmp_path / "spec1.json"),
+        "nproc_per_node": 2,
+    }
     command = torchrun_command(2, Path("spec.json"), ["--standalone"])
-    assert command[1:] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m",
-                           "tasks.distill_worker", "spec.json"]
+    assert command[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "tasks.distill_worker",
+        "spec.json",
+    ]
 
 
 def test_a_launch_refuses_a_folder_without_a_model_before_starting_anything(tmp_path) -> None:
     with pytest.raises(DistillError, match=r"student_dir .*no-student holds no config\.json"):
-        launch_distill(torch.zeros(4, 8, dtype=torch.long), DistillConfig(max_steps=1), layout=ProcessLayout(2),
-                       workdir=tmp_path / "w", home=tmp_path, student_dir=tmp_path / "no-student",
-                       output_dir=tmp_path / "out", logger=NullLogger(), teacher_model=tmp_path)
+        launch_distill(
+            torch.zeros(4, 8, dtype=torch.long),
+            DistillConfig(max_steps=1),
+            layout=ProcessLayout(2),
+            workdir=tmp_path / "w",
+            home=tmp_path,
+            student_dir=tmp_path / "no-student",
+            output_dir=tmp_path / "out",
+            logger=NullLogger(),
+            teacher_model=tmp_path,
+        )
     assert not (tmp_path / "w").exists()

@@ -31,8 +31,12 @@ from tests.tasks.stage_fixtures import parent_run_id, teacher  # noqa: F401 (fix
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-SAME_RUN = ("distillation.train.precision=fp32", "distillation.train.max_steps=3", "distillation.train.grad_accum_steps=2",
-            "distillation.train.log_every=1")
+SAME_RUN = (
+    "distillation.train.precision=fp32",
+    "distillation.train.max_steps=3",
+    "distillation.train.grad_accum_steps=2",
+    "distillation.train.log_every=1",
+)
 ONE_PROCESS = (*SAME_RUN, "distillation.train.micro_batch_size=4")
 TWO_PROCESSES = (*SAME_RUN, "distillation.train.micro_batch_size=2", "distillation.nproc_per_node=2")
 TWO_NODES = (*SAME_RUN, "distillation.train.micro_batch_size=2", "distillation.nnodes=2")
@@ -61,11 +65,19 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 def distill_on_two_nodes(teacher, inputs, parent_run_id):  # noqa: F811
     """Node 0 is this process's distill stage, node 1 a follower subprocess (module docstring)."""
-    group = {"MOE2DENSE_NNODES": "2", "MOE2DENSE_RDZV_ENDPOINT": f"127.0.0.1:{free_port()}",
-             "MOE2DENSE_RDZV_ID": "stage-test"}
+    group = {
+        "MOE2DENSE_NNODES": "2",
+        "MOE2DENSE_RDZV_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "MOE2DENSE_RDZV_ID": "stage-test",
+    }
     follower = subprocess.Popen(
-        [sys.executable, "-m", "tasks.distill_nodes"], cwd=REPO, env={**os.environ, **group, "MOE2DENSE_NODE_RANK": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [sys.executable, "-m", "tasks.distill_nodes"],
+        cwd=REPO,
+        env={**os.environ, **group, "MOE2DENSE_NODE_RANK": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         with environment({**group, "MOE2DENSE_NODE_RANK": "0"}):
@@ -90,7 +102,9 @@ def results(teacher, inputs, parent_run_id):  # noqa: F811
 
 
 def weights(result) -> dict[str, torch.Tensor]:
-    return AutoModelForCausalLM.from_pretrained(Runtime.from_environment().fetch_uri(result.checkpoint_uri)).state_dict()
+    return AutoModelForCausalLM.from_pretrained(
+        Runtime.from_environment().fetch_uri(result.checkpoint_uri)
+    ).state_dict()
 
 
 def logged(result) -> tuple[dict[str, str], dict[int, float]]:
@@ -119,9 +133,17 @@ def test_a_failing_worker_reports_its_exit_code_and_exception(teacher, tmp_path)
     config = teacher.recipe(*TWO_PROCESSES).distillation.train
     out_of_vocabulary = torch.full((8, 16), 10**6, dtype=torch.long)
     with pytest.raises(DistillLaunchError) as failed:
-        launch_distill(out_of_vocabulary, config, layout=ProcessLayout(2), workdir=tmp_path / "w", home=tmp_path,
-                       student_dir=teacher.path, output_dir=tmp_path / "out", logger=NullLogger(),
-                       teacher_model=teacher.path)
+        launch_distill(
+            out_of_vocabulary,
+            config,
+            layout=ProcessLayout(2),
+            workdir=tmp_path / "w",
+            home=tmp_path,
+            student_dir=teacher.path,
+            output_dir=tmp_path / "out",
+            logger=NullLogger(),
+            teacher_model=teacher.path,
+        )
     message = str(failed.value)
     assert message.startswith("distillation on 2 processes failed: it exited with code 1; its last")
     assert "DistillError: data token ids must lie in [0, 300)" in message
