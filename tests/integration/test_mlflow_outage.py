@@ -1,15 +1,17 @@
 """The MLflow tracking server dies in the middle of a `moe2dense convert` run.
 
 The behaviour chosen is a clear failure, not buffering (moe2dense_platform/tracking.py, "Tracking server
-outage"): the flow fails within a bounded time (MLflow's retries bounded by the `mlflow_http_*` settings,
-then the stage's own retries) with an error naming the tracking server; the artifact store holds only
-complete, verified artifacts; and once the server is back (same backend store) re-running completes with
-every metric there: each stage run the re-run's parent links (cached ones from the failed run included)
-is FINISHED and holds exactly the metrics, at exactly the steps, of an uninterrupted reference run.
+outage"): the flow fails within a bounded time (MLflow's retries of the request in flight, bounded by the
+`mlflow_http_*` settings; no stage retry) with an error naming the tracking server; the artifact store
+holds only complete, verified artifacts; and once the server is back (same backend store) re-running
+completes with every metric there: each stage run the re-run's parent links (cached ones from the failed
+run included) is FINISHED and holds exactly the metrics, at exactly the steps, of an uninterrupted
+reference run (another home and store, nothing cached).
 
 Everything is real: `mlflow server` (SQLite backend, artifacts proxied to a local folder) is SIGKILLed as
-soon as the first stage run appears, and restarted on the same port and database; each conversion is
-`moe2dense convert` in its own process against the session's Prefect server, a local artifact store.
+soon as the `plan` stage run appears (source and calibrate done, their results stored), and restarted on
+the same port and database; each conversion is `moe2dense convert` in its own process against the
+session's Prefect server, with a local artifact store.
 """
 
 from __future__ import annotations

@@ -188,3 +188,14 @@ def test_bad_settings_are_refused_with_the_field_name(tmp_path: Path) -> None:
         load_settings(tmp_path / "typo.yaml")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_mlflow_http_retries_are_bounded_settings_and_mlflows_own_variables_are_honoured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = load_settings().environment()
+    assert (defaults["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], defaults["MLFLOW_HTTP_REQUEST_TIMEOUT"]) == ("4", "20")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")  # an MLflow user's own setting
+    assert load_settings().environment()["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "9"
+    monkeypatch.setenv("MOE2DENSE_MLFLOW_HTTP_MAX_RETRIES", "1")  # overrides it, as every MOE2DENSE_* does
+    assert load_settings().environment()["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,22 @@ def test_every_runtime_installs_the_environments_redaction(record_factory, tmp_p
 
 def test_run_url_points_at_the_mlflow_ui_page() -> None:
     assert run_url("http://mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+
+
+def test_an_unreachable_tracking_server_fails_fast_with_its_address_and_the_stage_is_not_retried(
+    tmp_path: Path,
+) -> None:
+    from prefect.states import Failed
+
+    from moe2dense_platform.processes import free_port
+    from moe2dense_platform.runtime import transient_failure
+    from moe2dense_platform.tracking import TrackingUnavailableError, stage_run, tracking_client
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings(home=tmp_path, mlflow_tracking_uri=uri, mlflow_http_max_retries=1)
+    client = tracking_client(settings)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"  # MLflow reads its retries from there
+    named = f"MLflow tracking server {uri} is unreachable"
+    with pytest.raises(TrackingUnavailableError, match=named) as failure, stage_run(client, "0" * 32, "x", Redactor()):
+        pass
+    assert transient_failure(None, None, Failed(data=failure.value)) is False
