@@ -45,6 +45,8 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperCommand
 
+from moe2dense_core.errors import Moe2DenseError
+
 if TYPE_CHECKING:
     import click
 
@@ -55,6 +57,16 @@ app = typer.Typer(
     help="Convert Mixture-of-Experts LMs into dense ones (arXiv 2605.28207).", no_args_is_help=True
 )
 console = Console()
+
+
+def main() -> None:
+    """The `moe2dense` command. A known failure (a Moe2DenseError: bad input, an unreachable server, a
+    refused checkpoint, …) prints its one message and exits 1; anything else keeps its full traceback."""
+    try:
+        app()
+    except Moe2DenseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 HomeOption = Annotated[
     Path | None, typer.Option("--home", help="Local state folder of the embedded default (MOE2DENSE_HOME).")

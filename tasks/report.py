@@ -34,6 +34,7 @@ from moe2dense_platform.settings import Settings
 from moe2dense_platform.tracking import (
     TAG_CHECKPOINT_DIGEST,
     TAG_RECIPE_DIGEST,
+    TAG_SOURCE_REVISION,
     Lineage,
     register_dense_model,
 )
@@ -99,10 +100,16 @@ def report_task(results: ReportInputs, recipe_digest: str, parent_run_id: str) -
         return result
 
 
+def recorded_revision(source: SourceResult) -> str:
+    """What a registered version records as its source revision: the commit sha (hub), else the snapshot digest."""
+    return source.revision or source.snapshot_digest
+
+
 @stage(
     "register",
     result=RegistrationResult,
-    key=lambda p: [p["checkpoint"].checkpoint_digest, p["model_name"], Settings().resolved_mlflow_tracking_uri],
+    key=lambda p: [p["checkpoint"].checkpoint_digest, p["model_name"], p["source"].model,
+                   recorded_revision(p["source"]), Settings().resolved_mlflow_tracking_uri],
 )
 def register_task(
     source: SourceResult,
@@ -112,10 +119,14 @@ def register_task(
     flow_run_id: str | None,
     parent_run_id: str,
 ) -> RegistrationResult:
-    """Register the stored checkpoint as a new version of `model_name` (or return the existing one)."""
+    """Register the stored checkpoint as a new version of `model_name`, or return the version that already
+    holds this checkpoint converted from this source commit. A new commit of the source registers a new
+    version even when its files (and so the checkpoint) did not change: the watcher recognises a release
+    as converted by its commit sha (`tracking.converted_versions`)."""
     runtime = Runtime.from_environment()
     existing = runtime.client.search_model_versions(
         f"name = '{model_name}' and tags.`{TAG_CHECKPOINT_DIGEST}` = '{checkpoint.checkpoint_digest}'"
+        f" and tags.`{TAG_SOURCE_REVISION}` = '{recorded_revision(source)}'"
     )
     if existing:
         return RegistrationResult(
@@ -124,7 +135,7 @@ def register_task(
         )
     lineage = Lineage(
         source_model=source.model,
-        source_revision=source.revision or source.snapshot_digest,
+        source_revision=recorded_revision(source),
         shard_digests=source.file_digests,
         stats_digest=plan.stats_digest,
         plan_digest=plan.plan_digest,

@@ -1,7 +1,8 @@
 """A hub teacher at `revision: main` is recorded by the commit `main` named when it was read, never as
 `main`: in the source stage run's param and tag, the registered model version's tags and the report. After
 a new commit to the repo, `main` resolves to the new commit and nothing of the conversion is served from
-the cache. (A local folder has no commit: its recipe `revision`, normally none, is recorded as given.)
+the cache; a further commit with the same files registers the same checkpoint again under the new commit,
+so the release watcher sees it as converted. (A local folder has no commit: its recipe `revision`, normally none, is recorded as given.)
 
 Real pieces: the tiny trained teacher served as `acme/tiny-moe` by the fake hub (tests/flows/fake_hub.py)
 and downloaded by huggingface_hub, `moe2dense convert` in its own process on the session's Prefect server,
@@ -33,7 +34,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REPO = "acme/tiny-moe"
 EXPERIMENT = "revision-sha"
 MODEL_NAME = "tiny-dense"
-FIRST, SECOND = "1" * 40, "2" * 40
+FIRST, SECOND, THIRD = "1" * 40, "2" * 40, "3" * 40
 
 
 def new_commit(teacher: Path, folder: Path) -> Path:
@@ -104,6 +105,8 @@ def test_main_is_recorded_as_its_commit_and_a_new_commit_is_converted_afresh(
         )
         convert(recipe, home, hub, prefect_server)
         second = latest_parent(client)
+        hub.models[REPO] = dataclasses.replace(hub.models[REPO], sha=THIRD)  # same files (a README-only commit)
+        convert(recipe, home, hub, prefect_server)
 
     assert second.info.run_id != first.info.run_id
     assert linked_stage_run(client, second, "source").data.tags[TAG_SOURCE_REVISION] == SECOND
@@ -111,4 +114,7 @@ def test_main_is_recorded_as_its_commit_and_a_new_commit_is_converted_afresh(
         run = linked_stage_run(client, second, label)
         assert run.data.tags[MLFLOW_PARENT_RUN_ID] == second.info.run_id, f"{label} was served from the cache"
     versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
-    assert sorted(v.tags[TAG_SOURCE_REVISION] for v in versions) == [FIRST, SECOND]
+    # every commit is registered, so the watcher sees each one as converted; the third is the second's model
+    assert sorted(v.tags[TAG_SOURCE_REVISION] for v in versions) == [FIRST, SECOND, THIRD]
+    by_commit = {v.tags[TAG_SOURCE_REVISION]: v for v in versions}
+    assert by_commit[THIRD].source == by_commit[SECOND].source
