@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from botocore.exceptions import ClientError
+from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
 from prefect.filesystems import WritableFileSystem
 
 from moe2dense_platform.local_store import write_bytes_atomic
@@ -66,9 +67,23 @@ class ArtifactStoreResults(WritableFileSystem):
 RESULT_STORAGE = f"{ArtifactStoreResults.get_block_type_slug()}/{BLOCK_DOCUMENT_NAME}"
 
 
+SAVE_ATTEMPTS = 3
+
+
 def ensure_result_storage() -> None:
-    """Save the block document `RESULT_STORAGE` on the current Prefect API (idempotent; a few API calls)."""
-    ArtifactStoreResults().save(BLOCK_DOCUMENT_NAME, overwrite=True)
+    """Save the block document `RESULT_STORAGE` on the current Prefect API (idempotent; a few API calls).
+
+    Flows started at once on a fresh server race to create the block type, schema and document; the
+    loser's request is answered 409 Conflict (or ObjectAlreadyExists), and saving again then finds them.
+    """
+    for attempt in range(1, SAVE_ATTEMPTS + 1):
+        try:
+            ArtifactStoreResults().save(BLOCK_DOCUMENT_NAME, overwrite=True)
+            return
+        except (ObjectAlreadyExists, PrefectHTTPStatusError) as error:
+            conflict = isinstance(error, ObjectAlreadyExists) or error.response.status_code == 409
+            if not conflict or attempt == SAVE_ATTEMPTS:
+                raise
 
 
 def _checked(key: str) -> str:

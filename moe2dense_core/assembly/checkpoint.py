@@ -30,10 +30,13 @@ experts) of width I on hidden H, target width W, output itemsize o, stored items
                (+ 2·W·H·o for fused targets such as GPT-OSS, whose gate/up are interleaved on write))
 — never a whole output shard, never the whole teacher, never all K experts at once: independent of the
 number of layers, of E and of K. Qwen3-30B-A3B (bf16, K = 8, prune, W = 6144, H = 2048, I = 768):
-max(622 MB embedding, 75 MB + 57 MB + 38 MB) ≈ 0.62 GB; measured in the README (bench/streaming_convert.py).
+max(622 MB embedding, 75 MB + 66 MB + 38 MB) ≈ 0.62 GB; measured 0.63 GB on a 5 GB three-layer checkpoint
+(bench/streaming_convert.py, README). The C allocator may keep some freed memory on top: the FFN term
+(≈ 180 MB) measured 246 MB on the bench's --quick checkpoint (same W, H, I).
 
-Digests: the teacher's shard digests come from `Teacher.file_digests()` (no second hash when the teacher
-was opened with known digests); the output shards' from the writer (computed while writing, not re-read).
+Digests: the teacher's shard digests come from `Teacher.file_digests()`: known when the teacher was opened
+with recorded digests (no second hash), else hashed once here; the output shards' from the writer
+(computed while writing, not re-read).
 
 Order of work: validate everything that can be checked from files (the teacher through `open_teacher`:
 integrity, every tensor vs config; plan vs checkpoint; output folder) before reading any expert; write

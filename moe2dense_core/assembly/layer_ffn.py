@@ -12,8 +12,8 @@ zero-padded to the target width (exact), so every student layer has the same FFN
 is a stock config [defined here].
 
 Arithmetic is float64; `dtype` is only how the result is stored (each value rounded once). Memory: the
-result [W] in `dtype`, the shared experts, and one group's members (stored, float32 and float64) with its
-merged block (float64).
+result [W] in `dtype`, the shared experts, and one group's members (mapped pages, float32 and float64)
+with its merged block (float64): the reader's maps are released after each group is read.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def moe_layer_ffn(
 
     def merged_groups() -> Iterator[ExpertWeights]:
         for group, weights in zip(layer_plan.groups, layer_plan.merge_weights, strict=True):
-            yield merge_group(spec.read_experts(reader, layer_plan.layer, list(group)), weights)
+            members = spec.read_experts(reader, layer_plan.layer, list(group))
+            reader.release_mapped()  # the group's mapped pages last no longer than its members
+            yield merge_group(members, weights)
 
     return concatenate_blocks(
         merged_groups(),

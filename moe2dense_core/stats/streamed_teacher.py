@@ -22,6 +22,7 @@ what each layer would receive besides the hidden states is captured exactly, per
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,6 +44,28 @@ LayerCall = tuple[tuple[Any, ...], dict[str, Any]]
 """Positional arguments after the hidden states, and keyword arguments, of one decoder-layer call."""
 
 
+M_MMAP_THRESHOLD = -3
+"""glibc mallopt parameter: the size from which malloc serves a block with its own mmap."""
+FIXED_MMAP_THRESHOLD = 128 * 1024
+"""glibc's initial threshold, kept fixed."""
+
+
+def pin_mmap_threshold() -> None:
+    """Fix glibc's mmap threshold at its initial 128 KiB (process-wide `mallopt`; a no-op off glibc).
+
+    Why: glibc raises the threshold each time a large mmap-ed block is freed (up to 32 MiB), so after the
+    first decoder layer the per-expert tensors of transformers' loader (6 MiB each for Qwen3-30B-A3B in
+    float32) come from malloc arenas, which keep freed memory resident and fragment: each later layer's
+    load then peaks higher and about one layer's weights stay resident after collection (measured,
+    collect.py docstring). With the threshold fixed every such block is unmapped when freed.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, FIXED_MMAP_THRESHOLD)
+
+
 class _StopAfterLastLayer(Exception):
     """Raised by the last recorder: the final norm / head of a meta skeleton must not run."""
 
@@ -51,6 +74,7 @@ class StreamedTeacher:
     """A causal LM skeleton whose decoder layers are materialised one at a time (see module docstring)."""
 
     def __init__(self, reader: CheckpointReader, *, dtype: torch.dtype, device: torch.device | str) -> None:
+        pin_mmap_threshold()
         self.reader = reader
         self.dtype = dtype
         self.device = torch.device(device)
@@ -79,11 +103,13 @@ class StreamedTeacher:
             return not name.startswith(outside)
 
         self._load([n for n in reader.names() if embeddings(n)], "embeddings", embeddings)
+        reader.release_mapped()
 
     # ---- weights ------------------------------------------------------------------------------------
     @contextmanager
     def materialised_layer(self, index: int) -> Iterator[nn.Module]:
-        """Decoder layer `index` with its weights read from disk; back on `meta` when the block exits."""
+        """Decoder layer `index` with its weights read from disk; when the block exits it is back on `meta`
+        and the checkpoint's memory maps are released."""
         layer = self.layers[index]
         prefix = f"model.layers.{index}."
 
@@ -95,6 +121,7 @@ class StreamedTeacher:
             yield layer
         finally:
             layer.to_empty(device="meta")
+            self.reader.release_mapped()
 
     def _load(self, names: list[str], what: str, must_fill: Callable[[str], bool]) -> None:
         """Read on-disk tensors `names` into the model (converted to the in-memory layout); afterwards every

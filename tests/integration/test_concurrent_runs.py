@@ -25,7 +25,7 @@ from tests.integration.test_upload_sigkill import PROJECT_ROOT, keys, s3_store
 pytestmark = pytest.mark.slow
 
 CONVERT_STAGES = {"source", "calibrate", "plan", "assemble", "evaluate-teacher", "evaluate-assembled", "report"}
-SWEEP_SCORERS = ("sf", "random")
+SWEEP_SCORERS = ("do_acp", "sf")  # their union reads what the converts' do_acp plan reads: one calibration
 
 
 def run_flow(flow: str, teacher: str, text: str, out: str, *overrides: str) -> None:

@@ -88,7 +88,8 @@ def all_keys(text):
         None, {"source": source, "plan": SimpleNamespace(plan_digest="f" * 64), "storage": StorageConfig()}
     )
     keys["report"] = report_key(None, {"recipe_digest": "0" * 64, "results": {"ppl": 12.5}})
-    keys["register"] = register_key(None, {"checkpoint": checkpoint, "model_name": "dense"})
+    registered = SimpleNamespace(model="org/name", revision="d" * 40, snapshot_digest="a" * 64)
+    keys["register"] = register_key(None, {"source": registered, "checkpoint": checkpoint, "model_name": "dense"})
     return keys
 
 

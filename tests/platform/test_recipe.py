@@ -19,8 +19,12 @@ from moe2dense_platform.recipe_io import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# convert recipes only: not watch files, nor comparison recipes (tests/platform/test_compare_recipe.py)
-SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith(("watch.", "compare.")))
+# convert recipes only: not watch files, comparison recipes (tests/platform/test_compare_recipe.py) nor the
+# study's settings (configs/study/, tests/flows/test_study_smoke.py)
+SHIPPED = sorted(
+    p for p in CONFIGS.rglob("*.yaml")
+    if not p.name.startswith(("watch.", "compare.")) and p.parent.name != "study"
+)
 PAPER_TASKS = [("winogrande", 5), ("hellaswag", 10), ("arc_easy", 25), ("arc_challenge", 25), ("mmlu", 5)]
 
 
