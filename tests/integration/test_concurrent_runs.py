@@ -25,7 +25,8 @@ from tests.integration.test_upload_sigkill import PROJECT_ROOT, keys, s3_store
 pytestmark = pytest.mark.slow
 
 CONVERT_STAGES = {"source", "calibrate", "plan", "assemble", "evaluate-teacher", "evaluate-assembled", "report"}
-SWEEP_SCORERS = ("do_acp", "sf")  # their union reads what the converts' do_acp plan reads: one calibration
+SWEEP_SCORERS = ("sf", "random")
+SWEEP_GROUPING = "output_cluster"  # reads the Gram, as the converts' do_acp does: all three need one calibration
 
 
 def run_flow(flow: str, teacher: str, text: str, out: str, *overrides: str) -> None:
@@ -42,7 +43,7 @@ def run_flow(flow: str, teacher: str, text: str, out: str, *overrides: str) -> N
     else:
         from flows.sweep import SweepGrid, SweepRecipe, sweep_flow
 
-        grid = SweepGrid(scorers=SWEEP_SCORERS, num_selected=(None,))
+        grid = SweepGrid(scorers=SWEEP_SCORERS, num_selected=(None,), groupings=(SWEEP_GROUPING,))
         result = sweep_flow(SweepRecipe(recipe=recipe, grid=grid, distill_best=0))
     Path(out).write_text(result.model_dump_json())
 
