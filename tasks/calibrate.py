@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from moe2dense_core.data import tokens_digest
-from moe2dense_core.distill.precision import compute_dtype
+from moe2dense_core.distill.precision import compute_dtype, resolve_device
 from moe2dense_core.pretrained import load_tokenizer
 from moe2dense_core.stats.collect import collect_stats
 from moe2dense_core.stats.request import EVERYTHING, StatsRequest
@@ -57,10 +57,6 @@ def calibration_rows(source: SourceResult, calibration: CalibrationConfig) -> to
     return rows[order[:wanted]]
 
 
-def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 @stage("calibrate", result=CalibrationResult, key=calibrate_parts,
        lineage={TAG_STATS_DIGEST: "stats_digest", TAG_DATA_DIGEST: "data_digest"})
 def calibrate_task(
@@ -91,7 +87,7 @@ def calibrate_task(
                 list(rows.split(calibration.batch_size)),
                 mode=statistics.mode,
                 request=request,
-                dtype=compute_dtype(statistics.dtype, torch.device(resolve_device(statistics.device))),
+                dtype=compute_dtype(statistics.dtype, resolve_device(statistics.device)),
                 device=resolve_device(statistics.device),
                 on_progress=StageProgress("calibrate", tokens_per_step=tokens_per_step).update,
             )

@@ -27,10 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from moe2dense_core.distill import tokens_digest
-from moe2dense_core.distill.precision import load_dtype
+from moe2dense_core.distill.precision import load_dtype, resolve_device
 from moe2dense_core.distill.topk_cache import MANIFEST_NAME, CacheShard, bytes_per_token, write_topk_cache
 from moe2dense_core.errors import DistillError
 from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
@@ -40,7 +38,6 @@ from moe2dense_platform.recipe import DistillationConfig
 from moe2dense_platform.runtime import Runtime, log_token_input
 from moe2dense_platform.stored_topk_cache import MANIFEST_KIND, SHARD_KIND
 from moe2dense_platform.tracking import TAG_DATA_DIGEST, TAG_SNAPSHOT_DIGEST
-from tasks.calibrate import resolve_device
 from tasks.publish import finish, publish_text
 from tasks.results import SourceResult, TeacherLogitsResult
 from tasks.source import open_source
@@ -95,7 +92,7 @@ def teacher_logits_task(
             digest=data_digest,
             num_tokens=rows.numel(),
         )
-        device = torch.device(resolve_device(cache.device))
+        device = resolve_device(cache.device)
         with open_source(source):  # recorded digests checked before the teacher is loaded
             teacher = load_causal_lm(source.local_path, dtype=load_dtype(device)).to(device)
         vocab_size = int(teacher.config.vocab_size)

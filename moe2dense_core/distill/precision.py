@@ -26,6 +26,14 @@ from moe2dense_core.errors import DistillError
 DISABLE_BF16_ENV = "MOE2DENSE_DISABLE_BF16"
 
 
+def resolve_device(requested: str) -> torch.device:
+    """A recipe's device: "auto" = the first CUDA device when there is one, else the CPU; any other
+    name ("cpu", "cuda", "cuda:1") as given."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
 def bf16_disabled_by_environment() -> bool:
     """True when `MOE2DENSE_DISABLE_BF16` is "1"; "0" or unset is False; anything else is an error."""
     value = os.environ.get(DISABLE_BF16_ENV, "").strip()
