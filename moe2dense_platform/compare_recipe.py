@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moe2dense_core.baselines.compare import StudentKind
 from moe2dense_core.plan import PlanConfig
@@ -51,7 +51,7 @@ from moe2dense_platform.recipe import (
     StorageConfig,
     TrackingConfig,
     check_plan_sizes,
-    format_validation_error,
+    parse_document,
 )
 from moe2dense_platform.recipe_io import apply_overrides, read_recipe_data
 from moe2dense_platform.recipe_teacher import check_recipe_fits_teacher
@@ -169,16 +169,7 @@ class CompareRecipe(RecipeDocument):
 
 def parse_compare_recipe(data: Any, origin: str = "<value>") -> CompareRecipe:
     """Validate a plain mapping into a CompareRecipe; RecipeError naming every bad field path."""
-    if not isinstance(data, dict):
-        raise RecipeError(
-            f"invalid comparison recipe {origin}: the top level must be a mapping, got {type(data).__name__}"
-        )
-    try:
-        return CompareRecipe.model_validate(data)
-    except ValidationError as error:
-        raise RecipeError(
-            format_validation_error(error, origin, "comparison recipe", CompareRecipe)
-        ) from None
+    return parse_document(CompareRecipe, data, origin, "comparison recipe")
 
 
 def load_compare_recipe(path: Path | str, overrides: Sequence[str] = ()) -> CompareRecipe:

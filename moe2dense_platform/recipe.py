@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -297,16 +297,24 @@ def _within(loc: tuple[str | int, ...], outer: tuple[str | int, ...]) -> bool:
     return loc[: len(outer)] == outer
 
 
-def parse_recipe(data: Any, origin: str = "<value>") -> Recipe:
-    """Validate a plain mapping into a Recipe; raises RecipeError naming every bad field path."""
+Document = TypeVar("Document", bound=RecipeDocument)
+
+
+def parse_document(model: type[Document], data: Any, origin: str, kind: str) -> Document:
+    """Validate a plain mapping into `model` (a recipe of `kind`); RecipeError naming every bad field path."""
     if not isinstance(data, dict):
         raise RecipeError(
-            f"invalid recipe {origin}: the top level must be a mapping, got {type(data).__name__}"
+            f"invalid {kind} {origin}: the top level must be a mapping, got {type(data).__name__}"
         )
     try:
-        return Recipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
-        raise RecipeError(format_validation_error(error, origin, model=Recipe)) from None
+        raise RecipeError(format_validation_error(error, origin, kind, model)) from None
+
+
+def parse_recipe(data: Any, origin: str = "<value>") -> Recipe:
+    """Validate a plain mapping into a Recipe; raises RecipeError naming every bad field path."""
+    return parse_document(Recipe, data, origin, "recipe")
 
 
 __all__ = [
