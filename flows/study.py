@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from flows.compare import compare_flow
@@ -57,10 +56,6 @@ from tasks.results import EvalTarget
 
 PAPER_PLANS = {"do_acp": PlanConfig(scoring="do_acp"), "sf": PlanConfig(scoring="sf")}
 """The paper's named students at K = k: pure pruning, uniform scaling."""
-SWEEP_WORKERS = 4
-"""Stage tasks of a sweep running at once [defined here]: Prefect's default thread pool is unbounded, and
-128 configurations planned at once each open an MLflow session; the embedded SQLite store's connection
-pool (5 + 10 overflow) then times out."""
 STORAGE = StorageConfig(checkpoint_dtype="float32", max_shard_size_mb=200)
 
 
@@ -228,9 +223,8 @@ def study_flow(study: StudyConfig, output_dir: Path) -> StudyResult:
 
         started = time.perf_counter()
         recipe = conversion_recipe(study, teachers.moe.path, text)
-        bounded_sweep = sweep_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=SWEEP_WORKERS))
         sweeps = [
-            bounded_sweep(SweepRecipe(recipe=recipe, grid=grid, distill_best=0))
+            sweep_flow(SweepRecipe(recipe=recipe, grid=grid, distill_best=0))
             for grid in sweep_grids(study)
         ]
         ranked = sorted((e for s in sweeps for e in s.entries), key=lambda e: e.perplexity)

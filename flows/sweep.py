@@ -18,6 +18,7 @@ import json
 from typing import Annotated
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -103,7 +104,13 @@ class SweepResult(BaseModel):
     entries: list[SweepEntry]
 
 
-@flow(name="sweep", log_prints=True)
+SWEEP_WORKERS = 4
+"""Stage tasks of a sweep running at once: Prefect's default thread pool is unbounded, and a grid of
+128 configurations planned at once opens 128 MLflow sessions; the embedded SQLite store's connection
+pool (5 + 10 overflow) then times out, and a 2-core worker gains nothing past a few."""
+
+
+@flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=SWEEP_WORKERS))
 def sweep_flow(sweep: SweepRecipe) -> SweepResult:
     recipe = sweep.recipe
     with flow_parent_run(recipe, "sweep") as (runtime, parent):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.sweep import SweepGrid, SweepRecipe, sweep_flow
+from flows.sweep import SWEEP_WORKERS, SweepGrid, SweepRecipe, sweep_flow
 from moe2dense_core.errors import PlanError
 from moe2dense_core.plan import PlanConfig, validate_plan_config
 from moe2dense_core.scoring import compared_scorers
@@ -71,3 +71,17 @@ def test_sweep_calibrates_once_and_ranks_every_configuration(team_stack, tiny_te
     assert stages.count("calibrate") == 1
     assert stages.count("plan") == 9 and stages.count("assemble") == 9 and stages.count("distill") == 1
     assert {e.plan.scoring.name for e in result.entries} == {"sf", "do_acp", "random"}
+
+    # the grid's stage tasks run at most SWEEP_WORKERS at a time (unbounded, 128 plans exhaust SQLite's pool)
+    stage_runs = [run for run in children if run.data.tags[TAG_STAGE] in ("plan", "assemble")]
+    assert most_at_once([(run.info.start_time, run.info.end_time) for run in stage_runs]) <= SWEEP_WORKERS
+
+
+def most_at_once(intervals: list[tuple[int, int]]) -> int:
+    """The largest number of [start, end) intervals open at one instant."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    open_now = most = 0
+    for _, change in events:
+        open_now += change
+        most = max(most, open_now)
+    return most
