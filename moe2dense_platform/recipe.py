@@ -22,9 +22,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from moe2dense_core.distill.config import DistillConfig
 from moe2dense_core.errors import Moe2DenseError, PlanError
@@ -38,6 +46,16 @@ RECIPE_SCHEMA_VERSION = 1
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def _processes_or_auto(value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError("expected a whole number ≥ 1 or 'auto'")
+
+
+ProcessCount = Annotated[int | Literal["auto"], BeforeValidator(_processes_or_auto)]
+"""A number of processes on a node: a whole number ≥ 1, or `auto` (resolved on the node that runs them)."""
 
 
 class RecipeError(Moe2DenseError):
@@ -121,6 +139,10 @@ class TeacherCacheConfig(_Section):
     bytes/token = k·(4 + b) + 4 + 4, b = 4 (float32) or 2 (float16): k = 64 in float16 is 392 bytes/token.
     batch_size: rows per teacher forward; rows_per_shard: rows per stored shard file (the unit a
     training process fetches); device: where the teacher runs (`auto`: cuda when available, else cpu).
+    processes: P teacher processes, data-parallel over shards (rank r writes shards i ≡ r mod P, each
+    process on cuda:r when the device is cuda, else on the CPU); `auto` = the worker's CUDA devices (1
+    without CUDA). Default 1: every process holds a whole teacher. The cache is the same for any P (not
+    part of the stage's cache key); a device with an index (`cuda:1`) needs processes = 1.
     """
 
     k: int = Field(64, ge=1, description="Teacher top-k ids kept per token; the vocabulary size is exact.")
@@ -128,11 +150,16 @@ class TeacherCacheConfig(_Section):
     batch_size: int = Field(8, gt=0, description="Rows per teacher forward.")
     rows_per_shard: int = Field(256, gt=0, description="Rows per shard file; ≥ batch_size.")
     device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
+    processes: ProcessCount = Field(
+        1, description="Teacher processes (one per GPU), ≥ 1; `auto`: one per CUDA device (1 without)."
+    )
 
     @model_validator(mode="after")
     def _whole_batches_per_shard(self) -> TeacherCacheConfig:
         if self.rows_per_shard < self.batch_size:
             raise ValueError(f"rows_per_shard ({self.rows_per_shard}) is smaller than batch_size ({self.batch_size})")
+        if self.processes != 1 and ":" in self.device:
+            raise ValueError(f"device {self.device!r} names one device: use processes 1, or device cuda / auto")
         return self
 
 
@@ -159,20 +186,13 @@ class DistillationConfig(_Section):
         "online", description="online: the teacher runs at every step; cached: from stage teacher_logits."
     )
     teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
-    nproc_per_node: int | Literal["auto"] = Field(
+    nproc_per_node: ProcessCount = Field(
         1, description="Distillation processes (GPUs) per node, ≥ 1; `auto`: one per CUDA device (1 without)."
     )
     nnodes: int = Field(1, ge=1, description="Nodes of a multi-node distillation (infra/kubernetes/).")
     token_budget: int | None = Field(
         None, gt=0, description="Training tokens to see: within one step of max_steps × tokens_per_step."
     )
-
-    @field_validator("nproc_per_node", mode="before")
-    @classmethod
-    def _processes_or_auto(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            return value
-        raise ValueError("expected a whole number ≥ 1 or 'auto'")
 
     @property
     def world_size(self) -> int | None:

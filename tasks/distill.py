@@ -10,7 +10,8 @@ curves (loss, KL, lr, grad norm, tokens/s) as step metrics on the stage's MLflow
 student is saved with `save_pretrained` next to its tokenizer and the assembly's model card and
 provenance, and published once to the artifact store (kind `distilled-model`; the MLflow run records
 its URI and content address). Cached on student digest + teacher snapshot digest + content digest of
-the training text + the rest of the distillation config + the teacher cache's digest (`distill_parts`).
+the training text + the rest of the distillation config, `nproc_per_node` resolved on the worker (`auto`:
+its CUDA devices) + the teacher cache's digest (`distill_parts`).
 
 Training checkpoints (every `distillation.train.checkpoint_every` steps and at the end) go to
 `<home>/distill-checkpoints/<the stage's cache key>`, not a temporary folder: a run that was killed
@@ -48,7 +49,7 @@ from moe2dense_platform.tracking import (
     TAG_SNAPSHOT_DIGEST,
     TAG_STUDENT_DIGEST,
 )
-from tasks.distill_launch import launch_distill, process_layout
+from tasks.distill_launch import launch_distill, local_processes, process_layout
 from tasks.publish import finish, publish_dir, record_inputs
 from tasks.results import CheckpointResult, SourceResult, TeacherLogitsResult
 from tasks.stage import STAGES, stage
@@ -72,10 +73,14 @@ def checkpoint_folder(
 
 def distill_parts(p: dict[str, Any]) -> list[Any]:
     """Student digest, snapshot digest, corpus digest of `distillation.data`, the rest of `distillation`
-    (its `teacher_cache` enters as the digest of the cache itself: None for an online teacher)."""
+    (its `teacher_cache` enters as the digest of the cache itself: None for an online teacher), with
+    `nproc_per_node` as resolved on the worker that runs the stage (`local_processes`: `auto` = its CUDA
+    devices, 1 without) — W = nnodes × that sets the global batch, so workers with different GPU counts
+    never share a cache entry under `auto`."""
     distillation, cached = p["distillation"], p.get("teacher_logits")
     return [p["student"].checkpoint_digest, p["source"].snapshot_digest, corpus_digest(distillation.data),
-            without(distillation, "data", "teacher_cache"), cached.cache_digest if cached else None]
+            without(distillation, "data", "teacher_cache", "nproc_per_node"),
+            local_processes(distillation.nproc_per_node), cached.cache_digest if cached else None]
 
 
 def stored_teacher(

@@ -5,12 +5,19 @@ into rows of `distillation.seq_len` (moe2dense_platform.corpus.token_rows: the v
 trains on, tokenized with the teacher's tokenizer, which the student carries). The teacher (its recorded
 digests checked, `open_source`) runs once over them on `teacher_cache.device`, under the
 distillation's precision (the one precision rule: fp32 on a CPU without native bf16), with the
-distillation's temperature T and teacher routing k', and `moe2dense_core.distill.write_topk_cache`
+distillation's temperature T and teacher routing k', and `moe2dense_core.distill.write_topk_shards`
 keeps per token its k most probable ids, their log-probabilities (`teacher_cache.logprob_dtype`) and
 the tail log-mass. Each shard is stored in the artifact store as soon as it is written (kind
 `teacher-logits-shard`, scanned for credentials, its content address = its sha256 in the cache
-manifest) and removed locally, so the stage holds one shard on disk; the cache manifest is stored last
-(kind `teacher-logits`, moe2dense_platform/stored_topk_cache.py).
+manifest) and removed locally; the cache manifest is stored last (kind `teacher-logits`,
+moe2dense_platform/stored_topk_cache.py), so a failed pass leaves shards but never a manifest.
+
+Processes: P = min(local_processes(`teacher_cache.processes`), shards) (`teacher_processes`; `auto` =
+the worker's CUDA devices, 1 without CUDA). P = 1 runs the teacher in this process (the stage holds one
+shard on disk); P > 1 starts P processes (tasks/teacher_logits_workers.py), rank r on cuda:r (else the
+CPU) writing shards i ≡ r (mod P), and this process stores each shard as it appears, then joins the
+ranks' manifest parts in shard order (`merge_manifest_parts`). The shard files and the manifest are
+byte-identical for every P, so `processes` is not part of the cache key.
 
 Size [defined here]: bytes/token = k·(4 + b) + 4 + 4 (b = 4 for float32, 2 for float16), logged as
 metric `teacher_logits/bytes_per_token` with `teacher_logits/tokens` and `teacher_logits/stored_bytes`
@@ -18,8 +25,9 @@ metric `teacher_logits/bytes_per_token` with `teacher_logits/tokens` and `teache
 token; a param named `…_token` would be masked as a credential name, moe2dense_platform/redaction.py).
 
 Cached on snapshot digest, the content digest of the distillation text, seq_len, the distillation's
-temperature, teacher routing k' and precision, and `teacher_cache` (`teacher_logits_parts`) — not on the
-student or the optimiser, so every student distilled on the same teacher and data reuses one cache.
+temperature, teacher routing k' and precision, and `teacher_cache` but its `processes`
+(`teacher_logits_parts`) — not on the student or the optimiser, so every student distilled on the same
+teacher and data reuses one cache.
 """
 
 from __future__ import annotations
@@ -27,25 +35,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from moe2dense_core.checkpoint.tokenizer import config_vocab_size
 from moe2dense_core.distill import tokens_digest
-from moe2dense_core.distill.precision import load_dtype, resolve_device
-from moe2dense_core.distill.topk_cache import MANIFEST_NAME, CacheShard, bytes_per_token, write_topk_cache
+from moe2dense_core.distill.precision import resolve_device, resolve_precision
+from moe2dense_core.distill.topk_cache import (
+    MANIFEST_NAME,
+    bytes_per_token,
+    merge_manifest_parts,
+    shard_spans,
+    write_manifest,
+)
 from moe2dense_core.errors import DistillError
-from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
+from moe2dense_core.pretrained import load_tokenizer
+from moe2dense_platform.caching import without
 from moe2dense_platform.corpus import corpus_digest, token_rows
 from moe2dense_platform.progress import StageProgress
-from moe2dense_platform.recipe import DistillationConfig
+from moe2dense_platform.recipe import DistillationConfig, TeacherCacheConfig
 from moe2dense_platform.runtime import Runtime, log_token_input
 from moe2dense_platform.stored_topk_cache import MANIFEST_KIND, SHARD_KIND
 from moe2dense_platform.tracking import TAG_DATA_DIGEST, TAG_SNAPSHOT_DIGEST
+from tasks.distill_launch import local_processes
 from tasks.publish import finish, publish_text
 from tasks.results import SourceResult, TeacherLogitsResult
 from tasks.source import open_source
 from tasks.stage import stage
+from tasks.teacher_logits_workers import TeacherPassSpec, run_teacher_workers, teacher_pass
 
 
 def teacher_logits_parts(p: dict[str, Any]) -> list[Any]:
-    """Snapshot digest, corpus digest of `distillation.data`, seq_len, T, k', precision, `teacher_cache`."""
+    """Snapshot digest, corpus digest of `distillation.data`, seq_len, T, k', precision, `teacher_cache`
+    but its `processes` (the cache is the same for any number of processes)."""
     distillation: DistillationConfig = p["distillation"]
     train = distillation.train
     return [
@@ -55,8 +76,21 @@ def teacher_logits_parts(p: dict[str, Any]) -> list[Any]:
         train.temperature,
         train.teacher_top_k,
         train.precision,
-        distillation.teacher_cache,
+        without(distillation.teacher_cache, "processes"),
     ]
+
+
+def teacher_processes(cache: TeacherCacheConfig, num_shards: int) -> int:
+    """P = min(local_processes(teacher_cache.processes), shards) (no process without a shard), ≥ 1;
+    DistillError before any work when P ranks on CUDA outnumber this worker's CUDA devices."""
+    processes = max(min(local_processes(cache.processes), num_shards), 1)
+    devices = torch.cuda.device_count()
+    if processes > 1 and resolve_device(cache.device).type == "cuda" and processes > devices:
+        raise DistillError(
+            f"distillation.teacher_cache.processes = {cache.processes} on device {cache.device!r}: this worker "
+            f"has {devices} CUDA devices; use at most {devices}, or `auto`"
+        )
+    return processes
 
 
 @stage(
@@ -73,6 +107,10 @@ def teacher_logits_task(
     rows = token_rows(distillation.data, load_tokenizer(source.local_path), distillation.seq_len, "train")
     data_digest = tokens_digest(rows)
     per_token = bytes_per_token(cache.k, cache.logprob_dtype)
+    device = resolve_device(cache.device)
+    resolve_precision(train.precision, device)  # refuses bf16 where it is not native, before any work
+    num_shards = len(shard_spans(rows.shape[0], cache.rows_per_shard))
+    processes = teacher_processes(cache, num_shards)
     params = {
         "teacher_cache": cache,
         "seq_len": distillation.seq_len,
@@ -92,33 +130,11 @@ def teacher_logits_task(
             digest=data_digest,
             num_tokens=rows.numel(),
         )
-        device = resolve_device(cache.device)
-        with open_source(source):  # recorded digests checked before the teacher is loaded
-            teacher = load_causal_lm(source.local_path, dtype=load_dtype(device)).to(device)
-        vocab_size = int(teacher.config.vocab_size)
-        if cache.k > vocab_size:
-            raise DistillError(
-                f"distillation.teacher_cache.k = {cache.k} exceeds the teacher's vocabulary "
-                f"({vocab_size} ids); use at most {vocab_size} (= exact)"
-            )
-        progress = StageProgress(
-            "teacher_logits", tokens_per_step=cache.rows_per_shard * distillation.seq_len
-        )
-        num_shards = -(-rows.shape[0] // cache.rows_per_shard)
-        stored: list[int] = []
-
-        def store_shard(path: Path, shard: CacheShard) -> None:
-            runtime.redactor.check_file(path)
-            stored.append(path.stat().st_size)
-            runtime.store.put_file(path, kind=SHARD_KIND)
-            path.unlink()
-            progress.update(len(stored), num_shards)
-
-        manifest = write_topk_cache(
-            teacher,
-            rows,
-            scratch / "cache",
-            cache.k,
+        spec = TeacherPassSpec(
+            teacher_dir=Path(source.local_path),
+            rows_file=scratch / "workers" / "rows.safetensors",
+            out_dir=scratch / "cache",
+            k=cache.k,
             temperature=train.temperature,
             teacher_top_k=train.teacher_top_k,
             teacher_digest=source.snapshot_digest,
@@ -126,15 +142,47 @@ def teacher_logits_task(
             rows_per_shard=cache.rows_per_shard,
             precision=train.precision,
             logprob_dtype=cache.logprob_dtype,
-            on_shard=store_shard,
+            device=str(device),
+            processes=processes,
+            threads=max(torch.get_num_threads() // processes, 1),
         )
-        manifest_text = (scratch / "cache" / MANIFEST_NAME).read_text()
+        run.log_params({"teacher_logits.processes": spec.processes})
+        progress = StageProgress(
+            "teacher_logits", tokens_per_step=cache.rows_per_shard * distillation.seq_len
+        )
+        stored: dict[str, tuple[str, int]] = {}  # shard file → (sha256 in the store, bytes)
+
+        def store_shard(path: Path) -> None:
+            runtime.redactor.check_file(path)
+            size = path.stat().st_size
+            stored[path.name] = (runtime.store.put_file(path, kind=SHARD_KIND).sha256, size)
+            path.unlink()
+            progress.update(len(stored), num_shards)
+
+        with open_source(source) as opened:  # recorded digests checked before the teacher is loaded
+            vocab_size = config_vocab_size(opened.config, f"{source.local_path}/config.json")
+            if cache.k > vocab_size:
+                raise DistillError(
+                    f"distillation.teacher_cache.k = {cache.k} exceeds the teacher's vocabulary "
+                    f"({vocab_size} ids); use at most {vocab_size} (= exact)"
+                )
+            if spec.processes == 1:
+                parts = [teacher_pass(spec, 0, rows, on_shard=lambda path, _: store_shard(path))]
+            else:
+                parts = run_teacher_workers(spec, rows, scratch / "workers", on_shard=store_shard)
+        manifest = merge_manifest_parts(parts)
+        for shard in manifest.shards:
+            if stored[shard.file][0] != shard.sha256:
+                raise DistillError(f"teacher cache shard {shard.file} changed between writing and storing it")
+        write_manifest(spec.out_dir, manifest)
+        manifest_text = (spec.out_dir / MANIFEST_NAME).read_text()
+        stored_bytes = sum(size for _, size in stored.values())
         uri = publish_text(runtime, run, manifest_text, kind=MANIFEST_KIND, name=MANIFEST_NAME)
         run.log_metrics(
             {
                 "teacher_logits/tokens": float(rows.numel()),
                 "teacher_logits/bytes_per_token": float(per_token),
-                "teacher_logits/stored_bytes": float(sum(stored)),
+                "teacher_logits/stored_bytes": float(stored_bytes),
             }
         )
         result = TeacherLogitsResult(
@@ -146,7 +194,7 @@ def teacher_logits_task(
             logprob_dtype=manifest.logprob_dtype,
             num_tokens=rows.numel(),
             bytes_per_token=per_token,
-            stored_bytes=sum(stored),
+            stored_bytes=stored_bytes,
             mlflow_run_id=run.run_id,
         )
         finish(run, "teacher_logits", result)

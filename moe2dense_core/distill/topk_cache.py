@@ -9,6 +9,11 @@
 and `manifest.json` (k, V, L, N, T, teacher_top_k — the routing k' the teacher ran with, None for its own
 k —, the teacher precision, the log-probability dtype, the caller's teacher digest, sha256 of the data
 and of each shard).
+Shards [defined here]: shard i holds rows [i·R, min((i+1)·R, N)), R = rows_per_shard (`shard_spans`), and
+its bytes depend on those rows only (batches start at the shard's first row). So P processes can write
+one cache: rank r of P writes the shards i ≡ r (mod P) (`rank_shards`; `write_topk_shards(..., rank=r,
+processes=P)` returns that rank's part of the manifest) and `merge_manifest_parts` joins the parts in
+shard order, the very manifest one process writes — shard files and manifest byte-identical for any P.
 Size [defined here]: `bytes_per_token(k, dtype)` = k·(4 + b) + 4 + 4 — k ids of 4 bytes and k
 log-probabilities of b bytes (4 for float32, 2 for float16), the tail (4) and the input id (4) — plus a
 few hundred bytes of safetensors header per shard; `cache_bytes(k, dtype, tokens)` for a token budget.
@@ -22,10 +27,10 @@ How the tail mass enters the loss: `moe2dense_core.distill.losses.topk_bucket_lo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -105,8 +110,12 @@ class TeacherTopK:
     tail_logprob: torch.Tensor
 
     def to(self, device: torch.device) -> TeacherTopK:
-        return TeacherTopK(*(t.to(device, non_blocking=True) for t in
-                             (self.input_ids, self.topk_ids, self.topk_logprobs, self.tail_logprob)))
+        return TeacherTopK(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.input_ids, self.topk_ids, self.topk_logprobs, self.tail_logprob)
+            )
+        )
 
 
 def teacher_topk(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, ...]:
@@ -120,8 +129,28 @@ def teacher_topk(logits: torch.Tensor, k: int, temperature: float) -> tuple[torc
     return ids.to(torch.int32), values, tail
 
 
+def shard_spans(num_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
+    """(first_row, num_rows) of every shard of N = `num_rows` rows: shard i holds rows [i·R, min((i+1)·R, N))."""
+    if rows_per_shard < 1:
+        raise DistillError(f"rows_per_shard={rows_per_shard} must be at least 1")
+    return [(first, min(rows_per_shard, num_rows - first)) for first in range(0, num_rows, rows_per_shard)]
+
+
+def shard_name(index: int) -> str:
+    """File name of shard `index`: shard_00000.safetensors, shard_00001.safetensors, …"""
+    return f"shard_{index:05d}.safetensors"
+
+
+def rank_shards(num_shards: int, rank: int, processes: int) -> range:
+    """The shards rank `rank` of `processes` writes: i ≡ rank (mod processes), i < num_shards — every shard
+    by exactly one rank, consecutive shards by different ranks (similar work per rank)."""
+    if not 0 <= rank < processes:
+        raise DistillError(f"rank {rank} outside the {processes} processes of the teacher pass")
+    return range(rank, num_shards, processes)
+
+
 @torch.no_grad()
-def write_topk_cache(
+def write_topk_shards(
     teacher: nn.Module,
     data: torch.Tensor,
     out_dir: str | Path,
@@ -134,18 +163,21 @@ def write_topk_cache(
     rows_per_shard: int = 1024,
     precision: str = "auto",
     logprob_dtype: LogprobDtype = "float32",
+    rank: int = 0,
+    processes: int = 1,
     on_shard: Callable[[Path, CacheShard], None] | None = None,
 ) -> TopKCacheManifest:
-    """Run `teacher` over `data` [N, L] (int) and write its top-k log-probabilities to `out_dir`.
+    """Run `teacher` over the rows of `data` [N, L] (int) in rank `rank`'s shards (`rank_shards`) and write
+    those shard files into `out_dir`; return this rank's part of the manifest (all fields, its shards only:
+    join the parts with `merge_manifest_parts`). Writes no manifest file.
 
     k: kept ids per token (1 ≤ k ≤ V); temperature: T of p = softmax(z / T) (distillation must use
     the same T); teacher_top_k: expanded routing k' (paper Eq. 6; a run must ask for the same k', or
     None for both); teacher_digest: the caller's id of the teacher weights (e.g. its snapshot sha256),
     recorded so `distill(teacher_digest=...)` can check it; logprob_dtype: how the k log-probabilities
     are stored (float16 rounds them to 11 significant bits; the tail stays float32). The teacher runs on
-    its own device. on_shard(path, shard) is called once each shard file is complete (e.g. to upload it;
-    it may delete the file). Returns the manifest, also written last (atomically) as
-    `out_dir/manifest.json`.
+    its own device. Each shard file appears complete (written to a temporary name, then renamed), then
+    on_shard(path, shard) is called (e.g. to upload it; it may delete the file).
     """
     if data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
         raise DistillError(f"data must be an int tensor [N, L], got {tuple(data.shape)} {data.dtype}")
@@ -155,6 +187,8 @@ def write_topk_cache(
     bytes_per_token(k, logprob_dtype)  # refuses an unknown dtype before the teacher runs
     if batch_size < 1 or rows_per_shard < batch_size:
         raise DistillError(f"need 1 ≤ batch_size ({batch_size}) ≤ rows_per_shard ({rows_per_shard})")
+    spans = shard_spans(data.shape[0], rows_per_shard)
+    mine = rank_shards(len(spans), rank, processes)
     stored = LOGPROB_DTYPES[logprob_dtype]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,15 +199,18 @@ def write_topk_cache(
     shards: list[CacheShard] = []
     try:
         with expanded_teacher_routing(teacher, teacher_top_k):
-            for first in range(0, data.shape[0], rows_per_shard):
-                rows = data[first : first + rows_per_shard]
+            for index in mine:
+                first, count = spans[index]
+                rows = data[first : first + count]
                 parts: list[tuple[torch.Tensor, ...]] = []
                 for b in range(0, rows.shape[0], batch_size):
                     batch = rows[b : b + batch_size].to(device)
                     with autocast(resolved, device):
                         logits = teacher(input_ids=batch, use_cache=False).logits
                     if logits.shape[-1] != vocab_size:
-                        raise DistillError(f"teacher logits width {logits.shape[-1]} != vocab_size {vocab_size}")
+                        raise DistillError(
+                            f"teacher logits width {logits.shape[-1]} != vocab_size {vocab_size}"
+                        )
                     parts.append(tuple(t.cpu() for t in teacher_topk(logits, k, temperature)))
                 tensors = {
                     "input_ids": rows.to(torch.int32).contiguous(),
@@ -181,22 +218,77 @@ def write_topk_cache(
                     "topk_logprobs": torch.cat([p[1] for p in parts]).to(stored).contiguous(),
                     "tail_logprob": torch.cat([p[2] for p in parts]).contiguous(),
                 }
-                name = f"shard_{len(shards):05d}.safetensors"
+                name = shard_name(index)
                 with atomic_path(out / name) as tmp:
                     save_file(tensors, tmp, metadata={"first_row": str(first)})
-                shard = CacheShard(file=name, first_row=first, num_rows=rows.shape[0],
-                                   sha256=file_sha256(out / name))
+                shard = CacheShard(file=name, first_row=first, num_rows=count, sha256=file_sha256(out / name))
                 shards.append(shard)
                 if on_shard is not None:
                     on_shard(out / name, shard)
     finally:
         teacher.train(was_training)
-    manifest = TopKCacheManifest(
-        k=k, vocab_size=vocab_size, seq_len=data.shape[1], num_sequences=data.shape[0], temperature=temperature,
-        teacher_top_k=teacher_top_k, precision=resolved, logprob_dtype=logprob_dtype,
-        data_digest=tokens_digest(data), teacher_digest=teacher_digest, shards=tuple(shards),
+    return TopKCacheManifest(
+        k=k,
+        vocab_size=vocab_size,
+        seq_len=data.shape[1],
+        num_sequences=data.shape[0],
+        temperature=temperature,
+        teacher_top_k=teacher_top_k,
+        precision=resolved,
+        logprob_dtype=logprob_dtype,
+        data_digest=tokens_digest(data),
+        teacher_digest=teacher_digest,
+        shards=tuple(shards),
     )
-    atomic_write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+
+
+def merge_manifest_parts(parts: Sequence[TopKCacheManifest]) -> TopKCacheManifest:
+    """The cache's manifest from the ranks' parts (`write_topk_shards`): every field but `shards` equal in
+    all parts, the shards in row order, covering rows [0, N) once — shard j named `shard_name(j)`,
+    first_row = the rows of shards 0..j-1. DistillError naming the field or the shard otherwise."""
+    if not parts:
+        raise DistillError("no manifest parts to merge: the teacher pass wrote nothing")
+    settings = [part.model_dump(exclude={"shards"}) for part in parts]
+    for rank, fields in enumerate(settings[1:], start=1):
+        differ = [
+            f"{name}: part 0 {settings[0][name]!r}, part {rank} {value!r}"
+            for name, value in fields.items()
+            if settings[0][name] != value
+        ]
+        if differ:
+            raise DistillError("the teacher pass's ranks disagree: " + "; ".join(differ))
+    shards = sorted((shard for part in parts for shard in part.shards), key=lambda shard: shard.first_row)
+    next_row = 0
+    for index, shard in enumerate(shards):
+        if (shard.file, shard.first_row) != (shard_name(index), next_row) or shard.num_rows < 1:
+            raise DistillError(
+                f"manifest parts: shard {shard.file} (rows {shard.first_row}..{shard.first_row + shard.num_rows - 1}) "
+                f"is not shard {shard_name(index)} starting at row {next_row}: a shard is missing or repeated"
+            )
+        next_row += shard.num_rows
+    if next_row != parts[0].num_sequences:
+        raise DistillError(f"manifest parts cover {next_row} of the {parts[0].num_sequences} rows")
+    return parts[0].model_copy(update={"shards": tuple(shards)})
+
+
+def write_manifest(out_dir: str | Path, manifest: TopKCacheManifest) -> Path:
+    """Write `manifest` as `out_dir/manifest.json` (atomically) and return its path."""
+    path = Path(out_dir) / MANIFEST_NAME
+    atomic_write_text(path, manifest.model_dump_json(indent=2))
+    return path
+
+
+def write_topk_cache(
+    teacher: nn.Module,
+    data: torch.Tensor,
+    out_dir: str | Path,
+    k: int,
+    **settings: Any,
+) -> TopKCacheManifest:
+    """The whole cache in this process: every shard (`write_topk_shards` with `settings`, rank 0 of 1),
+    then the manifest, written last (atomically) as `out_dir/manifest.json` and returned."""
+    manifest = merge_manifest_parts([write_topk_shards(teacher, data, out_dir, k, **settings)])
+    write_manifest(out_dir, manifest)
     return manifest
 
 
@@ -275,18 +367,25 @@ class TopKCache:
         asked = {"data_digest": data_digest, "temperature": temperature, "teacher_top_k": teacher_top_k}
         optional = {"teacher_digest": teacher_digest, "k": k, "logprob_dtype": logprob_dtype}
         asked.update({name: value for name, value in optional.items() if value is not None})
-        differ = [f"{name}: cache {getattr(m, name)!r}, run {value!r}" for name, value in asked.items()
-                  if getattr(m, name) != value]
+        differ = [
+            f"{name}: cache {getattr(m, name)!r}, run {value!r}"
+            for name, value in asked.items()
+            if getattr(m, name) != value
+        ]
         if differ:
             written_for = " (written for other data)" if m.data_digest != data_digest else ""
-            raise DistillError(f"top-k cache {self.location} does not fit this run{written_for}: " + "; ".join(differ))
+            raise DistillError(
+                f"top-k cache {self.location} does not fit this run{written_for}: " + "; ".join(differ)
+            )
 
     def rows(self, indices: torch.Tensor) -> TeacherTopK:
         """Cached targets of rows `indices` [B] (positions in the packed data), in that order."""
         fields = ("input_ids", "topk_ids", "topk_logprobs", "tail_logprob")
         bad = indices[(indices < 0) | (indices >= self.manifest.num_sequences)]
         if bad.numel():
-            raise DistillError(f"row {int(bad[0])} outside the cache's {self.manifest.num_sequences} sequences")
+            raise DistillError(
+                f"row {int(bad[0])} outside the cache's {self.manifest.num_sequences} sequences"
+            )
         shard_of = torch.searchsorted(self._starts, indices, right=True) - 1
         picked: dict[int, dict[str, torch.Tensor]] = {}
         for shard_idx in shard_of.unique().tolist():

@@ -1,6 +1,8 @@
 """Top-k logit cache: k = V reproduces the online loss and training; small k is close (gap reported);
 the cache refuses data, temperature or routing it was not written for; shards round-trip by row; float16
-log-probabilities round-trip through one rounding; the stored size is the bytes-per-token formula."""
+log-probabilities round-trip through one rounding; the stored size is the bytes-per-token formula; ranks
+of a data-parallel teacher pass write the very shards and manifest one process writes, and a merge of
+their parts refuses a missing or repeated shard and ranks that disagree."""
 
 from __future__ import annotations
 
@@ -19,7 +21,17 @@ from moe2dense_core.distill import (
     write_topk_cache,
 )
 from moe2dense_core.distill.targets import CachedTeacher, OnlineTeacher
-from moe2dense_core.distill.topk_cache import bytes_per_token, cache_bytes
+from moe2dense_core.distill.topk_cache import (
+    MANIFEST_NAME,
+    TopKCacheManifest,
+    bytes_per_token,
+    cache_bytes,
+    merge_manifest_parts,
+    rank_shards,
+    shard_spans,
+    write_manifest,
+    write_topk_shards,
+)
 from tests.core.distill_tiny_models import VOCAB, dense_student_from_teacher, peaked_teacher, random_rows
 
 CPU = torch.device("cpu")
@@ -196,3 +208,48 @@ def test_a_manifest_of_another_schema_version_is_refused(setup: dict, tmp_path: 
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DistillError, match="schema_version 1 is not supported"):
         TopKCache.open(tmp_path)
+
+
+def test_every_shard_belongs_to_exactly_one_rank() -> None:
+    for num_shards in (0, 1, 5, 8):
+        for processes in (1, 2, 3):
+            ranks = [list(rank_shards(num_shards, rank, processes)) for rank in range(processes)]
+            assert sorted(i for shards in ranks for i in shards) == list(range(num_shards))
+    assert shard_spans(8, 3) == [(0, 3), (3, 3), (6, 2)]
+    with pytest.raises(DistillError, match="rank 2 outside the 2 processes"):
+        rank_shards(5, 2, 2)
+
+
+def test_two_ranks_write_the_bytes_one_process_writes(setup: dict, tmp_path: Path) -> None:
+    """Ranks 1 and 0 of 2 (in that order) write the k = 16 cache of `setup`: shards and manifest identical."""
+    one_process = setup["root"] / "k16"
+    parts = [
+        write_topk_shards(setup["teacher"], setup["data"], tmp_path, 16, precision="fp32", batch_size=2,
+                          rows_per_shard=3, rank=rank, processes=2)
+        for rank in (1, 0)
+    ]
+    assert [[s.file for s in part.shards] for part in parts] == [
+        ["shard_00001.safetensors"], ["shard_00000.safetensors", "shard_00002.safetensors"]
+    ]
+    assert not (tmp_path / MANIFEST_NAME).exists()  # a rank writes shards only
+    merged = merge_manifest_parts(parts)
+    assert merged == setup["manifests"][16]
+    write_manifest(tmp_path, merged)
+    for name in [MANIFEST_NAME, *(s.file for s in merged.shards)]:
+        assert (tmp_path / name).read_bytes() == (one_process / name).read_bytes(), name
+
+
+def test_merging_refuses_a_missing_or_repeated_shard_and_disagreeing_ranks(setup: dict, tmp_path: Path) -> None:
+    def part(rank: int, **settings) -> TopKCacheManifest:
+        return write_topk_shards(setup["teacher"], setup["data"], tmp_path / f"{rank}", 16, precision="fp32",
+                                 batch_size=2, rows_per_shard=3, rank=rank, processes=2, **settings)
+
+    rank0, rank1 = part(0), part(1)
+    with pytest.raises(DistillError, match="shard shard_00002.safetensors .* is not shard shard_00001"):
+        merge_manifest_parts([rank0])
+    with pytest.raises(DistillError, match="shard shard_00001.safetensors .* is not shard shard_00002"):
+        merge_manifest_parts([rank0, rank1, rank1])
+    with pytest.raises(DistillError, match="ranks disagree: temperature: part 0 1.0, part 1 2.0"):
+        merge_manifest_parts([rank0, part(1, temperature=2.0)])
+    with pytest.raises(DistillError, match="no manifest parts"):
+        merge_manifest_parts([])

@@ -64,8 +64,8 @@ def test_two_students_share_one_teacher_pass(teacher, parent_run_id, on_prefect,
         for plan in (recipe.plan, PlanConfig(scoring={"name": "random", "seed": 3}))
     ]
     assert students[0].checkpoint_digest != students[1].checkpoint_digest
-    passes = Counted(teacher_logits_module.write_topk_cache)
-    monkeypatch.setattr(teacher_logits_module, "write_topk_cache", passes)
+    passes = Counted(teacher_logits_module.teacher_pass)
+    monkeypatch.setattr(teacher_logits_module, "teacher_pass", passes)
 
     (first_logits, first), (second_logits, second) = (distill_from_cache(recipe, source, s) for s in students)
 

@@ -1,0 +1,122 @@
+"""Stage `teacher_logits` on two CPU processes (`distillation.teacher_cache.processes`), through `.fn` in the
+embedded default, on a tiny random Qwen3-MoE: the stored cache is byte-identical to one process's (same
+manifest digest, so the same shard digests) and `processes` is not part of the cache key; a rank that
+fails fails the pass with its own error, before any manifest, and its shards are never handed over;
+the setting is checked when the recipe loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from moe2dense_core.errors import DistillError
+from moe2dense_platform.recipe import RecipeError
+from moe2dense_platform.runtime import Runtime
+from moe2dense_platform.stored_topk_cache import open_stored_topk_cache
+from tasks.source import source_task
+from tasks.stage import STAGES
+from tasks.teacher_logits import teacher_logits_task
+from tasks.teacher_logits_workers import TeacherPassSpec, run_teacher_workers
+from tests.fixtures.tiny_moe import VOCAB_SIZE, build_tiny_moe
+from tests.flows.tiny_teacher import TinyTeacher, animal_paragraphs
+from tests.tasks.stage_fixtures import parent_run_id  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> TinyTeacher:
+    """A tiny random Qwen3-MoE (byte-level tokenizer) and ~80 rows of 64 tokens of English to distil on."""
+    root = tmp_path_factory.mktemp("teacher")
+    text = root / "text.txt"
+    text.write_text("\n\n".join(animal_paragraphs(100)))
+    return TinyTeacher(build_tiny_moe("qwen3_moe", root / "qwen3_moe"), text)
+
+
+def cached_recipe(teacher: TinyTeacher, processes: int | str):
+    """16 rows per shard (several shards, more than two processes' worth), on the CPU, fp32."""
+    return teacher.recipe(
+        "distillation.teacher=cached",
+        "distillation.teacher_cache.k=16",
+        "distillation.teacher_cache.rows_per_shard=16",
+        "distillation.teacher_cache.batch_size=8",
+        "distillation.teacher_cache.device=cpu",
+        f"distillation.teacher_cache.processes={processes}",
+        "distillation.train.precision=fp32",
+    )
+
+
+def test_two_processes_store_the_cache_one_process_stores(teacher, parent_run_id) -> None:  # noqa: F811
+    torch.set_num_threads(1)
+    one, two = cached_recipe(teacher, 1), cached_recipe(teacher, 2)
+    source = source_task.fn(one.source)
+    by_one = teacher_logits_task.fn(source, one.distillation, parent_run_id)
+    by_two = teacher_logits_task.fn(source, two.distillation, parent_run_id)
+    assert by_two.cache_digest == by_one.cache_digest  # the manifest, holding every shard's sha256
+    assert by_two.model_dump(exclude={"mlflow_run_id"}) == by_one.model_dump(exclude={"mlflow_run_id"})
+    runtime = Runtime.from_environment()
+    assert len(open_stored_topk_cache(runtime.store, by_two.manifest_uri).manifest.shards) >= 3
+    client = MlflowClient(runtime.settings.resolved_mlflow_tracking_uri)
+    processes = [
+        client.get_run(r.mlflow_run_id).data.params["teacher_logits.processes"] for r in (by_one, by_two)
+    ]
+    assert processes == ["1", "2"]
+
+    key = STAGES["teacher_logits"].key
+
+    def key_of(recipe) -> str:
+        return key(None, {"source": source, "distillation": recipe.distillation, "parent_run_id": "any"})
+
+    assert key_of(one) == key_of(two) == key_of(cached_recipe(teacher, "auto"))
+    other_k = one.model_copy(
+        update={
+            "distillation": one.distillation.model_copy(
+                update={"teacher_cache": one.distillation.teacher_cache.model_copy(update={"k": 8})}
+            )
+        }
+    )
+    assert key_of(other_k) != key_of(one)
+
+
+def test_a_failing_rank_fails_the_pass_with_its_error_and_hands_over_none_of_its_shards(
+    teacher, tmp_path: Path
+) -> None:
+    """Rank 1 of 2 meets a token id outside the vocabulary in its first shard (rows 4-7)."""
+    rows = torch.randint(0, VOCAB_SIZE, (16, 32), generator=torch.Generator().manual_seed(0))
+    rows[5, 3] = VOCAB_SIZE
+    spec = TeacherPassSpec(
+        teacher_dir=teacher.path,
+        rows_file=tmp_path / "work" / "rows.safetensors",
+        out_dir=tmp_path / "cache",
+        k=8,
+        temperature=1.0,
+        teacher_top_k=None,
+        teacher_digest="tiny",
+        batch_size=4,
+        rows_per_shard=4,
+        precision="fp32",
+        logprob_dtype="float32",
+        device="cpu",
+        processes=2,
+        threads=1,
+    )
+    handed: list[str] = []
+    with pytest.raises(DistillError) as failed:
+        run_teacher_workers(spec, rows, tmp_path / "work", on_shard=lambda path: handed.append(path.name))
+    message = str(failed.value)
+    assert message.startswith("teacher pass: process 1 of 2 exited with code 1; the end of its log")
+    assert "IndexError: index out of range in self" in message  # the rank's own traceback
+    assert set(handed) <= {"shard_00000.safetensors", "shard_00002.safetensors"}  # rank 0's only
+    assert not (spec.out_dir / "manifest.json").exists() and not (spec.out_dir / "part_00001.json").exists()
+
+
+def test_the_processes_setting_is_checked_when_the_recipe_loads(teacher) -> None:
+    for bad in ("0", "two"):
+        with pytest.raises(
+            RecipeError, match="teacher_cache.processes.*expected a whole number ≥ 1 or 'auto'"
+        ):
+            cached_recipe(teacher, bad)
+    with pytest.raises(RecipeError, match="device 'cuda:1' names one device: use processes 1"):
+        teacher.recipe("distillation.teacher_cache.processes=2", "distillation.teacher_cache.device=cuda:1")
+    assert cached_recipe(teacher, "auto").distillation.teacher_cache.processes == "auto"
