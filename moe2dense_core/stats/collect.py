@@ -4,38 +4,56 @@ Two modes, same numbers (tested to agree):
   in_memory       load the teacher with stock `AutoModelForCausalLM.from_pretrained` (no remote code:
                   moe2dense_core.pretrained)
                   — or take a loaded model — and run each batch through it under the stat hooks.
-  layer_by_layer  StreamedTeacher: ONE decoder layer in memory at a time, read from the checkpoint (on
-                  `device`: a GPU runs one decoder layer at a time), every batch advanced through it, its
-                  converted weights and the checkpoint's memory maps released before the next; the hidden
-                  states of all batches are carried from layer to layer in a HiddenStateStore
+  layer_by_layer  StreamedTeacher: ONE decoder layer's non-expert weights in memory at a time, read from the
+                  checkpoint (on `device`: a GPU runs one decoder layer at a time); its routed experts
+                  read from disk a block of experts at a time (ExpertBlocks, streamed_experts.py), both
+                  for the teacher's own forward and for the all-expert outputs; the embedding matrix
+                  never loaded (each batch reads its tokens' rows); every batch advanced through the
+                  layer, which is then freed and the checkpoint's memory maps released before the next;
+                  the hidden states of all batches are carried from layer to layer in a HiddenStateStore
                   (hidden_store.py), one copy per token, spilled to a memory-mapped temporary file beyond
                   `max_hidden_bytes`. For teachers larger than RAM.
 
 Peak memory of layer_by_layer, as a function of the inputs (on a CPU all of it is RAM; with a GPU
-`device` the hidden-state store stays in host RAM and the other terms, plus one batch's hidden states,
-are GPU memory):
-    peak ≈ W_layer + max(L_load, C_layer + A_chunk) + min(N·H·s, max_hidden_bytes) + embeddings
-           + layer arguments
-  W_layer       the largest decoder layer's weights in `dtype` (s = its itemsize)
-  L_load        while a layer loads: its checkpoint pages (its on-disk bytes, memory-mapped until the
-                layer is done: reader.release_mapped) plus transformers' conversion transients, the
-                per-expert tensors of one fused expert parameter and their stack (≈ 2·E·I·H·s)
-  C_layer       its routed experts converted to `outputs_dtype` (float32) when that differs from `dtype`
-                (3·E·I·H·4 bytes for a bf16 teacher; 0 for a float32 one; only with expert outputs requested)
-  N·H·s         the hidden states of all N calibration tokens (HiddenStateStore: beyond the bound they
-                live in page cache, which the kernel reclaims)
-  A_chunk       one batch's layer activations [B, T, ·] plus, with expert outputs, one chunk's all-expert
-                outputs and intermediates, ≤ max_chunk_bytes
-  embeddings    the embedding matrix (+ final norm), resident throughout
+`device` the hidden-state store stays in host RAM, one expert is briefly in host RAM while it is read,
+and the other terms, plus one batch's hidden states, are GPU memory):
+    peak ≈ baseline + W_rest + R_block + max(O_chunk, A_batch) + min(N·H·s, max_hidden_bytes) + layer args
+           + heap slack
+  W_rest        the largest decoder layer's NON-expert weights in `dtype` (attention, norms, router, shared
+                experts / a dense MLP) plus their checkpoint pages, mapped until the layer is done
+  S_block       one block of routed experts in `dtype`, ≤ max_block_bytes in float32 (at least one expert);
+                the experts of a layer are never in memory together (streamed_experts.py)
+  R_block       a pass over the blocks: the block, one expert read in float32 and its pages, and in the
+                statistics' pass the contiguous copies of the block's gate and up matrices that the
+                all-expert matmuls make (⅔ S_block) — ≈ 2·S_block
+  O_chunk       with expert outputs requested: one chunk's all-expert outputs [E, T_chunk, H] and one
+                block's outputs and intermediates, ≤ max_chunk_bytes (hooks.py)
+  A_batch       the teacher's forward through the layer: one batch's activations [B, T, ·] and the routed
+                experts' weighted outputs of its (token, slot) pairs [B·T·k, H]
+  N·H·s         the hidden states of all N calibration tokens, s = itemsize of `dtype` (HiddenStateStore:
+                beyond the bound they live in page cache, which the kernel reclaims)
   layer args    per batch, the decoder layers' other arguments (rotary tables [1, T, d_head], attention
-                masks [B, 1, T, T] for families that build them)
-in_memory holds the whole teacher instead of W_layer and the hidden states of one batch at a time.
+                masks [B, 1, T, T] for families that build them); the embedding rows of one batch's tokens
+                [B, T, H] exist only while its layer inputs are built
+  heap slack    memory malloc keeps after the layer's temporaries are freed, given back to the OS after
+                every layer (streamed_teacher.trim_free_heap)
+in_memory holds the whole teacher instead, and the hidden states of one batch at a time.
 Measured (bench-style child process, VmHWM; synthetic Qwen3-30B-A3B checkpoint with 2 decoder layers,
-3.5 GB bf16, dtype float32, 2 × 128 tokens, the prune plan's request): peak 7.0 GB over a 0.42 GB
-baseline = embeddings 1.2 + W_layer 2.4 + layer pages 1.2 + conversion transients ≈ 1.6; the same for
-every layer, and RSS back at the baseline after return. glibc's mmap threshold is pinned
-(streamed_teacher.pin_mmap_threshold): before that, the second layer peaked at 9.5 GB and ≈ 1.2 GB per
-layer stayed resident after return.
+3.74 GB bf16, dtype float32, 2 × 128 tokens, the prune plan's request, 2 threads on a shared machine):
+with the defaults (max_block_bytes 64 MiB = 3 experts, 57 MB; max_chunk_bytes 256 MiB = one 128-token
+chunk, 134 MB of outputs) the two layers peaked at 0.88 and 0.90 GB over a 0.42 GB baseline, ≈ W_rest
+0.11 + R_block 0.12 + O_chunk 0.14 + heap slack ≈ 0.1, and RSS was back at baseline + 0.03 GB after return;
+with max_block_bytes 256 MiB (14 experts, R_block 0.47) and max_chunk_bytes 64 MiB, 1.22 GB (0.65 + heap
+slack 0.15 over the baseline). Without the trim after
+each layer, 0.62 then 0.66 GB stayed resident after the layers. Loading whole layers and the embeddings
+instead (the previous design) peaked at 7.0 GB on a 3.5 GB build of this checkpoint (embeddings 1.2 GB
+resident, a layer's experts 2.4 GB in float32 from transformers' loader, its 1.2 GB of pages, ≈ 1.6 GB of
+conversion transients); pinning glibc's mmap threshold, which that design needed, would lower this peak to
+0.78 GB but cost 78 against 59–64 CPU seconds here (every temporary a fresh mapping), process-wide.
+Time: the all-expert outputs read every block again for each chunk, and the teacher's forward once per
+batch. Reading a layer's 128 experts from the page cache into the blocks (bf16 → float32) took 3.7–3.9
+CPU seconds here, one 128-token chunk's all-expert outputs including that read 8.1–9.4: the reads' share
+falls as 1 / T_chunk (larger batches and max_chunk_bytes make fewer, longer chunks).
 
 What is collected is `request` (request.py; default everything): a plan needs only what its scorer and
 grouper read (`plan.stats_request_for`), and router-only statistics cost little over a forward.
@@ -71,6 +89,7 @@ from moe2dense_core.stats.hidden_store import DEFAULT_MAX_HIDDEN_BYTES, HiddenSt
 from moe2dense_core.stats.hooks import DEFAULT_MAX_CHUNK_BYTES, attach_stat_hooks
 from moe2dense_core.stats.layer_stats import StatsError
 from moe2dense_core.stats.request import EVERYTHING, StatsRequest
+from moe2dense_core.stats.streamed_experts import DEFAULT_MAX_BLOCK_BYTES
 from moe2dense_core.stats.streamed_teacher import StreamedTeacher
 
 Mode = Literal["in_memory", "layer_by_layer"]
@@ -89,6 +108,7 @@ def collect_stats(
     device: torch.device | str = "cpu",
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     max_hidden_bytes: int = DEFAULT_MAX_HIDDEN_BYTES,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
     spill_dir: str | Path | None = None,
     revision: str | None = None,
     on_progress: ProgressCallback | None = None,
@@ -106,6 +126,8 @@ def collect_stats(
     max_chunk_bytes: bound on the expert outputs and intermediates computed at once (see hooks.py).
     max_hidden_bytes / spill_dir (layer_by_layer): the calibration hidden states beyond this many bytes
     go to a memory-mapped temporary file under spill_dir (see hidden_store.py and the peak formula above).
+    max_block_bytes (layer_by_layer): bound on the float32 bytes of one block of routed experts read from
+    disk at a time (streamed_experts.py).
     on_progress: called as on_progress(done, total) after each batch (in_memory) or each decoder layer
     (layer_by_layer), e.g. to draw a progress bar.
     """
@@ -133,7 +155,7 @@ def collect_stats(
         )
         if mode == "layer_by_layer":
             return collect_layer_by_layer(
-                StreamedTeacher(reader, dtype=dtype, device=device),
+                StreamedTeacher(reader, dtype=dtype, device=device, max_block_bytes=max_block_bytes),
                 spec,
                 batches,
                 request=request,
@@ -215,17 +237,17 @@ def collect_layer_by_layer(
     on_progress: ProgressCallback | None = None,
 ) -> ExpertStats:
     """Layer-by-layer collection on validated batches: embed every batch into one HiddenStateStore, then
-    for decoder layer 0 … last MoE layer materialise the layer on the teacher's device, advance every
-    batch's hidden states [B, T, H] through it under the stat hooks (converted expert weights held for
-    the layer), free it and release the checkpoint's memory maps (module docstring: peak memory)."""
+    for decoder layer 0 … last MoE layer materialise the layer's non-expert weights on the teacher's
+    device, advance every batch's hidden states [B, T, H] through it under the stat hooks (routed experts
+    and all-expert outputs from the teacher's expert blocks, read from disk), free it and release the
+    checkpoint's memory maps (module docstring: peak memory)."""
     config = teacher.reader.config
     stats = _empty_stats(spec, config, request)
-    hidden_dtype = teacher.model.get_input_embeddings().weight.dtype
     shapes = [tuple(batch.shape) for batch in batches]
     last_moe = max(spec.dims(config).moe_layers)
     calls = []
     with HiddenStateStore(
-        shapes, spec.dims(config).hidden, hidden_dtype, max_ram_bytes=max_hidden_bytes, spill_dir=spill_dir
+        shapes, spec.dims(config).hidden, teacher.dtype, max_ram_bytes=max_hidden_bytes, spill_dir=spill_dir
     ) as store:
         for b, batch in enumerate(batches):
             embedded, batch_calls = teacher.layer_inputs(batch)
@@ -240,15 +262,14 @@ def collect_layer_by_layer(
                 stats,
                 outputs_dtype=outputs_dtype,
                 max_chunk_bytes=max_chunk_bytes,
-                hold_weights=True,
-            ) as hooks,
+                expert_source=teacher.expert_blocks,
+            ),
         ):
             for index in range(last_moe + 1):
                 with teacher.materialised_layer(index) as layer:
                     for b, batch_calls in enumerate(calls):
                         args, kwargs = batch_calls[index]
                         store.put(b, layer(store.get(b).to(teacher.device), *args, **kwargs))
-                    hooks.release_weights()
                 if on_progress is not None:
                     on_progress(index + 1, last_moe + 1)
     return stats

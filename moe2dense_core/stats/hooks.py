@@ -9,25 +9,30 @@ computes p(t) = spec.router_probs(logits) and, when the statistics request exper
 own experts only ran its top-k), then calls LayerStats.update. Without expert outputs the experts
 module is not hooked at all: router statistics cost a softmax and a few [T, E] reductions.
 
-Expert outputs are computed in `outputs_dtype` (float32, or float64 for a fully float64 pass) from the
-layer's expert weights converted to that dtype ONCE per layer call — or, with hold_weights=True, once
-until `StatHooks.release_weights()` (layer-by-layer collection runs every batch through a layer before
-the next). Converting is free when the weights already have that dtype (the canonical weights are views);
-otherwise it is the "+ converted copy of one layer's experts" in collect.py's peak-memory formula.
-Tokens are processed in chunks so that the outputs [E, T_chunk, H] and the intermediate activations
-[E, T_chunk, I] (gate, up, act) of one chunk stay within `max_chunk_bytes`.
+Expert outputs are computed in `outputs_dtype` (float32, or float64 for a fully float64 pass) from an
+expert source (`AllExpertOutputs`), made once per layer call:
+  default       the experts module's own parameters, converted to outputs_dtype once per layer call
+                (free when they already have that dtype: the canonical weights are views) — the whole
+                layer's experts in memory (`ConvertedExperts`);
+  expert_source a callable layer → source, e.g. layer-by-layer collection's `ExpertBlocks`
+                (streamed_experts.py): the experts read from disk a block at a time for every chunk,
+                so no layer's routed experts are ever all in memory.
+Tokens are processed in chunks of ⌊max_chunk_bytes / source.bytes_per_token(itemsize)⌋ (at least 1), so
+that the outputs [E, T_chunk, H] and the intermediate activations of one chunk stay within
+`max_chunk_bytes`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from moe2dense_core.arch.expert_weights import ExpertWeights
+from moe2dense_core.arch.expert_weights import Activation, ExpertWeights
 from moe2dense_core.arch.spec import MoEArchSpec
 from moe2dense_core.stats.expert_stats import ExpertStats
 from moe2dense_core.stats.layer_stats import LayerStats, StatsError
@@ -35,17 +40,36 @@ from moe2dense_core.stats.layer_stats import LayerStats, StatsError
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 
 
-class StatHooks:
-    """What `attach_stat_hooks` yields: the statistics being filled and the held converted weights."""
+class AllExpertOutputs(Protocol):
+    """f_e(x_t) for every expert e of one MoE layer on every token t."""
 
-    def __init__(self, stats: ExpertStats, collectors: list[_LayerCollector]) -> None:
-        self.stats = stats
-        self._collectors = collectors
+    def bytes_per_token(self, itemsize: int) -> int:
+        """Memory of `all_outputs` per token (outputs and intermediates) at `itemsize` bytes per value."""
+        ...
 
-    def release_weights(self) -> None:
-        """Drop every layer's converted expert weights (they are converted again on the next call)."""
-        for collector in self._collectors:
-            collector.converted = None
+    def all_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, H] → [E, T, H], in x's dtype."""
+        ...
+
+
+ExpertSource = Callable[[int], AllExpertOutputs]
+"""MoE layer index → where that layer's all-expert outputs come from."""
+
+
+@dataclass(frozen=True)
+class ConvertedExperts:
+    """All E experts of a layer held in memory (canonical, in the outputs dtype)."""
+
+    weights: ExpertWeights
+    activation: Activation
+
+    def bytes_per_token(self, itemsize: int) -> int:
+        """Outputs [E, ·, H] and intermediates [E, ·, I] (gate, up, activation) per token."""
+        w = self.weights
+        return itemsize * w.num_experts * (w.hidden + 3 * w.width)
+
+    def all_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weights.forward(x, self.activation)
 
 
 @contextmanager
@@ -56,14 +80,14 @@ def attach_stat_hooks(
     *,
     outputs_dtype: torch.dtype = torch.float32,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-    hold_weights: bool = False,
-) -> Iterator[StatHooks]:
-    """Hook every MoE layer of `model` so each forward adds its tokens to `stats`; yields a StatHooks.
+    expert_source: ExpertSource | None = None,
+) -> Iterator[ExpertStats]:
+    """Hook every MoE layer of `model` so each forward adds its tokens to `stats`; yields `stats`.
 
     Layers are spec.dims(stats.config).moe_layers; a missing LayerStats is created. What is collected is
     `stats.collected`. outputs_dtype: float32 or float64, the dtype of the all-expert outputs and their
-    per-chunk norms and Gram (accumulators are float64). hold_weights: keep each layer's converted
-    expert weights between calls until `release_weights()` (else dropped after every call).
+    per-chunk norms and Gram (accumulators are float64). expert_source: where each layer's all-expert
+    outputs come from (module docstring); default: the experts module's parameters.
     The hooks are removed when the block exits, also on an exception. On a normal exit, a layer whose
     router ran without its experts (or the reverse) raises StatsError: the forward did not follow the
     MoE block.
@@ -75,19 +99,16 @@ def attach_stat_hooks(
     dims = spec.dims(stats.config)
     collectors: list[_LayerCollector] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    hooks = StatHooks(stats, collectors)
     try:
         for layer in dims.moe_layers:
             experts = spec.experts_module(model, layer)
             shared_gate = spec.shared_gate_module(model, layer)
+            if expert_source is None:
+                source = _module_source(spec, experts, outputs_dtype)
+            else:
+                source = _layer_source(expert_source, layer)
             collector = _LayerCollector(
-                spec,
-                stats.new_layer(layer),
-                experts,
-                shared_gate is not None,
-                outputs_dtype,
-                max_chunk_bytes,
-                hold_weights,
+                spec, stats.new_layer(layer), source, shared_gate is not None, outputs_dtype, max_chunk_bytes
             )
             collectors.append(collector)
             handles.append(spec.router_module(model, layer).register_forward_hook(collector.on_router))
@@ -95,14 +116,24 @@ def attach_stat_hooks(
                 handles.append(experts.register_forward_pre_hook(collector.on_experts, with_kwargs=True))
             if shared_gate is not None:
                 handles.append(shared_gate.register_forward_hook(collector.on_shared_gate))
-        yield hooks
+        yield stats
         incomplete = [c.describe_pending() for c in collectors if c.pending]
         if incomplete:
             raise StatsError("MoE layers saw part of a forward only: " + "; ".join(incomplete))
     finally:
-        hooks.release_weights()
         for handle in handles:
             handle.remove()
+
+
+def _module_source(
+    spec: MoEArchSpec, experts: nn.Module, dtype: torch.dtype
+) -> Callable[[], AllExpertOutputs]:
+    """The experts module's parameters, converted to `dtype` when called (once per layer call)."""
+    return lambda: ConvertedExperts(spec.module_expert_weights(experts).to(dtype), spec.activation)
+
+
+def _layer_source(expert_source: ExpertSource, layer: int) -> Callable[[], AllExpertOutputs]:
+    return lambda: expert_source(layer)
 
 
 class _LayerCollector:
@@ -112,19 +143,16 @@ class _LayerCollector:
         self,
         spec: MoEArchSpec,
         stats: LayerStats,
-        experts: nn.Module,
+        source: Callable[[], AllExpertOutputs],
         has_shared_gate: bool,
         outputs_dtype: torch.dtype,
         max_chunk_bytes: int,
-        hold_weights: bool,
     ) -> None:
         self.spec = spec
         self.stats = stats
-        self.experts = experts
+        self.source = source
         self.outputs_dtype = outputs_dtype
         self.max_chunk_bytes = max_chunk_bytes
-        self.hold_weights = hold_weights
-        self.converted: ExpertWeights | None = None
         self.required = (
             {"router"}
             | ({"experts"} if stats.collected.expert_outputs else set())
@@ -163,21 +191,11 @@ class _LayerCollector:
         self.pending[part] = value
         if set(self.pending) == self.required:
             parts, self.pending = self.pending, {}
-            try:
-                self._update(parts)
-            finally:
-                if not self.hold_weights:
-                    self.converted = None
+            self._update(parts)
 
     def describe_pending(self) -> str:
         missing = sorted(self.required - set(self.pending))
         return f"layer {self.stats.layer} got {sorted(self.pending)}, missing {missing}"
-
-    def _weights(self) -> ExpertWeights:
-        """The layer's E experts in canonical layout and outputs_dtype, converted once (module docstring)."""
-        if self.converted is None:
-            self.converted = self.spec.module_expert_weights(self.experts).to(self.outputs_dtype)
-        return self.converted
 
     @torch.no_grad()
     def _update(self, parts: dict[str, Any]) -> None:
@@ -194,16 +212,15 @@ class _LayerCollector:
         if x is None:
             self.stats.update(probs, weights, indices, None, shared_gate)
             return
-        experts = self._weights()
-        per_token = experts.num_experts * (experts.hidden + 3 * experts.width) * experts.gate.element_size()
+        experts = self.source()
+        per_token = experts.bytes_per_token(self.outputs_dtype.itemsize)
         token_chunk = max(1, self.max_chunk_bytes // per_token)
         for start in range(0, t, token_chunk):
             rows = slice(start, min(t, start + token_chunk))
-            outputs = experts.forward(x[rows].to(self.outputs_dtype), self.spec.activation)  # [E, T_chunk, H]
-            self.stats.update(
+            self.stats.update(  # one chunk's outputs [E, T_chunk, H] alive at a time: not bound to a name
                 probs[rows],
                 weights[rows],
                 indices[rows],
-                outputs,
+                experts.all_outputs(x[rows].to(self.outputs_dtype)),
                 None if shared_gate is None else shared_gate[rows],
             )
