@@ -18,8 +18,8 @@ import json
 from typing import Annotated
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from moe2dense_core.plan import (
