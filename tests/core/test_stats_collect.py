@@ -18,22 +18,7 @@ from moe2dense_core.stats.collect import collect_layer_by_layer, collect_stats, 
 from moe2dense_core.stats.expert_stats import ExpertStats
 from moe2dense_core.stats.layer_stats import SUM_FIELDS, StatsError
 from moe2dense_core.stats.streamed_teacher import StreamedTeacher
-from tests.fixtures.tiny_moe import FAMILIES, VOCAB_SIZE, build_tiny_moe
-
-
-def token_batches() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    # T = 12 > the gpt_oss fixture's sliding window (8), so the windowed layers differ from full attention.
-    return [
-        torch.randint(0, VOCAB_SIZE, (2, 12), generator=g),
-        torch.randint(0, VOCAB_SIZE, (1, 7), generator=g),
-    ]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_moe")
-    return {family: build_tiny_moe(family, root / family) for family in FAMILIES}
+from tests.fixtures.tiny_moe import FAMILIES, VOCAB_SIZE, build_tiny_moe, calibration_batches
 
 
 def assert_stats_close(a: ExpertStats, b: ExpertStats, rtol: float) -> None:
@@ -51,7 +36,7 @@ def assert_stats_close(a: ExpertStats, b: ExpertStats, rtol: float) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer_by_layer_equals_in_memory(family: str, checkpoints: dict[str, Path]) -> None:
-    batches = token_batches()
+    batches = calibration_batches()
     in_memory = collect_stats(checkpoints[family], batches)
     streamed = collect_stats(checkpoints[family], batches, mode="layer_by_layer")
     assert_stats_close(in_memory, streamed, rtol=1e-6)
@@ -81,8 +66,8 @@ def test_only_one_decoder_layer_holds_weights_at_a_time(checkpoints: dict[str, P
     for index, layer in enumerate(teacher.layers):
         layer.register_forward_pre_hook(record(index))
     assert all(p.is_meta for layer in teacher.layers for p in layer.parameters())
-    collect_layer_by_layer(teacher, get_spec("deepseek_v2"), token_batches())
-    batches, layers = len(token_batches()), len(teacher.layers)
+    collect_layer_by_layer(teacher, get_spec("deepseek_v2"), calibration_batches())
+    batches, layers = len(calibration_batches()), len(teacher.layers)
     capture_pass = [(i, []) for _ in range(batches) for i in range(layers)]  # recorders stand in for layers
     assert seen == capture_pass + [(i, [i]) for i in range(layers) for _ in range(batches)]
     assert all(p.is_meta for layer in teacher.layers for p in layer.parameters())
@@ -90,7 +75,7 @@ def test_only_one_decoder_layer_holds_weights_at_a_time(checkpoints: dict[str, P
 
 
 def test_two_halves_merged_equal_one_pass(checkpoints: dict[str, Path]) -> None:
-    batches = token_batches()
+    batches = calibration_batches()
     whole = collect_stats(checkpoints["qwen2_moe"], batches)
     merged = collect_stats(checkpoints["qwen2_moe"], batches[:1]).merge(
         collect_stats(checkpoints["qwen2_moe"], batches[1:])
@@ -100,8 +85,8 @@ def test_two_halves_merged_equal_one_pass(checkpoints: dict[str, Path]) -> None:
 
 def test_a_loaded_model_gives_the_same_statistics(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(checkpoints["mixtral"], dtype=torch.float32)
-    from_model = collect_stats(model, token_batches())
-    assert_stats_close(collect_stats(checkpoints["mixtral"], token_batches()), from_model, 1e-12)
+    from_model = collect_stats(model, calibration_batches())
+    assert_stats_close(collect_stats(checkpoints["mixtral"], calibration_batches()), from_model, 1e-12)
     from_model.save(tmp_path)  # the loaded model's config serialises
     assert ExpertStats.load(tmp_path).digest() == from_model.digest()
 
@@ -122,9 +107,9 @@ def test_bad_batches_fail_before_any_forward(bad: object, message: str, checkpoi
     forwards = []
     model.model.register_forward_pre_hook(lambda module, args: forwards.append(1))
     with pytest.raises(StatsError, match=rf"batch 1: .*{message}"):
-        collect_stats(model, [token_batches()[0], bad])
+        collect_stats(model, [calibration_batches()[0], bad])
     with pytest.raises(StatsError, match=rf"batch 1: .*{message}"):
-        collect_stats(checkpoints["qwen3_moe"], [token_batches()[0], bad], mode="layer_by_layer")
+        collect_stats(checkpoints["qwen3_moe"], [calibration_batches()[0], bad], mode="layer_by_layer")
     assert forwards == []
 
 
@@ -132,10 +117,10 @@ def test_no_batches_and_bad_modes_are_refused(checkpoints: dict[str, Path]) -> N
     with pytest.raises(StatsError, match="no calibration batches"):
         validate_batches([], VOCAB_SIZE)
     with pytest.raises(StatsError, match="mode must be"):
-        collect_stats(checkpoints["qwen3_moe"], token_batches(), mode="streaming")  # type: ignore[arg-type]
+        collect_stats(checkpoints["qwen3_moe"], calibration_batches(), mode="streaming")  # type: ignore[arg-type]
     model = AutoModelForCausalLM.from_pretrained(checkpoints["qwen3_moe"], dtype=torch.float32)
     with pytest.raises(StatsError, match="pass its path"):
-        collect_stats(model, token_batches(), mode="layer_by_layer")
+        collect_stats(model, calibration_batches(), mode="layer_by_layer")
 
 
 def test_a_dense_model_is_refused_with_the_supported_families() -> None:
@@ -153,7 +138,7 @@ def test_a_config_that_disagrees_with_the_weights_fails_before_loading(mode: str
     config["num_hidden_layers"] = 3  # the shards hold 2 decoder layers
     (model_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"model\.layers\.2\..* is missing from the checkpoint"):
-        collect_stats(model_dir, token_batches(), mode=mode)  # type: ignore[arg-type]
+        collect_stats(model_dir, calibration_batches(), mode=mode)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("mode", ["in_memory", "layer_by_layer"])
@@ -168,17 +153,19 @@ def test_a_tensor_missing_outside_the_moe_blocks_is_an_error(mode: str, tmp_path
     save_file(tensors, shard, metadata={"format": "pt"})
     index_path.write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"self_attn\.q_proj\.weight"):
-        collect_stats(model_dir, token_batches(), mode=mode)  # type: ignore[arg-type]
+        collect_stats(model_dir, calibration_batches(), mode=mode)  # type: ignore[arg-type]
 
 
 def test_progress_is_reported_per_batch_or_per_decoder_layer(checkpoints: dict[str, Path]) -> None:
-    batches = token_batches()
+    batches = calibration_batches()
     seen_batches: list[tuple[int, int]] = []
     collect_stats(checkpoints["deepseek_v2"], batches, on_progress=lambda d, t: seen_batches.append((d, t)))
     assert seen_batches == [(i, len(batches)) for i in range(1, len(batches) + 1)]
     seen_layers: list[tuple[int, int]] = []
     collect_stats(
-        checkpoints["deepseek_v2"], batches, mode="layer_by_layer",
+        checkpoints["deepseek_v2"],
+        batches,
+        mode="layer_by_layer",
         on_progress=lambda d, t: seen_layers.append((d, t)),
     )
     config = json.loads((checkpoints["deepseek_v2"] / "config.json").read_text())

@@ -28,17 +28,9 @@ from moe2dense_core.stats.request import (
     ROUTER_ONLY,
     StatsRequest,
 )
-from tests.fixtures.tiny_moe import VOCAB_SIZE, build_tiny_moe
+from tests.fixtures.tiny_moe import build_tiny_moe, calibration_batches
 
 REQUESTS = (ROUTER_ONLY, EXPERT_OUTPUTS, EVERYTHING)
-
-
-def token_batches() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        torch.randint(0, VOCAB_SIZE, (2, 12), generator=g),
-        torch.randint(0, VOCAB_SIZE, (1, 7), generator=g),
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,9 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def collected(teacher_dir: Path) -> dict[StatsRequest, ExpertStats]:
-    return {request: collect_stats(teacher_dir, token_batches(), request=request) for request in REQUESTS}
+    return {
+        request: collect_stats(teacher_dir, calibration_batches(), request=request) for request in REQUESTS
+    }
 
 
 def test_requests_combine_and_gram_needs_the_outputs() -> None:
@@ -66,7 +60,7 @@ def test_requests_combine_and_gram_needs_the_outputs() -> None:
 def test_only_the_requested_statistics_are_collected(mode: str, teacher_dir: Path, collected) -> None:
     full = collected[EVERYTHING]
     for request in REQUESTS:
-        stats = collect_stats(teacher_dir, token_batches(), request=request, mode=mode)
+        stats = collect_stats(teacher_dir, calibration_batches(), request=request, mode=mode)
         assert stats.collected == request and all(
             layer.collected == request for layer in stats.layers.values()
         )
@@ -169,15 +163,15 @@ def test_a_plan_and_a_sweep_grid_ask_for_the_union_of_their_methods() -> None:
 def test_convert_collects_only_what_its_plan_reads(teacher_dir: Path, tmp_path: Path) -> None:
     config = PlanConfig(scoring="sf")
     result = convert(
-        teacher_dir, token_batches(), tmp_path / "dense", config, calibration_mode="layer_by_layer"
+        teacher_dir, calibration_batches(), tmp_path / "dense", config, calibration_mode="layer_by_layer"
     )
-    router_only = collect_stats(teacher_dir, token_batches(), request=ROUTER_ONLY)
+    router_only = collect_stats(teacher_dir, calibration_batches(), request=ROUTER_ONLY)
     assert result.provenance.plan.stats_digest == router_only.digest()
     assert result.provenance.plan == build_plan(router_only, config)
 
 
 def test_shards_merge_to_one_pass_and_refuse_other_requests(teacher_dir: Path) -> None:
-    batches = token_batches()
+    batches = calibration_batches()
     for request in (ROUTER_ONLY, EVERYTHING):
         whole = collect_stats(teacher_dir, batches, request=request, mode="layer_by_layer")
         halves = [

@@ -14,21 +14,7 @@ from moe2dense_core.plan import PlanConfig, build_plan
 from moe2dense_core.stats.collect import collect_stats
 from moe2dense_core.stats.hidden_store import HiddenStateStore
 from moe2dense_core.stats.layer_stats import SUM_FIELDS, StatsError
-from tests.fixtures.tiny_moe import FAMILIES, HIDDEN, VOCAB_SIZE, build_tiny_moe
-
-
-def token_batches() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        torch.randint(0, VOCAB_SIZE, (2, 12), generator=g),
-        torch.randint(0, VOCAB_SIZE, (1, 7), generator=g),
-    ]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_moe")
-    return {family: build_tiny_moe(family, root / family) for family in FAMILIES}
+from tests.fixtures.tiny_moe import FAMILIES, HIDDEN, calibration_batches
 
 
 def mapped_paths() -> list[str]:
@@ -60,7 +46,7 @@ def test_the_store_is_file_backed_exactly_beyond_the_bound(tmp_path: Path) -> No
 def test_spilled_hidden_states_give_exactly_the_in_ram_statistics(
     family: str, checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
-    in_ram = collect_stats(checkpoints[family], token_batches(), mode="layer_by_layer")
+    in_ram = collect_stats(checkpoints[family], calibration_batches(), mode="layer_by_layer")
     spilled_while_running = []
     weight_map = json.loads((checkpoints[family] / "model.safetensors.index.json").read_text())["weight_map"]
     resident = {shard for name, shard in weight_map.items() if not name.startswith("model.layers.")}
@@ -73,7 +59,7 @@ def test_spilled_hidden_states_give_exactly_the_in_ram_statistics(
 
     spilled = collect_stats(
         checkpoints[family],
-        token_batches(),
+        calibration_batches(),
         mode="layer_by_layer",
         max_hidden_bytes=(2 * 12 + 7) * HIDDEN * 4 - 1,
         spill_dir=tmp_path,
@@ -88,8 +74,8 @@ def test_spilled_hidden_states_give_exactly_the_in_ram_statistics(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_float32_expert_outputs_agree_with_float64(family: str, checkpoints: dict[str, Path]) -> None:
-    exact = collect_stats(checkpoints[family], token_batches(), outputs_dtype=torch.float64)
-    fast = collect_stats(checkpoints[family], token_batches(), outputs_dtype=torch.float32)
+    exact = collect_stats(checkpoints[family], calibration_batches(), outputs_dtype=torch.float64)
+    fast = collect_stats(checkpoints[family], calibration_batches(), outputs_dtype=torch.float32)
     for index, layer in exact.layers.items():
         for name in SUM_FIELDS:
             reference, value = getattr(layer, name), getattr(fast.layers[index], name)
@@ -108,8 +94,8 @@ def test_float32_expert_outputs_agree_with_float64(family: str, checkpoints: dic
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_layer_by_layer_on_a_gpu_equals_the_cpu(checkpoints: dict[str, Path]) -> None:
     for family in ("qwen3_moe", "deepseek_v3", "gpt_oss"):
-        cpu = collect_stats(checkpoints[family], token_batches(), mode="layer_by_layer")
-        cuda = collect_stats(checkpoints[family], token_batches(), mode="layer_by_layer", device="cuda")
+        cpu = collect_stats(checkpoints[family], calibration_batches(), mode="layer_by_layer")
+        cuda = collect_stats(checkpoints[family], calibration_batches(), mode="layer_by_layer", device="cuda")
         for index, layer in cpu.layers.items():
             for name in SUM_FIELDS:
                 torch.testing.assert_close(

@@ -17,21 +17,7 @@ from moe2dense_core.stats.collect import collect_layer_by_layer, collect_stats
 from moe2dense_core.stats.layer_stats import SUM_FIELDS
 from moe2dense_core.stats.streamed_experts import FLOAT32_BYTES, Block, ExpertBlocks, routed_forward
 from moe2dense_core.stats.streamed_teacher import StreamedTeacher
-from tests.fixtures.tiny_moe import FAMILIES, VOCAB_SIZE, build_tiny_moe
-
-
-def token_batches() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        torch.randint(0, VOCAB_SIZE, (2, 12), generator=g),
-        torch.randint(0, VOCAB_SIZE, (1, 7), generator=g),
-    ]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_moe")
-    return {family: build_tiny_moe(family, root / family) for family in FAMILIES}
+from tests.fixtures.tiny_moe import FAMILIES, calibration_batches
 
 
 def expert_bytes(config: dict, family: str) -> int:
@@ -58,8 +44,8 @@ def test_no_routed_expert_parameter_nor_the_embedding_matrix_is_ever_materialise
     experts = {layer: spec.experts_module(teacher.model, layer) for layer in moe_layers}
     for layer, module in experts.items():
         module.register_forward_pre_hook(record(layer))
-    collect_layer_by_layer(teacher, spec, token_batches())
-    assert seen == [(layer, True, True) for layer in moe_layers for _ in token_batches()]
+    collect_layer_by_layer(teacher, spec, calibration_batches())
+    assert seen == [(layer, True, True) for layer in moe_layers for _ in calibration_batches()]
     assert not any("forward" in vars(module) for module in experts.values())  # the streamed forward is gone
 
 
@@ -114,8 +100,10 @@ def test_streamed_experts_compute_what_the_experts_module_computes(
 
 def test_one_expert_per_block_gives_the_statistics_of_one_block(checkpoints: dict[str, Path]) -> None:
     for family in ("qwen2_moe", "gpt_oss"):
-        whole = collect_stats(checkpoints[family], token_batches(), mode="layer_by_layer")
-        single = collect_stats(checkpoints[family], token_batches(), mode="layer_by_layer", max_block_bytes=1)
+        whole = collect_stats(checkpoints[family], calibration_batches(), mode="layer_by_layer")
+        single = collect_stats(
+            checkpoints[family], calibration_batches(), mode="layer_by_layer", max_block_bytes=1
+        )
         for index, layer in whole.layers.items():
             for name in SUM_FIELDS:
                 reference, value = getattr(layer, name), getattr(single.layers[index], name)
