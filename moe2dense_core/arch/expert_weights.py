@@ -111,20 +111,24 @@ class ExpertWeights:
         idx = torch.as_tensor(list(experts), dtype=torch.long)
         return ExpertWeights(**{k: (None if v is None else v[idx]) for k, v in self._fields().items()})
 
+    def narrow(self, start: int, length: int) -> ExpertWeights:
+        """Views (no copy) of experts start … start + length − 1."""
+        return ExpertWeights(
+            **{k: (None if v is None else v.narrow(0, start, length)) for k, v in self._fields().items()}
+        )
+
+    def copy_(self, source: ExpertWeights) -> None:
+        """Copy `source`'s tensors into these (in place, converting dtype); ValueError when one of them has a
+        bias the other lacks."""
+        for name, mine in self._fields().items():
+            theirs = source._fields()[name]
+            if (mine is None) != (theirs is None):
+                raise ValueError(f"ExpertWeights.copy_: {name} is present in only one of the two")
+            if mine is not None:
+                mine.copy_(theirs)
+
     def to(self, dtype: torch.dtype) -> ExpertWeights:
         return replace(self, **{k: (None if v is None else v.to(dtype)) for k, v in self._fields().items()})
-
-    @staticmethod
-    def stack(parts: Sequence[ExpertWeights]) -> ExpertWeights:
-        """Concatenate collections along the expert dimension (biases must be present in all or none)."""
-        if len(parts) == 1:
-            return parts[0]
-        fields = [p._fields() for p in parts]
-        out = {}
-        for k in fields[0]:
-            vals = [f[k] for f in fields]
-            out[k] = None if vals[0] is None else torch.cat(vals, dim=0)
-        return ExpertWeights(**out)
 
     def intermediate(self, x: torch.Tensor, activation: Activation) -> torch.Tensor:
         """act(gate·x + b_g, up·x + b_u) for every expert: x [T, H] → [E, T, I]."""

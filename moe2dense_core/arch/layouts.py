@@ -55,8 +55,23 @@ class MLPLayout:
 
     def read(self, reader: Any, prefix: str) -> ExpertWeights:
         """The MLP as one canonical float32 expert (E = 1)."""
-        gate, up, down = (read_dequantized(reader, name).float() for name in self.names(prefix))
-        return ExpertWeights(gate=gate[None], up=up[None], down=down[None])
+        return self.read_stacked(reader, [prefix])
+
+    def read_stacked(self, reader: Any, prefixes: Sequence[str]) -> ExpertWeights:
+        """The MLPs under `prefixes` as canonical float32 experts [len(prefixes), …], in that order."""
+        shapes = [reader.shape(name) for name in self.names(prefixes[0])]
+        gate, up, down = (torch.empty((len(prefixes), *shape), dtype=torch.float32) for shape in shapes)
+        out = ExpertWeights(gate=gate, up=up, down=down)
+        for j, prefix in enumerate(prefixes):
+            self.read_into(reader, prefix, out.narrow(j, 1))
+        return out
+
+    def read_into(self, reader: Any, prefix: str, out: ExpertWeights) -> None:
+        """Copy the MLP under `prefix` into the one-expert views `out` (any dtype and strides): each stored
+        matrix read once from the checkpoint's pages and converted by the copy itself (FP8 dequantised
+        first), so no float32 copy of it is made on the way."""
+        for dest, name in zip((out.gate[0], out.up[0], out.down[0]), self.names(prefix), strict=True):
+            dest.copy_(read_dequantized(reader, name))
 
     def write(self, prefix: str, ffn: ExpertWeights) -> dict[str, torch.Tensor]:
         """Tensors of `ffn` (one bias-free expert) under `prefix`."""
@@ -85,7 +100,15 @@ class PerExpertLayout:
 
     def read(self, reader: Any, prefix: str, config: dict[str, Any], experts: Sequence[int]) -> ExpertWeights:
         """Experts `experts` (in that order), canonical float32; only their tensors are read."""
-        return ExpertWeights.stack([self.expert.read(reader, f"{prefix}{e}.") for e in experts])
+        return self.expert.read_stacked(reader, [f"{prefix}{e}." for e in experts])
+
+    def read_into(
+        self, reader: Any, prefix: str, config: dict[str, Any], experts: Sequence[int], out: ExpertWeights
+    ) -> None:
+        """Copy experts `experts` (in that order) into the canonical views `out` [len(experts), …], converted
+        by the copy (MLPLayout.read_into)."""
+        for j, e in enumerate(experts):
+            self.expert.read_into(reader, f"{prefix}{e}.", out.narrow(j, 1))
 
     def write(self, prefix: str, ffn: ExpertWeights) -> dict[str, torch.Tensor]:
         """One bias-free expert as expert 0."""
@@ -215,6 +238,13 @@ class FusedLayout:
             matrix(self.gate_up), matrix(self.down), bias(self.gate_up_bias), bias(self.down_bias)
         )
         return replace(views, **{f.name: _contiguous(getattr(views, f.name)) for f in fields(views)})
+
+    def read_into(
+        self, reader: Any, prefix: str, config: dict[str, Any], experts: Sequence[int], out: ExpertWeights
+    ) -> None:
+        """Copy experts `experts` (in that order) into the canonical views `out` [len(experts), …]: `read`
+        (float32, MXFP4 dequantised, gate / up separated), then copied."""
+        out.copy_(self.read(reader, prefix, config, experts))
 
     def write(self, prefix: str, ffn: ExpertWeights) -> dict[str, torch.Tensor]:
         """`ffn`'s experts in this layout, unquantised; a bias the layout has and `ffn` lacks is written as

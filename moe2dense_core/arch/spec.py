@@ -271,6 +271,12 @@ class MoEArchSpec:
         """Routed experts `experts` of `layer` (in that order), canonical float32 (MXFP4 / FP8 dequantised)."""
         return self.disk_experts.read(reader, self.experts_prefix(layer), reader.config, experts)
 
+    def read_experts_into(self, reader: Any, layer: int, experts: list[int], out: ExpertWeights) -> None:
+        """Routed experts `experts` of `layer` copied into the canonical views `out` [len(experts), …] of any
+        dtype: per-expert layouts convert straight from the checkpoint's pages (no float32 copy on the way),
+        fused ones read as `read_experts` does and copy."""
+        self.disk_experts.read_into(reader, self.experts_prefix(layer), reader.config, experts, out)
+
     def read_shared(self, reader: Any, layer: int) -> ExpertWeights | None:
         """The layer's shared experts as ONE canonical expert of width shared_width; None if none."""
         prefix = self._shared_prefix(layer)

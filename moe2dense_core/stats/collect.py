@@ -23,9 +23,9 @@ and the other terms, plus one batch's hidden states, are GPU memory):
                 experts / a dense MLP) plus their checkpoint pages, mapped until the layer is done
   S_block       one block of routed experts in `dtype`, ≤ max_block_bytes in float32 (at least one expert);
                 the experts of a layer are never in memory together (streamed_experts.py)
-  R_block       a pass over the blocks: the block, one expert read in float32 and its pages, and in the
-                statistics' pass the contiguous copies of the block's gate and up matrices that the
-                all-expert matmuls make (⅔ S_block) — ≈ 2·S_block
+  R_block       a pass over the blocks: the block, one expert's pages (for fused layouts also that expert
+                in float32), and in the statistics' pass the contiguous copies of the block's gate and up
+                matrices that the all-expert matmuls make (⅔ S_block) — ≈ 2·S_block
   O_chunk       with expert outputs requested: one chunk's all-expert outputs [E, T_chunk, H] and one
                 block's outputs and intermediates, ≤ max_chunk_bytes (hooks.py)
   A_batch       the teacher's forward through the layer: one batch's activations [B, T, ·] and the routed

@@ -9,9 +9,10 @@ in-memory teacher holds:
   - when the checkpoint stores the experts exactly so (a fused layout with the module's arrangement,
     unquantised, in the compute dtype: Granite releases), a block is a view of the mapped file — no copy,
     as transformers' loader leaves such parameters;
-  - otherwise its experts are read one at a time with `spec.read_experts` (canonical float32, MXFP4 / FP8
-    dequantised) and copied into a block buffer allocated once per pass over the blocks: the block plus
-    one expert in float32 and its checkpoint pages.
+  - otherwise its experts are read one at a time with `spec.read_experts_into` into a block buffer
+    allocated once per pass over the blocks: per-expert checkpoints are converted by the copy from their
+    pages (bf16 → the compute dtype in one pass), fused ones go through one expert in float32 (MXFP4 / FP8
+    dequantised); the block plus its checkpoint pages (and that one float32 expert).
 `reader.release_mapped()` runs after every block, so mapped pages do not accumulate, and only one block is
 alive at a time.
 
@@ -29,7 +30,7 @@ Two computations run over the blocks:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -151,14 +152,12 @@ class ExpertBlocks:
         return {attr: torch.zeros(shape, dtype=dtype, device=self.device) for attr, shape in shapes.items()}
 
     def _read_into(self, block: Block) -> None:
-        """Read the block's experts into its tensors, one expert at a time with `spec.read_experts`
-        (canonical float32), so besides the block only one expert is in memory in float32."""
+        """Read the block's experts into its tensors one expert at a time with `spec.read_experts_into`:
+        per-expert checkpoints convert straight from their pages into the block, fused ones hold one
+        expert in float32 on the way."""
         views = block.canonical()
         for j in range(block.stop - block.start):
-            expert = self.spec.read_experts(self.reader, self.layer, [block.start + j])
-            for field in fields(expert):
-                if (value := getattr(expert, field.name)) is not None:
-                    getattr(views, field.name)[j].copy_(value[0])
+            self.spec.read_experts_into(self.reader, self.layer, [block.start + j], views.narrow(j, 1))
 
     def _stored_as_module(self, dtype: torch.dtype) -> dict[str, str] | None:
         """Module attribute → on-disk tensor name, when the checkpoint stores the routed experts in the

@@ -96,6 +96,12 @@ def test_disk_reads_equal_the_loaded_model_exactly(
         in_memory = spec.module_expert_weights(spec.experts_module(model, layer))
         _assert_same_experts(spec.read_experts(reader, layer, list(range(dims.num_experts))), in_memory)
         _assert_same_experts(spec.read_experts(reader, layer, [5, 2]), in_memory.select([5, 2]))
+        into = in_memory.select([5, 2]).to(torch.float64)  # the buffer: shapes and biases of the family
+        for tensor in (t for t in vars(into).values() if t is not None):
+            tensor.zero_()
+        spec.read_experts_into(reader, layer, [5, 2], into)
+        for field, expected in vars(in_memory.select([5, 2])).items():
+            assert expected is None or torch.equal(getattr(into, field), expected.double()), field
         router = spec.router_module(model, layer)
         for key, tensor in spec.read_router(reader, layer).items():
             assert torch.equal(tensor, getattr(router, key).float()), key
