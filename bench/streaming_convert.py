@@ -8,12 +8,17 @@ disk shard by shard. Then, each in a fresh child process, timed after its import
   convert   what `convert` does, stage by stage: open_teacher → collect_stats (layer_by_layer, float32,
             256 random tokens, the plan's stats request) → build_plan (do_acp, K = k, prune) →
             assemble (bfloat16 output); the plan is saved
+  convert-router  the same with the sf scorer, whose plan needs router statistics only (no expert
+            outputs, no Gram: the statistics pass is the teacher's own forward)
   assemble  open_teacher → the teacher's sha256 (once; a pipeline has it recorded) → assemble with that
             plan, alone in a fresh process
 Prints, with their goals:
   peak RSS (VmHWM; per stage via /proc/self/clear_refs) / checkpoint size  (goal ≤ 0.25)
   throughput ratio = copy time / conversion time (the same checkpoint bytes in both)  (goal ≥ 0.5)
-for the whole conversion and for assembly alone, and how many checkpoint bytes assembly read.
+for both conversions and for assembly alone, and how many checkpoint bytes assembly read. do_acp's Gram
+needs every expert run on every calibration token (E/k times the routed work, METHOD.md step 1): the
+report gives that arithmetic in GFLOP, the float32 matmul rate measured in the same child, and the time
+it takes at that rate — a floor no streaming removes.
 Everything it makes is removed at the end. --quick builds a ~340 MB checkpoint (2 layers, 12 experts,
 vocabulary 4096) instead of the ≥ target-gb one. Run:
     .venv/bin/python bench/streaming_convert.py [--target-gb 4.5] [--quick] [--workdir DIR] [--threads 2]
@@ -155,8 +160,29 @@ class StageTimer:
         self.stages[name] = {"seconds": time.perf_counter() - started, "peak": status_bytes("VmHWM")}
 
 
-def child_convert(teacher_dir: Path, out: Path) -> dict:
-    """The conversion, stage by stage: wall seconds and peak RSS of each; the plan is saved beside `out`."""
+def matmul_gflops() -> float:
+    """float32 GFLOP/s of this process on the all-expert matmul's shape: 16 experts' gate/up [16, 1536,
+    2048] times 128 tokens, best of three."""
+    import torch
+
+    weights, tokens = torch.randn(16, 1536, 2048), torch.randn(128, 2048)
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        torch.einsum("eoh,th->eto", weights, tokens)
+        best = min(best, time.perf_counter() - started)
+    return 2 * weights.numel() * tokens.shape[0] / best / 1e9
+
+
+def all_expert_gflop(config: dict, tokens: int) -> float:
+    """Every routed expert on every calibration token: layers · E · tokens · 3 matmuls · 2·H·I flops."""
+    per_expert = 3 * 2 * config["hidden_size"] * config["moe_intermediate_size"]
+    return config["num_hidden_layers"] * config["num_experts"] * tokens * per_expert / 1e9
+
+
+def child_convert(teacher_dir: Path, out: Path, scoring: str = "do_acp") -> dict:
+    """The conversion, stage by stage: wall seconds and peak RSS of each; do_acp's plan is saved beside
+    `out` (for the assembly-alone child), and its all-expert arithmetic and the matmul rate reported."""
     import torch
 
     from moe2dense_core import PlanConfig, assemble, build_plan, collect_stats
@@ -166,6 +192,7 @@ def child_convert(teacher_dir: Path, out: Path) -> dict:
     batches, tokens = CALIBRATION_TOKENS
     generator = torch.Generator().manual_seed(0)
     import_everything()
+    rate = matmul_gflops() if scoring == "do_acp" else None
     reset_peak()
     baseline = status_bytes("VmRSS")
     timer = StageTimer()
@@ -173,7 +200,7 @@ def child_convert(teacher_dir: Path, out: Path) -> dict:
         teacher = open_teacher(teacher_dir)
     vocab = teacher.config["vocab_size"]
     calibration = [torch.randint(0, vocab, (1, tokens), generator=generator) for _ in range(batches)]
-    plan_config = PlanConfig(grouping="prune")
+    plan_config = PlanConfig(scoring=scoring, grouping="prune")
     with timer("collect_stats"):  # as convert() calls it
         stats = collect_stats(
             teacher,
@@ -184,11 +211,17 @@ def child_convert(teacher_dir: Path, out: Path) -> dict:
         )
     with timer("build_plan"):
         plan = build_plan(stats, plan_config, expert_weights=teacher.expert_weights)
-    (out.parent / PLAN_FILE).write_text(plan.model_dump_json())
+    if scoring == "do_acp":
+        (out.parent / PLAN_FILE).write_text(plan.model_dump_json())
     with timer("assemble"):
         assemble(teacher, plan, out)
     teacher.close()
-    return {"baseline": baseline, "stages": timer.stages}
+    arithmetic = None if rate is None else all_expert_gflop(teacher.config, batches * tokens)
+    return {"baseline": baseline, "stages": timer.stages, "gflop": arithmetic, "gflops": rate}
+
+
+def child_convert_router(teacher_dir: Path, out: Path) -> dict:
+    return child_convert(teacher_dir, out, scoring="sf")
 
 
 def child_assemble(teacher_dir: Path, out: Path) -> dict:
@@ -226,12 +259,13 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def report(size: int, copy: dict, convert: dict, alone: dict) -> None:
+def report(size: int, copy: dict, convert: dict, router: dict, alone: dict) -> None:
     """Every number with its goal (see module docstring); each goal line names what it measures."""
     print(
         f"checkpoint: {gb(size)} on disk; safetensors copy {copy['seconds']:.1f} s, peak RSS {gb(copy['peak'])}"
     )
-    for title, child in (("conversion", convert), ("assembly alone", alone)):
+    titled = (("conversion (do_acp)", convert), ("conversion (sf, router statistics)", router))
+    for title, child in (*titled, ("assembly alone", alone)):
         stages = child["stages"]
         seconds = sum(s["seconds"] for s in stages.values())
         peak = max(s["peak"] for s in stages.values())
@@ -243,6 +277,13 @@ def report(size: int, copy: dict, convert: dict, alone: dict) -> None:
             f"{title}: peak RSS / checkpoint {peak / size:.3f} (goal ≤ 0.25); above the baseline {above:.3f}"
         )
         print(f"{title}: throughput vs safetensors copy {copy['seconds'] / seconds:.2f} (goal ≥ 0.5)")
+    floor = convert["gflop"] / convert["gflops"]
+    print(
+        f"do_acp's all-expert arithmetic: {convert['gflop']:.0f} GFLOP, at the measured float32 matmul rate "
+        f"{convert['gflops']:.0f} GFLOP/s ≥ {floor:.1f} s (collect_stats took "
+        f"{convert['stages']['collect_stats']['seconds']:.1f} s); throughput vs copy bounded by "
+        f"{copy['seconds'] / floor:.2f} by that arithmetic alone"
+    )
     assembly = alone["stages"]["assemble"]["seconds"]
     print(
         f"assemble with the teacher's digests known: throughput vs safetensors copy {copy['seconds'] / assembly:.2f}"
@@ -266,7 +307,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         kind, teacher, out = args.child
-        child = {"copy": child_copy, "convert": child_convert, "assemble": child_assemble}[kind]
+        child = {
+            "copy": child_copy,
+            "convert": child_convert,
+            "convert-router": child_convert_router,
+            "assemble": child_assemble,
+        }[kind]
         print(json.dumps(child(Path(teacher), Path(out))))
         return
 
@@ -287,8 +333,11 @@ def main() -> None:
         copy = run_child("copy", work / "teacher", work / "copy", args.threads)
         shutil.rmtree(work / "copy")
         convert = run_child("convert", work / "teacher", work / "dense", args.threads)
+        shutil.rmtree(work / "dense")
+        router = run_child("convert-router", work / "teacher", work / "dense-router", args.threads)
+        shutil.rmtree(work / "dense-router")
         alone = run_child("assemble", work / "teacher", work / "dense-alone", args.threads)
-        report(on_disk, copy, convert, alone)
+        report(on_disk, copy, convert, router, alone)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
