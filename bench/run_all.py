@@ -30,6 +30,7 @@ def benchmarks(quick: bool, gpu: bool) -> dict[str, list[str]]:
         "calibration_overhead": ["calibration_overhead.py", *(["--quick"] if quick else [])],
         "distill_throughput": ["distill_throughput.py", *(["--steps", "4", "--repeats", "1"] if quick else [])],
         "cache_rerun": ["cache_rerun.py", *(["--teacher-steps", "20", "--distill-steps", "4"] if quick else [])],
+        "hash_snapshot": ["hash_snapshot.py", *(["--size-mb", "64"] if quick else [])],
     }
     if gpu:
         runs["distill_throughput (cuda)"] = ["distill_throughput.py", "--device", "cuda"]

@@ -34,7 +34,7 @@ from typing import BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moe2dense_core.errors import Moe2DenseError
-from moe2dense_core.io.digests import file_sha256
+from moe2dense_core.io.digests import files_sha256
 from moe2dense_core.schema import check_schema_version
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -243,9 +243,14 @@ def copy_hashing(source: BinaryIO, target: Path) -> tuple[int, str]:
     return size_and_sha
 
 
-def manifest_file(path: Path, entry_path: str) -> ManifestFile:
-    """The manifest entry of the file at `path`, stored as `entry_path`: its size and streamed sha256."""
-    return ManifestFile(path=entry_path, size=path.stat().st_size, sha256=file_sha256(path))
+def manifest_files(sources: dict[str, Path]) -> list[ManifestFile]:
+    """The manifest entries of {stored path: local file}: each file's size and streamed sha256, the files
+    hashed concurrently (io.digests.files_sha256)."""
+    digests = files_sha256(sources.values())
+    return [
+        ManifestFile(path=name, size=path.stat().st_size, sha256=digests[path])
+        for name, path in sources.items()
+    ]
 
 
 def materialize(

@@ -39,6 +39,11 @@ from moe2dense_core.errors import Moe2DenseError, PlanError
 from moe2dense_core.evaluate.config import EvalConfig
 from moe2dense_core.io.digests import json_sha256
 from moe2dense_core.plan import PlanConfig, validate_plan_config
+from moe2dense_core.stats.memory_bounds import (
+    DEFAULT_MAX_BLOCK_BYTES,
+    DEFAULT_MAX_CHUNK_BYTES,
+    DEFAULT_MAX_HIDDEN_BYTES,
+)
 from moe2dense_platform.corpus import CorpusSpec
 from moe2dense_platform.field_errors import format_validation_error, lax_number_errors
 
@@ -123,11 +128,31 @@ class StatisticsConfig(_Section):
     from the safetensors shards (teachers larger than memory). dtype: compute dtype of the teacher's
     forward (`auto`: the project's one precision rule, `moe2dense_core.distill.precision.compute_dtype`:
     bfloat16 where the device has native bf16, else float32); the accumulators are always float64.
+    Memory bounds, in bytes (defaults: the library's; the peak-memory formula of layer_by_layer in
+    moe2dense_core/stats/collect.py is a function of them): max_chunk_bytes bounds the all-expert outputs
+    [E, T_chunk, H] computed at once (both modes); max_hidden_bytes the calibration hidden states kept in
+    RAM before they spill to a memory-mapped temporary file, and max_block_bytes the float32 bytes of one
+    block of routed experts read from disk (layer_by_layer only).
     """
 
     mode: Literal["in_memory", "layer_by_layer"] = "in_memory"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
+    max_chunk_bytes: int = Field(
+        DEFAULT_MAX_CHUNK_BYTES,
+        gt=0,
+        description="Bytes of the all-expert outputs [E, T_chunk, H] and intermediates computed at once.",
+    )
+    max_hidden_bytes: int = Field(
+        DEFAULT_MAX_HIDDEN_BYTES,
+        gt=0,
+        description="layer_by_layer: bytes of calibration hidden states held in RAM; beyond, a mapped file.",
+    )
+    max_block_bytes: int = Field(
+        DEFAULT_MAX_BLOCK_BYTES,
+        gt=0,
+        description="layer_by_layer: float32 bytes of one block of routed experts read from disk.",
+    )
 
 
 class TeacherCacheConfig(_Section):

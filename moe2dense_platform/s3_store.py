@@ -43,7 +43,7 @@ from moe2dense_platform.artifact_manifest import (
     check_name,
     copy_hashing,
     list_directory,
-    manifest_file,
+    manifest_files,
     materialize,
     read_manifest,
     ref_under,
@@ -113,17 +113,16 @@ class S3ArtifactStore:
         if not path.is_file():
             raise StorageError(f"put_file: {path} is not a file")
         name = check_name(name or path.name)
-        entry = manifest_file(path, name)
-        manifest = ArtifactManifest.build(check_kind(kind), name, "file", [entry])
-        return self._upload(manifest, {entry.path: path})
+        sources = {name: path}
+        manifest = ArtifactManifest.build(check_kind(kind), name, "file", manifest_files(sources))
+        return self._upload(manifest, sources)
 
     def put_dir(self, path: Path | str, kind: str, name: str | None = None) -> ArtifactRef:
         path = Path(path)
         name = check_name(name or path.name)
         check_kind(kind)
         sources = list_directory(path)
-        entries = [manifest_file(p, relative) for relative, p in sources.items()]
-        return self._upload(ArtifactManifest.build(kind, name, "dir", entries), sources)
+        return self._upload(ArtifactManifest.build(kind, name, "dir", manifest_files(sources)), sources)
 
     def put_bytes(self, data: bytes, kind: str, name: str) -> ArtifactRef:
         name = check_name(name)

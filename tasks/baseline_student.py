@@ -40,7 +40,7 @@ from moe2dense_core.baselines.d2d_prune import BASELINE_RECORD
 from moe2dense_core.checkpoint.dense import check_dense_checkpoint
 from moe2dense_core.checkpoint.tokenizer import tokenizer_files
 from moe2dense_core.errors import CheckpointError
-from moe2dense_core.io.digests import file_sha256, snapshot_sha256
+from moe2dense_core.io.digests import safetensors_digests, snapshot_sha256
 from moe2dense_core.io.resolve import resolve_model
 from moe2dense_core.pretrained import load_causal_lm, load_config, load_tokenizer
 from moe2dense_platform.caching import without
@@ -167,7 +167,7 @@ def baseline_student_task(
         }
         (out_dir / BASELINE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         check_dense_checkpoint(out_dir)
-        shards = {p.name: file_sha256(p) for p in sorted(out_dir.glob("*.safetensors"))}
+        shards = safetensors_digests(out_dir)
         uri = publish_dir(runtime, run, out_dir, kind="baseline-model", name="baseline_model")
         run.set_tags({TAG_SNAPSHOT_DIGEST: source.snapshot_digest})
         num_parameters = count_parameters(model)

@@ -6,7 +6,8 @@ rows = train-side text packed into sequences of `seq_len` tokens (moe2dense_plat
 once to the artifact store (kind `stats`; the stage's MLflow run records its URI and content address,
 tasks/publish.py); the calibration tokens are logged as an MLflow input with their digest. The
 expensive read of the teacher: cached on snapshot digest, the content digest of the calibration text
-(never its path), the rest of the calibration and collection config and the statistics requested
+(never its path), the rest of the calibration and collection config (of its memory bounds only those
+that change a bit of the statistics, `bounds_that_round`) and the statistics requested
 (`calibrate_parts`), so a sweep over plans calibrates once. The flow asks for what its plans read
 (`moe2dense_core.plan.stats_request_for`: router statistics only for `sf` + `prune`, the all-expert
 outputs and their Gram only for the scorers and groupers that need them).
@@ -34,13 +35,38 @@ from tasks.results import CalibrationResult, SourceResult
 from tasks.source import open_source
 from tasks.stage import stage
 
+MEMORY_BOUNDS = ("max_chunk_bytes", "max_hidden_bytes", "max_block_bytes")
+"""StatisticsConfig fields bounding calibration memory; `bounds_that_round` says which enter the key."""
+
 
 def calibrate_parts(p: dict[str, Any]) -> list[Any]:
-    """Snapshot digest, corpus digest of `calibration.data`, the rest of `calibration`, statistics config,
+    """Snapshot digest, corpus digest of `calibration.data`, the rest of `calibration`, the statistics
+    config less its memory bounds, the bounds that can change a bit of the result (`bounds_that_round`),
     the statistics requested."""
-    calibration, request = p["calibration"], p.get("request", EVERYTHING)
+    calibration, statistics, request = p["calibration"], p["statistics"], p.get("request", EVERYTHING)
     return [p["source"].snapshot_digest, corpus_digest(calibration.data), without(calibration, "data"),
-            p["statistics"], {"expert_outputs": request.expert_outputs, "gram": request.gram}]
+            without(statistics, *MEMORY_BOUNDS), bounds_that_round(statistics, request),
+            {"expert_outputs": request.expert_outputs, "gram": request.gram}]
+
+
+def bounds_that_round(statistics: StatisticsConfig, request: StatsRequest) -> dict[str, int]:
+    """The memory bounds that change the float rounding of the statistics: the stage key holds these.
+
+    With expert outputs requested, every chunk of T_chunk = ⌊max_chunk_bytes / bytes per token⌋ tokens
+    adds its own [E] norm sums and [E, E] Gram (and the router sums of its rows) to the float64
+    accumulators, and layer_by_layer computes the all-expert outputs f_e(x) [E, T_chunk, H] a block of
+    ⌊max_block_bytes / expert bytes⌋ experts at a time: another chunk or block size changes the order of
+    the float summations (measured on the tiny fixtures: relative differences ≈ 2e-8 in the output norms
+    and the Gram for max_block_bytes = 1 against the default, ≈ 1e-7 for max_chunk_bytes = 1). Left out:
+    max_hidden_bytes (a spilled hidden state is the same bytes in a mapped file: exact, for any bound),
+    max_block_bytes in_memory (never read) and both bounds for router-only statistics (no chunks; the
+    teacher's own routed forward runs each expert on its tokens, bit-identical for any block size).
+    """
+    if not request.expert_outputs:
+        return {}
+    if statistics.mode == "in_memory":
+        return {"max_chunk_bytes": statistics.max_chunk_bytes}
+    return {"max_chunk_bytes": statistics.max_chunk_bytes, "max_block_bytes": statistics.max_block_bytes}
 
 
 def calibration_rows(source: SourceResult, calibration: CalibrationConfig) -> torch.Tensor:
@@ -89,6 +115,9 @@ def calibrate_task(
                 request=request,
                 dtype=compute_dtype(statistics.dtype, resolve_device(statistics.device)),
                 device=resolve_device(statistics.device),
+                max_chunk_bytes=statistics.max_chunk_bytes,
+                max_hidden_bytes=statistics.max_hidden_bytes,
+                max_block_bytes=statistics.max_block_bytes,
                 on_progress=StageProgress("calibrate", tokens_per_step=tokens_per_step).update,
             )
         with runtime.scratch("stats") as scratch:

@@ -35,7 +35,7 @@ import torch
 
 from moe2dense_core.distill import TopKCache, distill, tokens_digest
 from moe2dense_core.distill.precision import load_dtype
-from moe2dense_core.io.digests import file_sha256, snapshot_sha256
+from moe2dense_core.io.digests import safetensors_digests, snapshot_sha256
 from moe2dense_core.pretrained import load_causal_lm, load_tokenizer
 from moe2dense_platform.caching import without
 from moe2dense_platform.corpus import corpus_digest, token_rows
@@ -161,7 +161,7 @@ def distill_task(
         for name in PROVENANCE_FILES:
             if (Path(student_dir) / name).is_file():
                 shutil.copy2(Path(student_dir) / name, out_dir / name)
-        shards = {p.name: file_sha256(p) for p in sorted(out_dir.glob("*.safetensors"))}
+        shards = safetensors_digests(out_dir)
         digest = snapshot_sha256(shards)
         uri = publish_dir(runtime, run, out_dir, kind="distilled-model", name="distilled_model")
         run.set_tags({TAG_STUDENT_DIGEST: student.checkpoint_digest, TAG_SNAPSHOT_DIGEST: source.snapshot_digest})

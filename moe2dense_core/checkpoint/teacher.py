@@ -45,7 +45,7 @@ from moe2dense_core.checkpoint.tokenizer import (
 )
 from moe2dense_core.checkpoint.validate import validate_checkpoint
 from moe2dense_core.errors import CheckpointError, Moe2DenseError
-from moe2dense_core.io.digests import file_sha256, snapshot_sha256
+from moe2dense_core.io.digests import files_sha256, snapshot_sha256
 from moe2dense_core.io.reader import CheckpointReader
 from moe2dense_core.io.resolve import DEFAULT_ALLOW_PATTERNS, resolve_model
 
@@ -87,12 +87,14 @@ class Teacher:
         return self.spec.read_experts(self.reader, layer, list(range(self.dims.num_experts)))
 
     def file_digests(self) -> dict[str, str]:
-        """{file name: sha256} of every snapshot file (streamed; computed once). Registers the snapshot as
-        validated in this process under the fingerprint its files had before hashing."""
+        """{file name: sha256} of every snapshot file (streamed, concurrently: io.digests.files_sha256;
+        computed once): the shards' from reader.shard_digests(), the other files hashed here. Registers the
+        snapshot as validated in this process under the fingerprint its files had before hashing."""
         if self._file_digests is None:
             fingerprint = _fingerprint(self.path, _snapshot_files(self.path, self.reader))
             shards = self.reader.shard_digests()
-            digests = {name: shards.get(name) or file_sha256(self.path / name) for name, *_ in fingerprint}
+            others = files_sha256(self.path / name for name, *_ in fingerprint if name not in shards)
+            digests = {name: shards.get(name) or others[self.path / name] for name, *_ in fingerprint}
             self._file_digests = digests
             _VALIDATED.remember(self.path, fingerprint, snapshot_sha256(digests), self.dims)
         return dict(self._file_digests)

@@ -43,7 +43,7 @@ from moe2dense_core.distill.expanded_routing import expanded_teacher_routing
 from moe2dense_core.distill.precision import autocast, resolve_precision
 from moe2dense_core.errors import DistillError
 from moe2dense_core.io.atomic import atomic_path, atomic_write_text
-from moe2dense_core.io.digests import file_sha256
+from moe2dense_core.io.digests import file_sha256, files_sha256
 from moe2dense_core.schema import check_schema_version
 
 SCHEMA_VERSION = 2
@@ -325,15 +325,19 @@ class TopKCache:
 
     @classmethod
     def open(cls, directory: str | Path, *, verify: bool = False) -> TopKCache:
-        """Open `directory`; verify=True also checks every shard's sha256 (reads all bytes)."""
+        """Open `directory`; verify=True also checks every shard's sha256 (reads all bytes; the shards
+        concurrently: io.digests.files_sha256)."""
         directory = Path(directory)
         manifest = read_manifest(directory / MANIFEST_NAME)
-        for shard in manifest.shards:
-            path = directory / shard.file
+        paths = [directory / shard.file for shard in manifest.shards]
+        for path in paths:
             if not path.is_file():
                 raise DistillError(f"top-k cache shard {path} is missing")
-            if verify and file_sha256(path) != shard.sha256:
-                raise DistillError(f"top-k cache shard {path} does not match its sha256 in the manifest")
+        if verify:
+            digests = files_sha256(paths)
+            for shard, path in zip(manifest.shards, paths, strict=True):
+                if digests[path] != shard.sha256:
+                    raise DistillError(f"top-k cache shard {path} does not match its sha256 in the manifest")
         return cls(manifest, lambda shard: directory / shard.file, str(directory))
 
     @property

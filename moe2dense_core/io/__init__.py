@@ -3,7 +3,7 @@
 Below `arch/` in the layering (arch imports io.fp8 / io.mxfp4): nothing here imports arch. Validating a
 checkpoint against its architecture lives above both, in `moe2dense_core.checkpoint`."""
 
-from moe2dense_core.io.digests import file_sha256, snapshot_sha256
+from moe2dense_core.io.digests import file_sha256, files_sha256, snapshot_sha256
 from moe2dense_core.io.mxfp4 import dequantize_mxfp4, quantize_mxfp4
 from moe2dense_core.io.reader import CheckpointReader
 from moe2dense_core.io.resolve import resolve_model
@@ -16,6 +16,7 @@ __all__ = [
     "TensorEntry",
     "dequantize_mxfp4",
     "file_sha256",
+    "files_sha256",
     "quantize_mxfp4",
     "resolve_model",
     "snapshot_sha256",

@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 
 from moe2dense_core.errors import CheckpointError
-from moe2dense_core.io.digests import file_sha256
+from moe2dense_core.io.digests import files_sha256
 from moe2dense_core.io.safetensors_header import TensorInfo, read_header
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -139,9 +139,12 @@ class CheckpointReader:
         return sorted(set(self._shard_by_name.values()))
 
     def shard_digests(self) -> dict[str, str]:
-        """sha256 of every shard file (streamed; computed once and cached)."""
+        """sha256 of every shard file (streamed, the shards concurrently: io.digests.files_sha256; computed
+        once and cached)."""
         if self._digests is None:
-            self._digests = {shard: file_sha256(self.model_dir / shard) for shard in self.shard_files()}
+            shards = self.shard_files()
+            digests = files_sha256(self.model_dir / shard for shard in shards)
+            self._digests = {shard: digests[self.model_dir / shard] for shard in shards}
         return dict(self._digests)
 
     def release_mapped(self) -> None:

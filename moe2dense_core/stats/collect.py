@@ -85,11 +85,15 @@ from moe2dense_core.distill.precision import compute_dtype
 from moe2dense_core.errors import CheckpointError
 from moe2dense_core.pretrained import load_causal_lm
 from moe2dense_core.stats.expert_stats import ExpertStats
-from moe2dense_core.stats.hidden_store import DEFAULT_MAX_HIDDEN_BYTES, HiddenStateStore
-from moe2dense_core.stats.hooks import DEFAULT_MAX_CHUNK_BYTES, attach_stat_hooks
+from moe2dense_core.stats.hidden_store import HiddenStateStore
+from moe2dense_core.stats.hooks import attach_stat_hooks
 from moe2dense_core.stats.layer_stats import StatsError
+from moe2dense_core.stats.memory_bounds import (
+    DEFAULT_MAX_BLOCK_BYTES,
+    DEFAULT_MAX_CHUNK_BYTES,
+    DEFAULT_MAX_HIDDEN_BYTES,
+)
 from moe2dense_core.stats.request import EVERYTHING, StatsRequest
-from moe2dense_core.stats.streamed_experts import DEFAULT_MAX_BLOCK_BYTES
 from moe2dense_core.stats.streamed_teacher import StreamedTeacher
 
 Mode = Literal["in_memory", "layer_by_layer"]

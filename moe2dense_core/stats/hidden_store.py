@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from moe2dense_core.errors import StatsError
-
-DEFAULT_MAX_HIDDEN_BYTES = 2 * 2**30
+from moe2dense_core.stats.memory_bounds import DEFAULT_MAX_HIDDEN_BYTES
 
 
 class HiddenStateStore:

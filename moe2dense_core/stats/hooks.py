@@ -36,8 +36,7 @@ from moe2dense_core.arch.expert_weights import Activation, ExpertWeights
 from moe2dense_core.arch.spec import MoEArchSpec
 from moe2dense_core.stats.expert_stats import ExpertStats
 from moe2dense_core.stats.layer_stats import LayerStats, StatsError
-
-DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+from moe2dense_core.stats.memory_bounds import DEFAULT_MAX_CHUNK_BYTES
 
 
 class AllExpertOutputs(Protocol):

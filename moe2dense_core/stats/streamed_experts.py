@@ -42,7 +42,6 @@ from moe2dense_core.arch.spec import MoEArchSpec
 from moe2dense_core.errors import StatsError
 from moe2dense_core.io.reader import CheckpointReader
 
-DEFAULT_MAX_BLOCK_BYTES = 64 * 2**20
 FLOAT32_BYTES = 4
 
 

@@ -52,7 +52,8 @@ from moe2dense_core.errors import CheckpointError
 from moe2dense_core.io.fp8 import SCALE_SUFFIX
 from moe2dense_core.io.reader import CheckpointReader
 from moe2dense_core.pretrained import load_config
-from moe2dense_core.stats.streamed_experts import DEFAULT_MAX_BLOCK_BYTES, ExpertBlocks, routed_forward
+from moe2dense_core.stats.memory_bounds import DEFAULT_MAX_BLOCK_BYTES
+from moe2dense_core.stats.streamed_experts import ExpertBlocks, routed_forward
 
 LayerCall = tuple[tuple[Any, ...], dict[str, Any]]
 """Positional arguments after the hidden states, and keyword arguments, of one decoder-layer call."""

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save
 
-import moe2dense_core.checkpoint.teacher as teacher_module
-import moe2dense_core.io.reader as reader_module
+import moe2dense_core.io.digests as digests_module
 from moe2dense_core.assembly import assemble
 from moe2dense_core.checkpoint import open_teacher
 from moe2dense_core.io import CheckpointReader, file_sha256
@@ -43,8 +42,7 @@ def test_a_teacher_opened_with_known_digests_is_not_hashed_again(
     teacher's shard digests from there and the output digests from the writer — no file is hashed."""
     recorded = open_teacher(teacher_dir).file_digests()
     hashes = Counted(file_sha256)
-    monkeypatch.setattr(reader_module, "file_sha256", hashes)
-    monkeypatch.setattr(teacher_module, "file_sha256", hashes)
+    monkeypatch.setattr(digests_module, "file_sha256", hashes)  # what files_sha256 calls per file
     with open_teacher(teacher_dir, expected_digests=recorded) as teacher:
         result = assemble(teacher, pruning_plan("gpt_oss", teacher_dir, [0, 5]), tmp_path / "dense")
     assert hashes.calls == 0

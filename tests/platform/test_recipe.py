@@ -111,7 +111,10 @@ def test_errors_name_the_field_path_and_the_file(tmp_path: Path) -> None:
     assert "calibration.num_tokens: Input should be greater than 0 (got -5)" in message
     assert "plan.scoring:" in message and "'magic'" in message
     assert "statistics.mode:" in message
-    assert "statistics.colour: unknown key (allowed: mode, dtype, device)" in message
+    assert (
+        "statistics.colour: unknown key (allowed: mode, dtype, device, max_chunk_bytes, max_hidden_bytes, "
+        "max_block_bytes)" in message
+    )
 
 
 @pytest.mark.parametrize(
