@@ -51,9 +51,11 @@ resident, a layer's experts 2.4 GB in float32 from transformers' loader, its 1.2
 conversion transients); pinning glibc's mmap threshold, which that design needed, would lower this peak to
 0.78 GB but cost 78 against 59–64 CPU seconds here (every temporary a fresh mapping), process-wide.
 Time: the all-expert outputs read every block again for each chunk, and the teacher's forward once per
-batch. Reading a layer's 128 experts from the page cache into the blocks (bf16 → float32) took 3.7–3.9
-CPU seconds here, one 128-token chunk's all-expert outputs including that read 8.1–9.4: the reads' share
-falls as 1 / T_chunk (larger batches and max_chunk_bytes make fewer, longer chunks).
+batch. Reading a layer's 128 experts of that checkpoint from the page cache into the blocks (bf16 →
+float32, converted by the copy: spec.read_experts_into) took 0.30–0.34 CPU seconds on one thread (0.53–0.73
+when each expert went through a float32 copy first); one 128-token chunk's all-expert arithmetic on that
+layer is 155 GFLOP, 1.1–1.2 s at the 127–144 GFLOP/s bench/streaming_convert.py measured on 2 threads: the
+reads' share falls as 1 / T_chunk (larger batches and max_chunk_bytes make fewer, longer chunks).
 
 What is collected is `request` (request.py; default everything): a plan needs only what its scorer and
 grouper read (`plan.stats_request_for`), and router-only statistics cost little over a forward.

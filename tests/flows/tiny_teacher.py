@@ -61,6 +61,16 @@ class TinyTeacher:
         return load_recipe(PROJECT_ROOT / "configs" / "demo.yaml", [*tiny, *overrides])
 
 
+def make_random_teacher(root: Path, paragraphs: int) -> TinyTeacher:
+    """A tiny random-init Qwen3-MoE (byte-level tokenizer, no training: for stages that only need its
+    weights) under `root`, and `paragraphs` paragraphs of English text to calibrate or distil on."""
+    from tests.fixtures.tiny_moe import build_tiny_moe
+
+    text = root / "text.txt"
+    text.write_text("\n\n".join(animal_paragraphs(paragraphs)))
+    return TinyTeacher(build_tiny_moe("qwen3_moe", root / "qwen3_moe"), text)
+
+
 def make_tiny_teacher(root: Path) -> TinyTeacher:
     """Write a small synthetic English text under `root` and train the tiny teacher on it."""
     from moe2dense_core.teacher import TeacherModelConfig

@@ -11,10 +11,7 @@ import pytest
 def random_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(teacher folder, text file): a tiny random-init MoE (no training: stages up to assemble only need
     its weights) and a short English text for calibration."""
-    from tests.fixtures.tiny_moe import build_tiny_moe
-    from tests.flows.tiny_teacher import animal_paragraphs
+    from tests.flows.tiny_teacher import make_random_teacher
 
-    root = tmp_path_factory.mktemp("random_teacher")
-    text = root / "text.txt"
-    text.write_text("\n\n".join(animal_paragraphs(600)))
-    return build_tiny_moe("qwen3_moe", root / "teacher"), text
+    teacher = make_random_teacher(tmp_path_factory.mktemp("random_teacher"), 600)
+    return teacher.path, teacher.text

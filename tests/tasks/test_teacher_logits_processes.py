@@ -20,18 +20,15 @@ from tasks.source import source_task
 from tasks.stage import STAGES
 from tasks.teacher_logits import teacher_logits_task
 from tasks.teacher_logits_workers import TeacherPassSpec, run_teacher_workers
-from tests.fixtures.tiny_moe import VOCAB_SIZE, build_tiny_moe
-from tests.flows.tiny_teacher import TinyTeacher, animal_paragraphs
+from tests.fixtures.tiny_moe import VOCAB_SIZE
+from tests.flows.tiny_teacher import TinyTeacher, make_random_teacher
 from tests.tasks.stage_fixtures import parent_run_id  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> TinyTeacher:
     """A tiny random Qwen3-MoE (byte-level tokenizer) and ~80 rows of 64 tokens of English to distil on."""
-    root = tmp_path_factory.mktemp("teacher")
-    text = root / "text.txt"
-    text.write_text("\n\n".join(animal_paragraphs(100)))
-    return TinyTeacher(build_tiny_moe("qwen3_moe", root / "qwen3_moe"), text)
+    return make_random_teacher(tmp_path_factory.mktemp("teacher"), 100)
 
 
 def cached_recipe(teacher: TinyTeacher, processes: int | str):

@@ -21,18 +21,14 @@ from tasks.calibrate import calibrate_task
 from tasks.plan import plan_task
 from tasks.source import source_task
 from tests.fixtures.counting import Counted
-from tests.fixtures.tiny_moe import build_tiny_moe
-from tests.flows.tiny_teacher import TinyTeacher, animal_paragraphs
+from tests.flows.tiny_teacher import TinyTeacher, make_random_teacher
 from tests.tasks.stage_fixtures import parent_run_id  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> TinyTeacher:
     """A tiny random Qwen3-MoE (8 experts, top-2, byte-level tokenizer) and English text to calibrate on."""
-    root = tmp_path_factory.mktemp("teacher")
-    text = root / "text.txt"
-    text.write_text("\n\n".join(animal_paragraphs(400)))
-    return TinyTeacher(build_tiny_moe("qwen3_moe", root / "qwen3_moe"), text)
+    return make_random_teacher(tmp_path_factory.mktemp("teacher"), 400)
 
 
 @pytest.fixture
