@@ -6,23 +6,22 @@
     digest = shard.finish()                                         # sha256 of the whole file
 
 The header is known before any data because every tensor's byte size follows from its dtype and shape
-(safetensors_header.encode_header). Each tensor's bytes go to the file (and the hash) in 8 MiB chunks
-straight from its CPU memory: memory beyond the caller's tensor is one chunk (plus a contiguous CPU copy
-when the tensor is not one already). The digest is of the bytes written, never re-read from disk.
+(safetensors_header.encode_header). Each tensor's bytes go from its CPU memory to an io.direct_write.DirectFile,
+which writes them past the page cache where the filesystem allows and hashes them as they are written (never
+re-read from disk), overlapping the disk with the making of the next tensor: memory beyond the caller's tensor
+is that file's two 8 MiB staging buffers (plus a contiguous CPU copy when the tensor is not one already).
 With `entries` in `serialization_order` the file is byte-identical to `safetensors.torch.save_file`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from moe2dense_core.io.direct_write import DirectFile
 from moe2dense_core.io.safetensors_header import TensorEntry, encode_header
-
-CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class ShardFile:
@@ -32,10 +31,9 @@ class ShardFile:
         self.path = Path(path)
         self._pending = list(entries)
         self._next = 0
-        self._hash = hashlib.sha256()
-        self._file = self.path.open("wb")
+        self._file = DirectFile(self.path)
         try:
-            self._write_bytes(memoryview(encode_header(self._pending, metadata)))
+            self._file.write(encode_header(self._pending, metadata))
         except BaseException:
             self.abort()
             raise
@@ -57,7 +55,7 @@ class ShardFile:
                 f"{self.path.name}: tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, declared as "
                 f"{entry.dtype} {list(entry.shape)}"
             )
-        self._write_bytes(tensor_bytes(tensor))
+        self._file.write(tensor_bytes(tensor))
         self._next += 1
 
     def finish(self) -> str:
@@ -65,18 +63,10 @@ class ShardFile:
         if not self.complete:
             missing = [e.name for e in self._pending[self._next :]]
             raise ValueError(f"{self.path.name}: closed before its tensors {missing} were written")
-        self._file.close()
-        return self._hash.hexdigest()
+        return self._file.close()
 
     def abort(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
-
-    def _write_bytes(self, data: memoryview) -> None:
-        for start in range(0, len(data), CHUNK_BYTES):
-            chunk = data[start : start + CHUNK_BYTES]
-            self._hash.update(chunk)
-            self._file.write(chunk)
+        self._file.abort()
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:

@@ -18,7 +18,8 @@ own). Streaming lays the whole layout out in the safetensors serializer's order 
 safetensors_header.serialization_order), so every shard file is byte-identical to
 `safetensors.torch.save_file(its tensors, metadata={"format": "pt"})`; buffered shards are written in that
 order too. Each shard is written by io.shard_file.ShardFile under a temporary name (`.tmp-…`), header first,
-its sha256 computed from the bytes as they are written (never re-read). `close()` renames every shard to the
+its sha256 computed from the bytes as they are written (never re-read), past the page cache where the
+filesystem allows and fsynced when complete (io/direct_write.py). `close()` renames every shard to the
 standard `model-0000i-of-0000n.safetensors` names and writes `model.safetensors.index.json` (HF format,
 `metadata.total_size` = sum of tensor bytes) last, through a temp file + os.replace. A failure before that
 (an exception inside the `with` block or while writing) deletes the temporary files, so no partial
