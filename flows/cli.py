@@ -14,6 +14,7 @@ BEFORE Prefect is imported, because Prefect reads its own settings at import tim
     moe2dense stack up|status|down       Prefect + MLflow (+ S3) servers and a worker as local processes
     moe2dense ui                         Prefect server + MLflow UI over the local stores
     moe2dense report [RUN_ID]            recent conversions, or one run's numbers and report
+    moe2dense reconcile-runs [--experiment E ...]   end KILLED the MLflow runs of killed processes
     moe2dense schema [--comparison]      the recipe's (or the comparison recipe's) JSON schema
 """
 
@@ -689,6 +690,37 @@ def report(
     console.print(table)
     console.print(f"report: {rendered.index}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"MLflow run {run_id}: artifacts {REPORT_ARTIFACTS}/", soft_wrap=True)
+
+
+@app.command("reconcile-runs")
+def reconcile_runs(
+    experiment: Annotated[
+        list[str] | None, typer.Option(help="MLflow experiment (repeat); default: every experiment.")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """End KILLED the RUNNING MLflow runs of moe2dense whose process is gone (SIGKILL, OOM killer, evicted
+    pod), as every flow does for its experiment when it starts its run."""
+    settings = configure(home)
+    from moe2dense_platform.orphan_runs import end_orphaned_runs
+    from moe2dense_platform.tracking import tracking_client
+
+    client = tracking_client(settings)
+    if experiment:
+        found = {name: client.get_experiment_by_name(name) for name in experiment}
+        missing = [name for name, value in found.items() if value is None]
+        if missing:
+            console.print(
+                f"no experiment {', '.join(map(repr, missing))} in {settings.resolved_mlflow_tracking_uri}"
+            )
+            raise typer.Exit(1)
+        ids = [value.experiment_id for value in found.values()]
+    else:
+        ids = [value.experiment_id for value in client.search_experiments()]
+    ended = end_orphaned_runs(client, ids)
+    for run_id, reason in ended.items():
+        console.print(f"ended KILLED: {run_id} ({reason})", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"{len(ended)} orphaned run(s) ended")
 
 
 @app.command()

@@ -22,13 +22,13 @@ import torch
 from moe2dense_core.assembly.checkpoint import DEFAULT_MAX_SHARD_BYTES, AssemblyResult, assemble
 from moe2dense_core.assembly.output_dir import check_output_dir
 from moe2dense_core.checkpoint.teacher import Teacher, using_teacher
-from moe2dense_core.errors import StatsError
 from moe2dense_core.plan import PlanConfig, build_plan, stats_request_for, validate_plan_config
 from moe2dense_core.stats.collect import Mode, collect_stats
 from moe2dense_core.stats.memory_bounds import (
     DEFAULT_MAX_BLOCK_BYTES,
     DEFAULT_MAX_CHUNK_BYTES,
     DEFAULT_MAX_HIDDEN_BYTES,
+    check_memory_bounds,
 )
 
 
@@ -61,19 +61,18 @@ def convert(
     The plan is in the result's provenance (`result.provenance.plan`).
     calibration_mode / calibration_dtype / calibration_device: collect_stats' mode, dtype ("auto": bf16
     only where the device has native bf16) and device; `dtype` is the written checkpoint's dtype.
-    calibration_max_chunk_bytes / _max_hidden_bytes / _max_block_bytes: collect_stats' memory bounds,
-    positive byte counts: the all-expert outputs [E, T_chunk, H] computed at once; (layer_by_layer) the
-    calibration hidden states held in RAM before they spill to a memory-mapped temporary file, and the
-    float32 bytes of one block of routed experts read from disk.
+    calibration_max_chunk_bytes / _max_hidden_bytes / _max_block_bytes: collect_stats' memory bounds, in
+    bytes (the rule: stats/memory_bounds.py): the all-expert outputs [E, T_chunk, H] computed at once
+    (≥ 1); (layer_by_layer) the calibration hidden states held in RAM before they spill to a memory-mapped
+    temporary file (≥ 0; 0: always spill), and the float32 bytes of one block of routed experts read from
+    disk (≥ 1).
     """
     bounds = {
         "max_chunk_bytes": calibration_max_chunk_bytes,
         "max_hidden_bytes": calibration_max_hidden_bytes,
         "max_block_bytes": calibration_max_block_bytes,
     }
-    for name, value in bounds.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise StatsError(f"calibration_{name} must be a positive number of bytes, got {value!r}")
+    check_memory_bounds("calibration_", **bounds)
     plan_config = plan_config or PlanConfig()
     with using_teacher(model_dir, revision, allow_pickle) as teacher:
         validate_plan_config(plan_config, teacher.dims.num_experts, teacher.dims.top_k)

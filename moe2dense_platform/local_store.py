@@ -4,6 +4,13 @@ Writes are atomic: the payload is copied (hashing while copying, one pass) into 
 moved into place with one `os.replace`/`os.rename` (a single file or a whole folder), and the manifest is
 written last through a temporary file and `os.replace`. A failure at any point leaves no manifest, so
 the artifact does not exist; the staging copy is removed.
+
+A SIGKILLed put cannot remove its staging copy (up to the artifact's size), so each staging folder holds
+its writer's owner record (moe2dense_core/io/leftovers.py) and every put first deletes the staging
+folders whose writer is gone (`remove_staging_leftovers`); those of live writers, or of writers on
+another machine sharing the folder, are kept. A kill after the payload's rename but before the manifest
+leaves a complete payload without manifest: the next put of the same artifact keeps it (it was renamed
+whole) and writes the manifest.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from moe2dense_core.io.atomic import atomic_path
+from moe2dense_core.io.digests import files_sha256
+from moe2dense_core.io.leftovers import is_leftover, write_owner
 from moe2dense_platform.artifact_manifest import (
     ArtifactManifest,
     ArtifactNotFoundError,
@@ -28,13 +37,14 @@ from moe2dense_platform.artifact_manifest import (
     check_kind,
     check_name,
     copy_hashing,
-    hash_stream,
     list_directory,
     materialize,
     read_manifest,
     ref_under,
     verify_against,
 )
+
+STAGING_FOLDER = ".staging"
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -91,10 +101,20 @@ class LocalArtifactStore:
             self._commit(staging / name, manifest)
         return manifest.ref
 
+    def remove_staging_leftovers(self) -> list[Path]:
+        """Delete the staging folders of puts whose process is gone (killed); returns them."""
+        folder = self.root / STAGING_FOLDER
+        leftovers = [path for path in folder.iterdir() if is_leftover(path)] if folder.is_dir() else []
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        return leftovers
+
     @contextmanager
     def _staging(self) -> Iterator[Path]:
-        staging = self.root / ".staging" / uuid.uuid4().hex
+        self.remove_staging_leftovers()
+        staging = self.root / STAGING_FOLDER / uuid.uuid4().hex
         staging.mkdir(parents=True)
+        write_owner(staging)
         try:
             yield staging
         finally:
@@ -136,9 +156,7 @@ class LocalArtifactStore:
     def open(self, ref: ArtifactRef, path: str | None = None) -> Iterator[BinaryIO]:
         """A binary stream of the payload file (a folder artifact needs `path`, relative inside it)."""
         manifest = self.manifest(ref)
-        entry = manifest.file_entry(path)
-        payload = self._path(ref)
-        with open(payload if manifest.layout == "file" else payload / entry.path, "rb") as stream:
+        with open(self._file_path(ref, manifest, manifest.file_entry(path)), "rb") as stream:
             yield stream
 
     def fetch(self, ref: ArtifactRef, verify: bool = False) -> Path:
@@ -160,16 +178,23 @@ class LocalArtifactStore:
         return materialize(manifest, dest, copy_entry)
 
     def verify(self, ref: ArtifactRef, manifest: ArtifactManifest | None = None) -> None:
-        """Re-hash every payload file; raise ArtifactIntegrityError on any mismatch."""
+        """Re-hash every payload file, the files concurrently (io.digests.files_sha256); raise
+        ArtifactIntegrityError naming the first file, in manifest order, whose size or sha256 differs from
+        its manifest entry (a missing or unreadable file: the OSError naming it)."""
         manifest = manifest or self.manifest(ref)
-        for entry in manifest.files:
-            with self.open(ref, None if manifest.layout == "file" else entry.path) as stream:
-                size, sha = hash_stream(stream)
-            verify_against(manifest, entry, size, sha, str(self._path(ref)))
+        paths = [self._file_path(ref, manifest, entry) for entry in manifest.files]
+        digests = files_sha256(paths)
+        for entry, path in zip(manifest.files, paths, strict=True):
+            verify_against(manifest, entry, path.stat().st_size, digests[path], str(self._path(ref)))
 
     # ---- paths -----------------------------------------------------------------------------------
     def _path(self, ref: ArtifactRef) -> Path:
         return self.root / check_key(ref.key)
+
+    def _file_path(self, ref: ArtifactRef, manifest: ArtifactManifest, entry: ManifestFile) -> Path:
+        """Where `entry` of `ref`'s manifest lies: the payload itself (layout `file`), else inside its folder."""
+        payload = self._path(ref)
+        return payload if manifest.layout == "file" else payload / entry.path
 
     def _manifest_path(self, ref: ArtifactRef) -> Path:
         return self.root / check_key(ref.manifest_key)

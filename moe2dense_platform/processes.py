@@ -2,7 +2,8 @@
 check passes, stopped as a whole process group. Used by `moe2dense stack` and the integration tests.
 
 A process started here outlives the command that started it (own session, stdin from /dev/null, output
-to its log), so later commands find it again by its pid; a zombie counts as stopped.
+to its log), so later commands find it again by its pid; a zombie counts as stopped (`pid_alive`: the
+core's rule, moe2dense_core/process_owner.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from moe2dense_core.process_owner import pid_alive, stat_fields
 
 LOCALHOST = "127.0.0.1"
 
@@ -53,21 +56,6 @@ def start_process(argv: list[str], env: dict[str, str], cwd: Path, log_path: Pat
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting to be reaped counts as stopped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout_s: float = 5.0) -> Any:
@@ -123,13 +111,8 @@ def group_alive(pgid: int) -> bool:
     if not proc.is_dir():
         return pid_alive(pgid)
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(group) == pgid and state != "Z":
+        fields = stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":  # fields 3 and 5: state, pgrp
             return True
     return False
 

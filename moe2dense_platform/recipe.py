@@ -30,6 +30,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -43,6 +44,8 @@ from moe2dense_core.stats.memory_bounds import (
     DEFAULT_MAX_BLOCK_BYTES,
     DEFAULT_MAX_CHUNK_BYTES,
     DEFAULT_MAX_HIDDEN_BYTES,
+    MINIMUM_BYTES,
+    memory_bound_problem,
 )
 from moe2dense_platform.corpus import CorpusSpec
 from moe2dense_platform.field_errors import format_validation_error, lax_number_errors
@@ -132,7 +135,8 @@ class StatisticsConfig(_Section):
     moe2dense_core/stats/collect.py is a function of them): max_chunk_bytes bounds the all-expert outputs
     [E, T_chunk, H] computed at once (both modes); max_hidden_bytes the calibration hidden states kept in
     RAM before they spill to a memory-mapped temporary file, and max_block_bytes the float32 bytes of one
-    block of routed experts read from disk (layer_by_layer only).
+    block of routed experts read from disk (layer_by_layer only). The library's rule for their values
+    (memory_bounds.py): chunk and block ≥ 1, hidden states ≥ 0, where 0 always spills to disk.
     """
 
     mode: Literal["in_memory", "layer_by_layer"] = "in_memory"
@@ -140,19 +144,29 @@ class StatisticsConfig(_Section):
     device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
     max_chunk_bytes: int = Field(
         DEFAULT_MAX_CHUNK_BYTES,
-        gt=0,
+        json_schema_extra={"minimum": MINIMUM_BYTES["max_chunk_bytes"]},
         description="Bytes of the all-expert outputs [E, T_chunk, H] and intermediates computed at once.",
     )
     max_hidden_bytes: int = Field(
         DEFAULT_MAX_HIDDEN_BYTES,
-        gt=0,
-        description="layer_by_layer: bytes of calibration hidden states held in RAM; beyond, a mapped file.",
+        json_schema_extra={"minimum": MINIMUM_BYTES["max_hidden_bytes"]},
+        description="layer_by_layer: bytes of calibration hidden states held in RAM; beyond, a mapped file "
+        "(0: always).",
     )
     max_block_bytes: int = Field(
         DEFAULT_MAX_BLOCK_BYTES,
-        gt=0,
+        json_schema_extra={"minimum": MINIMUM_BYTES["max_block_bytes"]},
         description="layer_by_layer: float32 bytes of one block of routed experts read from disk.",
     )
+
+    @field_validator("max_chunk_bytes", "max_hidden_bytes", "max_block_bytes")
+    @classmethod
+    def _memory_bound(cls, value: int, info: ValidationInfo) -> int:
+        """The library's one rule for the bounds (moe2dense_core/stats/memory_bounds.py)."""
+        problem = memory_bound_problem(info.field_name, value)
+        if problem is not None:
+            raise ValueError(f"Input should be {problem}")
+        return value
 
 
 class TeacherCacheConfig(_Section):

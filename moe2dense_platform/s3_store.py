@@ -10,6 +10,12 @@ Writing (atomic, streamed):
    does: a crash between 3 and 4 leaves only invisible, complete objects that the next put rewrites.
 A source file rewritten between pass 1 and 3 with the same size is caught on the first read (below).
 
+A SIGKILLed multipart upload stays open on the server (its parts stored, billed, invisible) until
+aborted. So every put of an artifact first aborts the incomplete multipart uploads under that artifact's
+key that were initiated more than `stale_upload_age_s` ago (default 24 h: no live upload of one file
+lasts that long; the age also absorbs clock skew with the server) — `stale_uploads`. A bucket lifecycle
+rule `AbortIncompleteMultipartUpload` does the same for keys that are never put again.
+
 Reading streams the object body to a temporary file, hashing as it goes, and renames it into place
 only when size and sha256 match the manifest (ArtifactIntegrityError otherwise).
 
@@ -22,8 +28,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,6 +61,8 @@ from moe2dense_platform.settings import MIB, Settings
 from moe2dense_platform.transient import RetryPolicy
 
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+STALE_UPLOAD_AGE_S = 24 * 3600.0
+"""An incomplete multipart upload initiated longer ago than this is a killed writer's (module docstring)."""
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -77,6 +86,19 @@ def make_s3_client(settings: Settings) -> Any:
     return boto3.session.Session().client("s3", config=config, **settings.s3_client_kwargs())
 
 
+def stale_uploads(
+    uploads: Iterable[dict[str, Any]], key: str, now: datetime, age_s: float
+) -> list[dict[str, Any]]:
+    """The multipart uploads (list_multipart_uploads' `Uploads` entries) of `key` itself or of keys below
+    `key/`, initiated before `now - age_s`."""
+    cutoff = now - timedelta(seconds=age_s)
+    return [
+        upload
+        for upload in uploads
+        if (upload["Key"] == key or upload["Key"].startswith(f"{key}/")) and upload["Initiated"] < cutoff
+    ]
+
+
 class S3ArtifactStore:
     """Artifacts under `s3://<bucket>/<prefix>/` (layout: moe2dense_platform/artifact_manifest.py)."""
 
@@ -88,6 +110,7 @@ class S3ArtifactStore:
         cache_dir: Path | str,
         transfer: TransferConfig | None = None,
         retry: RetryPolicy | None = None,
+        stale_upload_age_s: float = STALE_UPLOAD_AGE_S,
     ) -> None:
         self.bucket = bucket
         self.prefix = check_key(prefix.strip("/"), "bucket prefix") if prefix.strip("/") else ""
@@ -95,6 +118,7 @@ class S3ArtifactStore:
         self.cache_dir = Path(cache_dir).expanduser().resolve()
         self.transfer = transfer or TransferConfig()
         self.retry = retry or RetryPolicy()
+        self.stale_upload_age_s = stale_upload_age_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3ArtifactStore:
@@ -134,6 +158,7 @@ class S3ArtifactStore:
         return manifest.ref
 
     def _upload(self, manifest: ArtifactManifest, sources: dict[str, Path]) -> ArtifactRef:
+        self.abort_stale_uploads(manifest.ref)
         if self.exists(manifest.ref):
             return manifest.ref
         for entry in manifest.files:
@@ -151,6 +176,34 @@ class S3ArtifactStore:
                 )
         self._put_object(self._key(manifest.ref.manifest_key), manifest.to_bytes())
         return manifest.ref
+
+    def abort_stale_uploads(self, ref: ArtifactRef) -> list[str]:
+        """Abort the incomplete multipart uploads of `ref`'s payload older than `stale_upload_age_s`
+        (killed puts: module docstring); returns their keys."""
+        key = self._key(ref.key)
+
+        def listing() -> list[dict[str, Any]]:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=key
+            )
+            return [upload for page in pages for upload in page.get("Uploads", [])]
+
+        uploads = self._call(listing, f"list the incomplete uploads under {self._uri(key)}")
+        stale = stale_uploads(uploads, key, datetime.now(UTC), self.stale_upload_age_s)
+        for upload in stale:
+            self._call(
+                lambda upload=upload: self._abort_upload(upload["Key"], upload["UploadId"]),
+                f"abort the incomplete upload {upload['UploadId']} of {self._uri(upload['Key'])}",
+            )
+        return [upload["Key"] for upload in stale]
+
+    def _abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one multipart upload; one that is already gone (another put aborted it) is fine."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
 
     def _put_object(self, key: str, data: bytes) -> None:
         self._call(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data), f"write {self._uri(key)}")

@@ -11,22 +11,27 @@ tasks in any thread or process can log to the run whose id they were given.
     register_dense_model(stage, checkpoint_sha256, "demo-dense", lineage)   # source = lineage.checkpoint_uri
 
 Lineage tag names are the constants below; every param, tag, artifact and metric key passes the
-Redactor (moe2dense_platform/redaction.py) first.
+Redactor (moe2dense_platform/redaction.py) first. Every run is tagged with the process that owns it (host,
+boot, pid namespace, pid, start time: moe2dense_platform/run_owner.py) and, inside a Prefect flow run,
+that flow run's id; a run whose process died without ending it (SIGKILL, OOM killer, evicted pod) is
+ended KILLED when the next parent run starts in its experiment (moe2dense_platform/orphan_runs.py).
 
 Tracking server outage [defined here]: a clear failure, no buffering. Every record is sent synchronously
 (MLflow's async logging is never used), each request with MLflow's bounded retries (the `mlflow_http_*`
 settings, applied by `tracking_client`: ~15 s by default, so a server restart costs nothing). A request
 that still finds the server unreachable (connection refused / reset / timed out) raises
 `TrackingUnavailableError` naming the server; it fails the stage at once (no stage retry, no attempt to
-mark runs FAILED on a server known to be gone: they stay RUNNING there) and then the flow. So a metric is
-either on the server or its run failed, never dropped silently. Stage results already in the artifact
-store are kept, and re-running once the server answers reuses them.
+mark runs FAILED on a server known to be gone: they stay RUNNING there until the next parent run ends
+them KILLED) and then the flow. So a metric is either on the server or its run failed, never dropped
+silently. Stage results already in the artifact store are kept, and re-running once the server answers
+reuses them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -44,9 +49,11 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 
 from moe2dense_core.errors import Moe2DenseError
 from moe2dense_core.pretrained import TRUST_REMOTE_CODE
+from moe2dense_core.process_owner import current_owner
 from moe2dense_platform.recipe import Recipe
 from moe2dense_platform.recipe_io import recipe_to_yaml
 from moe2dense_platform.redaction import Redactor
+from moe2dense_platform.run_owner import owner_tags
 from moe2dense_platform.settings import Settings
 from moe2dense_platform.transient import is_transient
 
@@ -74,6 +81,8 @@ TAG_INPUT = "moe2dense.input"
 TAG_TRUST_REMOTE_CODE = "moe2dense.trust_remote_code"
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 RECIPE_ARTIFACT = "recipe/recipe.yaml"
+
+LOGGER = logging.getLogger(__name__)
 
 
 class TrackingUnavailableError(Moe2DenseError):
@@ -199,10 +208,40 @@ class MLflowLogger:
 
 def _start_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
                redactor: Redactor) -> MLflowLogger:
+    """A new RUNNING run tagged `tags`, the process that owns it (moe2dense_platform/run_owner.py) and,
+    inside a Prefect flow run, that flow run's id when `tags` name none."""
+    owned = {**tags, **owner_tags(current_owner())}
+    if TAG_PREFECT_FLOW_RUN not in owned and (flow_run_id := current_flow_run_id()):
+        owned[TAG_PREFECT_FLOW_RUN] = flow_run_id
     run = client.create_run(experiment_id, run_name=redactor.redact_name(run_name))
     logger = MLflowLogger(client, run.info.run_id, redactor)
-    logger.set_tags(tags)
+    logger.set_tags(owned)
     return logger
+
+
+def current_flow_run_id() -> str | None:
+    """The id of the Prefect flow run this code runs in (`prefect.runtime.flow_run.id`), or None."""
+    from prefect.runtime import flow_run  # Prefect reads its settings on import: not at module load
+
+    return flow_run.id
+
+
+def end_orphaned_runs_of(client: MlflowClient, experiment_id: str) -> None:
+    """End KILLED the runs of the experiment that dead processes left RUNNING (moe2dense_platform/
+    orphan_runs.py). Its failure is a warning, never a failure of the run about to start, unless the
+    server stopped answering (which that run would meet next)."""
+    from moe2dense_platform.orphan_runs import end_orphaned_runs  # that module imports this one
+
+    try:
+        end_orphaned_runs(client, [experiment_id])
+    except MlflowException as error:
+        if tracking_unreachable(error):
+            raise
+        LOGGER.warning(
+            "ending the orphaned runs of MLflow experiment %s failed; the new run starts anyway: %s",
+            experiment_id,
+            error,
+        )
 
 
 @contextmanager
@@ -235,10 +274,12 @@ def parent_run(
 ) -> Iterator[MLflowLogger]:
     """The parent run of one flow run: the resolved recipe as flattened params and as `recipe/recipe.yaml`,
     tags with the recipe name/digest, whether remote code was trusted, and the Prefect flow-run id and
-    its UI page (`prefect_flow_run_url`, when a UI is configured). An unreachable server anywhere inside
-    raises TrackingUnavailableError (module docstring)."""
+    its UI page (`prefect_flow_run_url`, when a UI is configured). Runs of the experiment that dead
+    processes left RUNNING are ended KILLED first (`end_orphaned_runs_of`). An unreachable server
+    anywhere inside raises TrackingUnavailableError (module docstring)."""
     with naming_an_outage(client, redactor):
         experiment_id = ensure_experiment(client, recipe.tracking.experiment, artifact_location)
+        end_orphaned_runs_of(client, experiment_id)
         tags = {TAG_RECIPE_NAME: recipe.name, TAG_RECIPE_DIGEST: recipe.digest(), **remote_code_tag(),
                 **(extra_tags or {})}
         if flow_run_id:

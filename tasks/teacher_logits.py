@@ -11,6 +11,13 @@ the tail log-mass. Each shard is stored in the artifact store as soon as it is w
 `teacher-logits-shard`, scanned for credentials, its content address = its sha256 in the cache
 manifest) and removed locally; the cache manifest is stored last (kind `teacher-logits`,
 moe2dense_platform/stored_topk_cache.py), so a failed pass leaves shards but never a manifest.
+A failed or killed pass has no Prefect cache entry, so the rerun runs the teacher again over every shard
+and reuses nothing unchecked: a shard the failed pass stored has the rerun's content address only if its
+bytes are the same, and then the put finds that complete artifact (its store manifest went last) and
+stores nothing twice. Shards of a failed pass that no rerun reproduces (other settings) stay in the store
+unreferenced. A SIGKILLed stage leaves its scratch folder (`MOE2DENSE_HOME/tmp/teacher-logits-*`: the
+rows, at most one unstored shard per rank); its ranks stop after their current shard
+(tasks/teacher_logits_workers.py).
 
 Processes: P = min(local_processes(`teacher_cache.processes`), shards) (`teacher_processes`; `auto` =
 the worker's CUDA devices, 1 without CUDA). P = 1 runs the teacher in this process (the stage holds one

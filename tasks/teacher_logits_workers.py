@@ -1,4 +1,5 @@
-"""The teacher pass of stage `teacher_logits` on P processes: `python -m tasks.teacher_logits_workers SPEC.json RANK`.
+"""The teacher pass of stage `teacher_logits` on P processes:
+`python -m tasks.teacher_logits_workers SPEC.json RANK PARENT_PID`.
 
 Rank r of P loads the teacher (`spec.teacher_dir`) on its device — cuda:r when the pass runs on CUDA
 (`rank_device`), else the CPU with `spec.threads` threads —, reads the rows [N, L] (`spec.rows_file`,
@@ -12,6 +13,9 @@ folder), hands every finished shard file to `on_shard(path)` as it appears (the 
 deletes it) and returns the P parts for `merge_manifest_parts`. The first process that fails — or an
 exception here, e.g. from `on_shard` — stops them all: DistillError with the rank, its exit code and
 the end of its log. P = 1 needs none of this: the stage calls `teacher_pass` in its own process.
+A SIGKILLed stage cannot stop its ranks (they run in their own sessions), so each rank stops by itself
+after the shard it is writing once its parent process is gone (`stop_if_orphaned`): a killed stage
+holds no teacher copy busy beyond one shard.
 """
 
 from __future__ import annotations
@@ -118,7 +122,12 @@ def run_teacher_workers(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     logs = [workdir / f"rank_{rank:05d}.log" for rank in range(spec.processes)]
     workers = [
-        start_process([sys.executable, "-m", WORKER_MODULE, str(spec_file), str(rank)], env, workdir, log)
+        start_process(
+            [sys.executable, "-m", WORKER_MODULE, str(spec_file), str(rank), str(os.getpid())],
+            env,
+            workdir,
+            log,
+        )
         for rank, log in enumerate(logs)
     ]
     try:
@@ -146,16 +155,30 @@ def run_teacher_workers(
     return [read_manifest(part_path(spec, rank)) for rank in range(spec.processes)]
 
 
+def stop_if_orphaned(parent: int, rank: int) -> Callable[[Path, CacheShard], None]:
+    """An `on_shard` for rank `rank`: DistillError once this process's parent is no longer `parent`
+    (the stage that started it died, and the rank was handed to another parent)."""
+
+    def check(path: Path, shard: CacheShard) -> None:
+        if os.getppid() != parent:
+            raise DistillError(
+                f"teacher pass rank {rank}: the stage process {parent} is gone; stopping after {shard.file}"
+            )
+
+    return check
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="One rank of the teacher pass (tasks/teacher_logits_workers.py)."
     )
     parser.add_argument("spec", type=Path)
     parser.add_argument("rank", type=int)
+    parser.add_argument("parent", type=int, help="pid of the stage process that started this rank")
     args = parser.parse_args(argv)
     spec = TeacherPassSpec.model_validate_json(args.spec.read_text(encoding="utf-8"))
     torch.set_num_threads(spec.threads)
-    part = teacher_pass(spec, args.rank, load_rows(spec.rows_file))
+    part = teacher_pass(spec, args.rank, load_rows(spec.rows_file), stop_if_orphaned(args.parent, args.rank))
     atomic_write_text(part_path(spec, args.rank), part.model_dump_json(indent=2))
 
 

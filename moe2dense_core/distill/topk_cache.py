@@ -22,6 +22,13 @@ few hundred bytes of safetensors header per shard; `cache_bytes(k, dtype, tokens
 time from an artifact store); `TopKCache.check_fits` refuses a run whose data, temperature, routing,
 teacher, k or dtype differ from the cache's.
 How the tail mass enters the loss: `moe2dense_core.distill.losses.topk_bucket_logprobs` [defined here].
+A killed pass: `manifest.json` is written last, so a folder without it is no cache (`TopKCache.open`
+refuses it). A pass into a folder that already holds a cache first deletes that manifest, so a pass
+killed midway can never leave the old manifest over a mix of old and new shards. A rerun recomputes
+every shard and replaces each file whole (rename); nothing of the killed pass is reused. Left behind,
+until the folder itself is deleted: shards of the killed pass not rewritten (another rows_per_shard) and
+at most one `.shard_*.safetensors.*.tmp` per killed process (the shard being written, up to one
+shard's size).
 """
 
 from __future__ import annotations
@@ -192,6 +199,7 @@ def write_topk_shards(
     stored = LOGPROB_DTYPES[logprob_dtype]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # the folder is no finished cache from here on
     device = next(teacher.parameters()).device
     resolved = resolve_precision(precision, device)
     was_training = teacher.training

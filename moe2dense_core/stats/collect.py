@@ -62,9 +62,10 @@ grouper read (`plan.stats_request_for`), and router-only statistics cost little 
 dtype "auto" (or any name) resolves through the project's one precision rule
 (moe2dense_core.distill.precision.compute_dtype): bfloat16 only where the device has native bf16, so a
 bf16 checkpoint on a CPU without bf16 units runs in float32.
-Before any weight is loaded or any forward runs, a checkpoint is opened and validated once
-(checkpoint.open_teacher, headers only; an already opened Teacher is used as it is) and every batch is
-checked (2-D integer tensor, ids within the vocabulary).
+Before anything is read, the memory bounds are checked (memory_bounds.py: chunk and block ≥ 1 byte, hidden
+states ≥ 0, where 0 always spills to disk). Before any weight is loaded or any forward runs, a checkpoint
+is opened and validated once (checkpoint.open_teacher, headers only; an already opened Teacher is used as
+it is) and every batch is checked (2-D integer tensor, ids within the vocabulary).
 Data parallel: statistics of disjoint batch shards (processes, GPUs) combine with ExpertStats.merge.
 Calibration data and size are not given by the paper [defined here: the caller chooses].
 """
@@ -94,6 +95,7 @@ from moe2dense_core.stats.memory_bounds import (
     DEFAULT_MAX_BLOCK_BYTES,
     DEFAULT_MAX_CHUNK_BYTES,
     DEFAULT_MAX_HIDDEN_BYTES,
+    check_memory_bounds,
 )
 from moe2dense_core.stats.request import EVERYTHING, StatsRequest
 from moe2dense_core.stats.streamed_teacher import StreamedTeacher
@@ -131,14 +133,19 @@ def collect_stats(
     norms and Gram; statistics are always accumulated in float64.
     max_chunk_bytes: bound on the expert outputs and intermediates computed at once (see hooks.py).
     max_hidden_bytes / spill_dir (layer_by_layer): the calibration hidden states beyond this many bytes
-    go to a memory-mapped temporary file under spill_dir (see hidden_store.py and the peak formula above).
+    go to a memory-mapped temporary file under spill_dir (see hidden_store.py and the peak formula above;
+    0: always).
     max_block_bytes (layer_by_layer): bound on the float32 bytes of one block of routed experts read from
     disk at a time (streamed_experts.py).
+    All three are checked first, whatever the mode (StatsError naming the bound: memory_bounds.py).
     on_progress: called as on_progress(done, total) after each batch (in_memory) or each decoder layer
     (layer_by_layer), e.g. to draw a progress bar.
     """
     if mode not in ("in_memory", "layer_by_layer"):
         raise StatsError(f"mode must be 'in_memory' or 'layer_by_layer', got {mode!r}")
+    check_memory_bounds(
+        max_chunk_bytes=max_chunk_bytes, max_hidden_bytes=max_hidden_bytes, max_block_bytes=max_block_bytes
+    )
     hooks = {"outputs_dtype": outputs_dtype, "max_chunk_bytes": max_chunk_bytes}
     if isinstance(model_dir_or_model, nn.Module):
         if mode != "in_memory":

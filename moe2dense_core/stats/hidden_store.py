@@ -9,6 +9,7 @@ its input in place, so there is one copy per token whatever the number of layers
     N·H·itemsize > max_ram_bytes   a memory-mapped file (torch.from_file, shared) in a fresh temporary
                                    folder under `spill_dir` (default: the system temp folder; note that
                                    a tmpfs /tmp is RAM, so point it at a disk for large calibrations)
+max_ram_bytes is the calibration bound max_hidden_bytes (memory_bounds.py: ≥ 0; 0 always spills).
 
 The file's space is reserved up front (posix_fallocate where the OS has it, so a full disk is an error
 here, not a SIGBUS later), and it is unlinked as soon as it is mapped: nothing is left on disk after
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from moe2dense_core.errors import StatsError
-from moe2dense_core.stats.memory_bounds import DEFAULT_MAX_HIDDEN_BYTES
+from moe2dense_core.stats.memory_bounds import DEFAULT_MAX_HIDDEN_BYTES, check_memory_bounds
 
 
 class HiddenStateStore:
@@ -42,8 +43,7 @@ class HiddenStateStore:
         max_ram_bytes: int = DEFAULT_MAX_HIDDEN_BYTES,
         spill_dir: str | Path | None = None,
     ) -> None:
-        if max_ram_bytes < 0:
-            raise StatsError(f"max_hidden_bytes must be ≥ 0, got {max_ram_bytes}")
+        check_memory_bounds(max_hidden_bytes=max_ram_bytes)
         self.shapes = [(int(b), int(t)) for b, t in shapes]
         self.hidden = hidden
         self.dtype = dtype

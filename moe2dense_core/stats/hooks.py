@@ -36,7 +36,7 @@ from moe2dense_core.arch.expert_weights import Activation, ExpertWeights
 from moe2dense_core.arch.spec import MoEArchSpec
 from moe2dense_core.stats.expert_stats import ExpertStats
 from moe2dense_core.stats.layer_stats import LayerStats, StatsError
-from moe2dense_core.stats.memory_bounds import DEFAULT_MAX_CHUNK_BYTES
+from moe2dense_core.stats.memory_bounds import DEFAULT_MAX_CHUNK_BYTES, check_memory_bounds
 
 
 class AllExpertOutputs(Protocol):
@@ -91,8 +91,7 @@ def attach_stat_hooks(
     router ran without its experts (or the reverse) raises StatsError: the forward did not follow the
     MoE block.
     """
-    if max_chunk_bytes <= 0:
-        raise StatsError(f"max_chunk_bytes must be positive, got {max_chunk_bytes}")
+    check_memory_bounds(max_chunk_bytes=max_chunk_bytes)
     if outputs_dtype not in (torch.float32, torch.float64):
         raise StatsError(f"outputs_dtype must be torch.float32 or torch.float64, got {outputs_dtype}")
     dims = spec.dims(stats.config)

@@ -39,8 +39,8 @@ from transformers.integrations.moe import _grouped_linear
 from moe2dense_core.arch.expert_weights import ExpertWeights
 from moe2dense_core.arch.layouts import FusedLayout
 from moe2dense_core.arch.spec import MoEArchSpec
-from moe2dense_core.errors import StatsError
 from moe2dense_core.io.reader import CheckpointReader
+from moe2dense_core.stats.memory_bounds import check_memory_bounds
 
 FLOAT32_BYTES = 4
 
@@ -91,8 +91,7 @@ class ExpertBlocks:
         device: torch.device,
     ) -> ExpertBlocks:
         """Blocks of B = max(1, ⌊max_block_bytes / b⌋) experts (module docstring)."""
-        if max_block_bytes <= 0:
-            raise StatsError(f"max_block_bytes must be positive, got {max_block_bytes}")
+        check_memory_bounds(max_block_bytes=max_block_bytes)
         dims = spec.dims(reader.config)
         width, hidden = dims.expert_width, dims.hidden
         expert_bytes = FLOAT32_BYTES * (3 * width * hidden + 2 * width + hidden)

@@ -1,6 +1,7 @@
 """convert() passes calibration's memory bounds to collect_stats: a conversion under tiny bounds (one token
 per chunk, one expert per block, hidden states spilled to disk) calibrates with them and writes the same
-dense model as one under the defaults; a bound that is not a positive byte count is refused first."""
+dense model as one under the defaults; a bound that breaks the library's rule (stats/memory_bounds.py:
+chunk and block ≥ 1 byte, hidden states ≥ 0, 0 = always spill) is refused first."""
 
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def test_tiny_bounds_calibrate_with_them_and_give_the_same_dense_model(
     assert bounded.shard_digests == default.shard_digests
 
 
+@pytest.mark.parametrize("max_hidden_bytes", [0, 1])  # 0: always spill
 def test_the_hidden_bound_reaches_the_hidden_state_store(
-    teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_hidden_bytes: int
 ) -> None:
     """Beyond max_hidden_bytes the hidden states spill to a file under the temp folder: one that does not
     exist makes that spill, and only it, fail."""
@@ -65,16 +67,27 @@ def test_the_hidden_bound_reaches_the_hidden_state_store(
     batches, mode = calibration_batches(), {"calibration_mode": "layer_by_layer"}
     convert(teacher_dir, batches, tmp_path / "in_ram", **mode)
     with pytest.raises(FileNotFoundError, match="missing/moe2dense-hidden-"):
-        convert(teacher_dir, batches, tmp_path / "spilled", **mode, calibration_max_hidden_bytes=1)
+        convert(
+            teacher_dir, batches, tmp_path / "spilled", **mode, calibration_max_hidden_bytes=max_hidden_bytes
+        )
 
 
-@pytest.mark.parametrize("value", [0, -1, True, 1.5])
-@pytest.mark.parametrize("name", list(TINY_BOUNDS))
-def test_a_bound_that_is_not_a_positive_byte_count_is_refused_before_calibration(
-    teacher_dir: Path, tmp_path: Path, name: str, value: object
+POSITIVE = "a positive number of bytes"
+NOT_NEGATIVE = r"a number of bytes ≥ 0 \(0: always spill to disk\)"
+BAD_BOUNDS = [
+    *[
+        (name, value, POSITIVE)
+        for name in ("max_chunk_bytes", "max_block_bytes")
+        for value in (0, -1, True, 1.5)
+    ],
+    *[("max_hidden_bytes", value, NOT_NEGATIVE) for value in (-1, True, 1.5)],
+]
+
+
+@pytest.mark.parametrize("name, value, requirement", BAD_BOUNDS)
+def test_a_bound_that_breaks_the_rule_is_refused_before_calibration(
+    teacher_dir: Path, tmp_path: Path, name: str, value: object, requirement: str
 ) -> None:
-    with pytest.raises(
-        StatsError, match=rf"calibration_{name} must be a positive number of bytes, got {value!r}"
-    ):
+    with pytest.raises(StatsError, match=rf"calibration_{name} must be {requirement}, got {value!r}"):
         convert(teacher_dir, calibration_batches(), tmp_path / "dense", **{f"calibration_{name}": value})
     assert not (tmp_path / "dense").exists()

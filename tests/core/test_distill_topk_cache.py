@@ -253,3 +253,27 @@ def test_merging_refuses_a_missing_or_repeated_shard_and_disagreeing_ranks(setup
         merge_manifest_parts([rank0, part(1, temperature=2.0)])
     with pytest.raises(DistillError, match="no manifest parts"):
         merge_manifest_parts([])
+
+
+def test_a_pass_that_dies_in_a_finished_cache_folder_leaves_no_manifest_over_mixed_shards(
+    setup: dict, tmp_path: Path
+) -> None:
+    """Rewriting a cache folder for other data, interrupted after its first shard: the old manifest is
+    gone (the folder is no cache), so the old manifest can never describe the new shard."""
+    out = tmp_path / "cache"
+    settings = {"precision": "fp32", "batch_size": 2, "rows_per_shard": 3}
+    write_topk_cache(setup["teacher"], setup["data"], out, 16, **settings)
+
+    def die_after_the_first_shard(path: Path, shard) -> None:
+        raise RuntimeError(f"killed after {shard.file}")
+
+    with pytest.raises(RuntimeError, match="killed after shard_00000"):
+        write_topk_shards(
+            setup["teacher"], random_rows(8, 32, seed=6), out, 16, on_shard=die_after_the_first_shard, **settings
+        )
+    assert not (out / MANIFEST_NAME).exists()
+    with pytest.raises(DistillError, match="not a finished top-k cache"):
+        TopKCache.open(out)
+    rerun = write_topk_cache(setup["teacher"], setup["data"], out, 16, **settings)
+    assert rerun == setup["manifests"][16]
+    TopKCache.open(out, verify=True)

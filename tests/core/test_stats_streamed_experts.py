@@ -72,7 +72,7 @@ def test_blocks_hold_at_most_the_bound_and_only_the_wanted_ones_are_read(
     blocks.each(torch.float32, check, wanted=torch.tensor([4, 5]))
     assert seen == [(3, 6)]
     assert ExpertBlocks.of(reader, spec, 1, 1, torch.device("cpu")).block_size == 1  # never below one expert
-    with pytest.raises(StatsError, match="max_block_bytes must be positive, got 0"):
+    with pytest.raises(StatsError, match="max_block_bytes must be a positive number of bytes, got 0"):
         ExpertBlocks.of(reader, spec, 1, 0, torch.device("cpu"))
 
 

@@ -226,3 +226,34 @@ def test_body_cut_mid_stream_is_downloaded_again(s3_server: S3Server, tmp_path: 
                                 TransferConfig(), RetryPolicy(max_attempts=3, backoff_s=0.01))
         assert store.get(ref, tmp_path / "stats.bin").read_bytes() == payload
         assert proxy.count(TRUNCATE) == 1
+
+
+def open_upload(s3: S3Server, key: str) -> str:
+    """Start a multipart upload of `key` and store its first part, as a put killed after part 1 leaves it."""
+    client = s3.client()
+    upload = client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=s3.bucket, Key=key, UploadId=upload, PartNumber=1, Body=os.urandom(5 * MIB))
+    return upload
+
+
+def test_a_put_aborts_the_stale_incomplete_uploads_of_its_own_artifact_only(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    store = open_artifact_store(s3_settings(s3_server, tmp_path / "home"))
+    source = make_checkpoint(tmp_path)
+    ref = store.put_dir(source, kind="dense-model")
+    own = f"{store.prefix}/{ref.key}/sub/model.safetensors"
+    neighbour = f"{store.prefix}/{ref.key}-other/model.safetensors"  # same prefix, another key
+    uploads = {open_upload(s3_server, own): own, open_upload(s3_server, neighbour): neighbour}
+
+    young = S3ArtifactStore(store.bucket, store.prefix, store.client, tmp_path / "c1", stale_upload_age_s=1e9)
+    assert young.put_dir(source, kind="dense-model") == ref  # moto dates every upload 2010: not 31 years old
+    listing = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket, Prefix=store.prefix)
+    assert len(listing["Uploads"]) == 2
+
+    assert store.put_dir(source, kind="dense-model") == ref  # the default age: 24 h
+    left = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket, Prefix=store.prefix)["Uploads"]
+    assert {upload["UploadId"]: upload["Key"] for upload in left} == {
+        uid: key for uid, key in uploads.items() if key == neighbour
+    }
+    assert store.abort_stale_uploads(ref) == []

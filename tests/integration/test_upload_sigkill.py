@@ -136,10 +136,13 @@ def test_a_put_killed_mid_copy_is_invisible_and_the_rerun_stores_one_verified_co
     reader = LocalArtifactStore(root)
     assert staged_bytes(root) < 96 * MIB  # provably mid-copy
     assert not list(root.glob(f"blob/*/*{MANIFEST_SUFFIX}"))  # nothing a reader could find
+    assert reader.remove_staging_leftovers() == []  # its writer is alive (stopped): its staging stays
     kill(writer)
     assert not list(root.glob(f"blob/*/*{MANIFEST_SUFFIX}"))
+    assert staged_bytes(root) > 0  # the killed writer's partial copy …
 
     ref = reader.put_dir(payload, kind="blob")  # the re-run
+    assert list((root / ".staging").iterdir()) == []  # … is gone with the re-run's first step
     reader.verify(ref)
     assert reader.exists(ref) and reader.ref_from_uri(reader.uri_for(ref)) == ref
     assert [p.name for p in root.glob("blob/*/*")] == ["payload", f"payload{MANIFEST_SUFFIX}"]
@@ -172,6 +175,8 @@ def test_a_multipart_upload_killed_between_parts_is_invisible_and_the_rerun_stor
 
     ref = reader.put_file(big, kind="blob")  # the re-run, straight to the server
     assert ref == expected
+    # moto reports every upload as initiated in 2010, so the killed one is past the 24 h age: aborted
+    assert client.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=prefix).get("Uploads", []) == []
     assert keys(s3_server, prefix) == [f"{prefix}/{ref.key}", f"{prefix}/{ref.manifest_key}"]
     assert reader.fetch(ref, verify=True).read_bytes() == big.read_bytes()
 

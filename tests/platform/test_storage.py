@@ -109,6 +109,35 @@ def test_corruption_is_detected_on_get_and_verify(tmp_path: Path) -> None:
         store.fetch(ref, verify=True)
 
 
+def test_verify_names_the_one_corrupted_file_among_many(tmp_path: Path) -> None:
+    """verify hashes the files concurrently and still names the bad one with what it found: a changed byte
+    as a sha256 mismatch at the manifest's size, a truncation as a size mismatch; a single-file artifact
+    the same way."""
+    contents = {f"model-{i:05d}-of-00006.safetensors": bytes([i]) * (4096 + i) for i in range(6)}
+    (tmp_path / "shards").mkdir()
+    for name, data in contents.items():
+        (tmp_path / "shards" / name).write_bytes(data)
+    store = LocalArtifactStore(tmp_path / "store")
+    ref = store.put_dir(tmp_path / "shards", kind="dense-model")
+    single = store.put_bytes(contents["model-00003-of-00006.safetensors"], kind="plan", name="plan.bin")
+    store.verify(ref)
+    store.verify(single)
+
+    original = contents["model-00003-of-00006.safetensors"]
+    for artifact, victim, shown in (
+        (ref, store.root / ref.key / "model-00003-of-00006.safetensors", "model-00003-of-00006.safetensors"),
+        (single, store.root / single.key, "plan.bin"),
+    ):
+        for corrupted in (b"\xff" + original[1:], original[:-1]):
+            victim.write_bytes(corrupted)
+            found = rf"got {len(corrupted)} bytes sha256 {hashlib.sha256(corrupted).hexdigest()}"
+            expected = rf"manifest says {len(original)} bytes sha256 {hashlib.sha256(original).hexdigest()}"
+            with pytest.raises(ArtifactIntegrityError, match=rf"file '{shown}' at .*: {found}, {expected}$"):
+                store.verify(artifact)
+        victim.write_bytes(original)
+        store.verify(artifact)
+
+
 def test_failure_while_copying_leaves_nothing_visible(tmp_path: Path) -> None:
     """A real read error on the last file (/proc/self/mem fails with EIO at offset 0) aborts put_dir
     after the first file was copied: no artifact, no payload, no staging residue."""

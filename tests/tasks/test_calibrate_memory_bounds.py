@@ -1,6 +1,7 @@
 """Stage `calibrate` runs collect_stats under the recipe's memory bounds (`statistics.max_*_bytes`): its
 statistics are those of collect_stats under the same bounds, and a hidden-state bound below the
-calibration's size spills. Through `.fn` on a tiny trained teacher, in the embedded default."""
+calibration's size spills (0, which the recipe accepts: always). Through `.fn` on a tiny trained teacher,
+in the embedded default."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from moe2dense_core.distill.precision import compute_dtype
 from moe2dense_core.stats.collect import collect_stats
+from moe2dense_platform.recipe import StatisticsConfig
 from tasks.calibrate import calibrate_task, calibration_rows
 from tasks.source import source_task
 from tests.tasks.stage_fixtures import parent_run_id, teacher  # noqa: F401 (fixtures)
@@ -42,15 +44,20 @@ def test_the_stage_calibrates_under_the_recipe_bounds(recipe_and_source, parent_
     assert result.stats_digest == expected.digest()
 
 
+@pytest.mark.parametrize("max_hidden_bytes", [0, 1])
 def test_a_hidden_bound_below_the_calibration_spills(
     recipe_and_source,
     parent_run_id,  # noqa: F811
     tmp_path,
     monkeypatch: pytest.MonkeyPatch,
+    max_hidden_bytes: int,
 ):
-    """The spill file goes under the temp folder: one that does not exist makes that spill fail."""
+    """The spill file goes under the temp folder: one that does not exist makes that spill fail. The
+    section is validated as a recipe's is (0 is accepted: always spill)."""
     recipe, source = recipe_and_source
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
-    statistics = recipe.statistics.model_copy(update={"mode": "layer_by_layer", "max_hidden_bytes": 1})
+    statistics = StatisticsConfig(
+        **{**recipe.statistics.model_dump(), "mode": "layer_by_layer", "max_hidden_bytes": max_hidden_bytes}
+    )
     with pytest.raises(FileNotFoundError, match="missing/moe2dense-hidden-"):
         calibrate_task.fn(source, recipe.calibration, statistics, parent_run_id)

@@ -1,11 +1,17 @@
 """Stage `teacher_logits` on two CPU processes (`distillation.teacher_cache.processes`), through `.fn` in the
 embedded default, on a tiny random Qwen3-MoE: the stored cache is byte-identical to one process's (same
 manifest digest, so the same shard digests) and `processes` is not part of the cache key; a rank that
-fails fails the pass with its own error, before any manifest, and its shards are never handed over;
-the setting is checked when the recipe loads."""
+fails fails the pass with its own error, before any manifest, and its shards are never handed over; the ranks
+of a SIGKILLed stage stop by themselves after their current shard; the setting is checked when the
+recipe loads."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,7 @@ from moe2dense_platform.stored_topk_cache import open_stored_topk_cache
 from tasks.source import source_task
 from tasks.stage import STAGES
 from tasks.teacher_logits import teacher_logits_task
-from tasks.teacher_logits_workers import TeacherPassSpec, run_teacher_workers
+from tasks.teacher_logits_workers import WORKER_MODULE, TeacherPassSpec, run_teacher_workers
 from tests.fixtures.tiny_moe import VOCAB_SIZE
 from tests.flows.tiny_teacher import TinyTeacher, make_random_teacher
 from tests.tasks.stage_fixtures import parent_run_id  # noqa: F401 (fixture)
@@ -106,6 +112,62 @@ def test_a_failing_rank_fails_the_pass_with_its_error_and_hands_over_none_of_its
     assert "IndexError: index out of range in self" in message  # the rank's own traceback
     assert set(handed) <= {"shard_00000.safetensors", "shard_00002.safetensors"}  # rank 0's only
     assert not (spec.out_dir / "manifest.json").exists() and not (spec.out_dir / "part_00001.json").exists()
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STAGE_CHILD = """
+import sys, torch
+from pathlib import Path
+from tasks.teacher_logits_workers import TeacherPassSpec, run_teacher_workers
+spec = TeacherPassSpec.model_validate_json(Path(sys.argv[1]).read_text())
+rows = torch.randint(0, int(sys.argv[2]), (2000, 32), generator=torch.Generator().manual_seed(0))
+run_teacher_workers(spec, rows, spec.rows_file.parent, on_shard=lambda path: None)
+"""
+
+
+def ranks_running(spec_file: Path) -> list[int]:
+    """Pids of the teacher-pass ranks started with `spec_file` (whatever their parent now)."""
+    running = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if WORKER_MODULE.encode() in argv and str(spec_file).encode() in argv:
+            running.append(int(entry.name))
+    return running
+
+
+@pytest.mark.slow
+def test_the_ranks_of_a_killed_stage_stop_after_their_current_shard(teacher, tmp_path: Path) -> None:
+    """The stage process is SIGKILLed once the first of 500 shards is written: its two ranks, in their own
+    sessions, out of its reach, notice the lost parent after their shard and exit with the reason."""
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    spec = TeacherPassSpec(
+        teacher_dir=teacher.path, rows_file=work / "rows.safetensors", out_dir=cache, k=8, temperature=1.0,
+        teacher_top_k=None, teacher_digest="tiny", batch_size=4, rows_per_shard=4, precision="fp32",
+        logprob_dtype="float32", device="cpu", processes=2, threads=1,
+    )
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    stage = subprocess.Popen(
+        [sys.executable, "-c", STAGE_CHILD, str(tmp_path / "spec.json"), str(VOCAB_SIZE)],
+        cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(cache.glob("shard_*.safetensors")):
+        if stage.poll() is not None or time.monotonic() > deadline:
+            stage.kill()
+            pytest.fail(f"no shard written (stage exit {stage.poll()}): {stage.stderr.read()[-4000:]}")
+        time.sleep(0.001)
+    os.kill(stage.pid, signal.SIGKILL)
+    stage.wait(timeout=30)
+
+    while ranks_running(work / "spec.json"):
+        assert time.monotonic() < deadline, "the ranks of the killed stage kept running"
+        time.sleep(0.1)
+    assert len(list(cache.glob("shard_*.safetensors"))) < 500
+    for rank in (0, 1):
+        assert f"stage process {stage.pid} is gone" in (work / f"rank_{rank:05d}.log").read_text()
 
 
 def test_the_processes_setting_is_checked_when_the_recipe_loads(teacher) -> None:
