@@ -1,4 +1,5 @@
-"""The bottom of the core is layered without loops: errors, pretrained, registry ← io ← arch ← checkpoint ← the rest.
+"""The bottom of the core is layered without loops: errors, pretrained, registry, process_owner ← io ← arch ←
+checkpoint ← the rest.
 
 `io/` reads and writes checkpoints (and holds the MXFP4 / FP8 codecs that `arch/` uses); `arch/` knows each
 family; `checkpoint/` validates a checkpoint against its family and opens the teacher (open_teacher). A
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import moe2dense_core
 
-LAYERS = {"errors": 0, "pretrained": 0, "registry": 0, "io": 1, "arch": 2, "checkpoint": 3}
-"""Rank of the bottom layers (errors, pretrained — the one from_pretrained gate — and the generic registry
-import no core module);
+LAYERS = {"errors": 0, "pretrained": 0, "registry": 0, "process_owner": 0, "io": 1, "arch": 2, "checkpoint": 3}
+"""Rank of the bottom layers (errors, pretrained — the one from_pretrained gate —, the generic registry and
+process_owner — which process owns a leftover, io/leftovers.py — import no core module);
 every other part of moe2dense_core ranks above them."""
 ROOT = Path(moe2dense_core.__file__).parent
 
