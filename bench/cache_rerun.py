@@ -23,9 +23,15 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher-steps", type=int, default=60, help="training steps of the small teacher (untimed)")
-    parser.add_argument("--distill-steps", type=int, default=20, help="distillation.train.max_steps of the recipe")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--teacher-steps", type=int, default=60, help="training steps of the small teacher (untimed)"
+    )
+    parser.add_argument(
+        "--distill-steps", type=int, default=20, help="distillation.train.max_steps of the recipe"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
 

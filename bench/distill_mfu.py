@@ -35,18 +35,29 @@ from moe2dense_core.distill import DistillConfig, TopKCache, distill, resolve_pr
 from moe2dense_core.distill.losses import topk_bucket_logprobs
 from moe2dense_core.distill.precision import autocast
 
-PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0},
-               "A100": {"bf16": 312.0, "fp32": 19.5}}
+PEAK_TFLOPS = {
+    "H100": {"bf16": 989.0, "fp32": 67.0},
+    "H200": {"bf16": 989.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+}
 """Dense peak TFLOP/s by GPU model (NVIDIA data sheets, SXM parts, no sparsity)."""
 
 
 def make_student(vocab: int, hidden: int, layers: int, ffn: int) -> Qwen3ForCausalLM:
     torch.manual_seed(0)
-    return Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 256), head_dim=64,
-        max_position_embeddings=8192, tie_word_embeddings=False,
-    ))
+    return Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=ffn,
+            num_hidden_layers=layers,
+            num_attention_heads=hidden // 64,
+            num_key_value_heads=max(1, hidden // 256),
+            head_dim=64,
+            max_position_embeddings=8192,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def flops_per_token(model: Qwen3ForCausalLM, seq_len: int) -> float:
@@ -69,12 +80,19 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float | No
     return None
 
 
-def hand_loop(student: torch.nn.Module, cache: TopKCache, data: torch.Tensor, config: DistillConfig,
-              precision: str, device: torch.device) -> None:
+def hand_loop(
+    student: torch.nn.Module,
+    cache: TopKCache,
+    data: torch.Tensor,
+    config: DistillConfig,
+    precision: str,
+    device: torch.device,
+) -> None:
     """Forward KL against the cached top-k buckets, the minimal way: same rows, optimizer and clipping."""
     student.to(device).train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, betas=config.adam_betas,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+    )
     batch = config.micro_batch_size
     vocab = cache.manifest.vocab_size
     for step in range(config.max_steps):
@@ -82,10 +100,16 @@ def hand_loop(student: torch.nn.Module, cache: TopKCache, data: torch.Tensor, co
         with autocast(precision, device):
             logits = student(input_ids=targets.input_ids.to(device), use_cache=False).logits
         teacher_buckets, student_buckets = topk_bucket_logprobs(
-            F.log_softmax(logits.float(), -1), targets.topk_ids.to(device).long(),
-            targets.topk_logprobs.to(device).float(), targets.tail_logprob.to(device).float(), vocab,
+            F.log_softmax(logits.float(), -1),
+            targets.topk_ids.to(device).long(),
+            targets.topk_logprobs.to(device).float(),
+            targets.tail_logprob.to(device).float(),
+            vocab,
         )
-        loss = F.kl_div(student_buckets, teacher_buckets, log_target=True, reduction="sum") / logits.shape[:2].numel()
+        loss = (
+            F.kl_div(student_buckets, teacher_buckets, log_target=True, reduction="sum")
+            / logits.shape[:2].numel()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
@@ -103,7 +127,9 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed run")
     parser.add_argument("--repeats", type=int, default=3)
@@ -126,17 +152,28 @@ def main() -> None:
     params = sum(p.numel() for p in student.parameters())
     rows = args.batch * args.steps
     data = torch.randint(0, args.vocab, (rows, args.seq_len), generator=torch.Generator().manual_seed(0))
-    config = DistillConfig(max_steps=args.steps, micro_batch_size=args.batch, lr=1e-4, precision="auto",
-                           shuffle=False, log_every=args.steps, gradient_checkpointing=False)
+    config = DistillConfig(
+        max_steps=args.steps,
+        micro_batch_size=args.batch,
+        lr=1e-4,
+        precision="auto",
+        shuffle=False,
+        log_every=args.steps,
+        gradient_checkpointing=False,
+    )
     teacher = make_student(args.vocab, args.hidden // 2, 2, args.ffn // 2).eval()  # only writes the cache
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(tmp) / "cache"
-        write_topk_cache(teacher.to(device), data, cache_dir, args.topk, precision="auto", batch_size=args.batch)
+        write_topk_cache(
+            teacher.to(device), data, cache_dir, args.topk, precision="auto", batch_size=args.batch
+        )
         del teacher
         cache = TopKCache.open(cache_dir)
         student.to(device)
-        runs = {"distill()": lambda: distill(student, cache_dir, data, config),
-                "hand loop": lambda: hand_loop(student, cache, data, config, precision, device)}
+        runs = {
+            "distill()": lambda: distill(student, cache_dir, data, config),
+            "hand loop": lambda: hand_loop(student, cache, data, config, precision, device),
+        }
         for fn in runs.values():
             timed(fn, device)  # warm-up
         seconds: dict[str, list[float]] = {name: [] for name in runs}
@@ -147,8 +184,10 @@ def main() -> None:
     per_token = flops_per_token(student, args.seq_len)
     peak = peak_flops(device, precision, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {name}, precision {precision}, student {params / 1e6:.1f}M parameters, "
-          f"{args.steps} steps × {args.batch} × {args.seq_len} tokens, top-{args.topk} cache")
+    print(
+        f"device {name}, precision {precision}, student {params / 1e6:.1f}M parameters, "
+        f"{args.steps} steps × {args.batch} × {args.seq_len} tokens, top-{args.topk} cache"
+    )
     print(f"{'loop':<10} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7}")
     for label, times in seconds.items():
         rate = tokens / statistics.median(times)

@@ -29,20 +29,39 @@ from moe2dense_core.distill.precision import autocast
 
 def make_student(vocab: int, hidden: int, layers: int, seed: int) -> Qwen3ForCausalLM:
     torch.manual_seed(seed)
-    return Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=hidden // 32, num_key_value_heads=max(1, hidden // 64), head_dim=32,
-        max_position_embeddings=4096, tie_word_embeddings=False,
-    ))
+    return Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=hidden // 32,
+            num_key_value_heads=max(1, hidden // 64),
+            head_dim=32,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def make_teacher(vocab: int, hidden: int, layers: int, seed: int) -> Qwen3MoeForCausalLM:
     torch.manual_seed(seed)
-    return Qwen3MoeForCausalLM(Qwen3MoeConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, moe_intermediate_size=hidden,
-        num_hidden_layers=layers, num_attention_heads=hidden // 32, num_key_value_heads=max(1, hidden // 64),
-        head_dim=32, num_experts=8, num_experts_per_tok=2, max_position_embeddings=4096, tie_word_embeddings=False,
-    )).eval()
+    return Qwen3MoeForCausalLM(
+        Qwen3MoeConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            moe_intermediate_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=hidden // 32,
+            num_key_value_heads=max(1, hidden // 64),
+            head_dim=32,
+            num_experts=8,
+            num_experts_per_tok=2,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+        )
+    ).eval()
 
 
 def sync(device: torch.device) -> None:
@@ -50,24 +69,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def hand_loop(student: torch.nn.Module, teacher: torch.nn.Module, data: torch.Tensor, config: DistillConfig,
-              precision: str, device: torch.device) -> None:
+def hand_loop(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    data: torch.Tensor,
+    config: DistillConfig,
+    precision: str,
+    device: torch.device,
+) -> None:
     """The minimal loop a researcher would write: same rows in the same order, same optimizer and clipping."""
     student.to(device).train()
     teacher.to(device).eval()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, betas=config.adam_betas,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+    )
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))
     batch = config.micro_batch_size
     for step in range(config.max_steps):
-        rows = order[(step * batch) % len(data):][:batch]
+        rows = order[(step * batch) % len(data) :][:batch]
         ids = data[rows].to(device)
         with torch.no_grad(), autocast(precision, device):
             teacher_logits = teacher(input_ids=ids, use_cache=False).logits
         with autocast(precision, device):
             student_logits = student(input_ids=ids, use_cache=False).logits
-        loss = F.kl_div(F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1),
-                        log_target=True, reduction="sum") / ids.numel()
+        loss = (
+            F.kl_div(
+                F.log_softmax(student_logits.float(), -1),
+                F.log_softmax(teacher_logits.float(), -1),
+                log_target=True,
+                reduction="sum",
+            )
+            / ids.numel()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
@@ -82,7 +115,9 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def alternate(a: Callable[[], None], b: Callable[[], None], repeats: int, device: torch.device) -> tuple[float, float]:
+def alternate(
+    a: Callable[[], None], b: Callable[[], None], repeats: int, device: torch.device
+) -> tuple[float, float]:
     """Median seconds of a and of b over `repeats` alternating runs, after one warm-up of each."""
     timed(a, device)
     timed(b, device)
@@ -94,7 +129,9 @@ def alternate(a: Callable[[], None], b: Callable[[], None], repeats: int, device
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (the median is reported)")
@@ -115,11 +152,19 @@ def main() -> None:
     precision = resolve_precision(args.precision, device)
     rows = args.batch * args.steps
     data = torch.randint(0, args.vocab, (rows, args.seq_len), generator=torch.Generator().manual_seed(0))
-    config = DistillConfig(max_steps=args.steps, micro_batch_size=args.batch, lr=1e-4, precision=args.precision,
-                           shuffle=True, log_every=args.steps)
+    config = DistillConfig(
+        max_steps=args.steps,
+        micro_batch_size=args.batch,
+        lr=1e-4,
+        precision=args.precision,
+        shuffle=True,
+        log_every=args.steps,
+    )
     tokens = args.steps * args.batch * args.seq_len
-    print(f"device {device}, precision {precision}, {args.steps} steps × {args.batch} × {args.seq_len} tokens, "
-          f"vocab {args.vocab}, threads {torch.get_num_threads()}")
+    print(
+        f"device {device}, precision {precision}, {args.steps} steps × {args.batch} × {args.seq_len} tokens, "
+        f"vocab {args.vocab}, threads {torch.get_num_threads()}"
+    )
 
     student = make_student(args.vocab, args.student_hidden, 2, seed=0)
     if args.part in ("1", "all"):  # distill() vs hand-written loop, same models and rows
@@ -127,16 +172,26 @@ def main() -> None:
         t_loop, t_hand = alternate(
             lambda: distill(student, teacher, data, config),
             lambda: hand_loop(student, teacher, data, config, precision, device),
-            args.repeats, device,
+            args.repeats,
+            device,
         )
-        print(f"[1] distill() {tokens / t_loop:,.0f} tok/s | hand loop {tokens / t_hand:,.0f} tok/s | "
-              f"ratio {t_hand / t_loop:.3f} (goal ≥ 0.9)")
+        print(
+            f"[1] distill() {tokens / t_loop:,.0f} tok/s | hand loop {tokens / t_hand:,.0f} tok/s | "
+            f"ratio {t_hand / t_loop:.3f} (goal ≥ 0.9)"
+        )
     if args.part in ("2", "all"):
         compare_cached_to_online(args, student, data, config, precision, device, tokens)
 
 
-def compare_cached_to_online(args: argparse.Namespace, student: torch.nn.Module, data: torch.Tensor,
-                             config: DistillConfig, precision: str, device: torch.device, tokens: int) -> None:
+def compare_cached_to_online(
+    args: argparse.Namespace,
+    student: torch.nn.Module,
+    data: torch.Tensor,
+    config: DistillConfig,
+    precision: str,
+    device: torch.device,
+    tokens: int,
+) -> None:
     """Cached top-k vs online teacher, with a teacher whose forward costs ≥ 4× the student's step."""
     big_teacher = make_teacher(args.vocab, args.teacher_hidden, args.teacher_layers, seed=2).to(device)
     student.to(device)
@@ -156,18 +211,24 @@ def compare_cached_to_online(args: argparse.Namespace, student: torch.nn.Module,
     cost_ratio = t_teacher / t_student
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        write_topk_cache(big_teacher, data, Path(tmp) / "cache", args.topk, precision=args.precision,
-                         batch_size=args.batch)
+        write_topk_cache(
+            big_teacher, data, Path(tmp) / "cache", args.topk, precision=args.precision, batch_size=args.batch
+        )
         write_s = time.perf_counter() - start
         t_online, t_cached = alternate(
             lambda: distill(student, big_teacher, data, config),
             lambda: distill(student, Path(tmp) / "cache", data, config),
-            args.repeats, device,
+            args.repeats,
+            device,
         )
-    print(f"[2] teacher forward / student step cost {cost_ratio:.2f}× "
-          f"({'≥' if cost_ratio >= 4 else '<'} 4: raise --teacher-hidden/--teacher-layers if below)")
-    print(f"    online {tokens / t_online:,.0f} tok/s | cached top-{args.topk} {tokens / t_cached:,.0f} tok/s | "
-          f"ratio {t_online / t_cached:.3f} (goal ≥ 1.5); cache written in {write_s:.1f} s")
+    print(
+        f"[2] teacher forward / student step cost {cost_ratio:.2f}× "
+        f"({'≥' if cost_ratio >= 4 else '<'} 4: raise --teacher-hidden/--teacher-layers if below)"
+    )
+    print(
+        f"    online {tokens / t_online:,.0f} tok/s | cached top-{args.topk} {tokens / t_cached:,.0f} tok/s | "
+        f"ratio {t_online / t_cached:.3f} (goal ≥ 1.5); cache written in {write_s:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,14 @@ def benchmarks(quick: bool, gpu: bool) -> dict[str, list[str]]:
     runs = {
         "streaming_convert": ["streaming_convert.py", *(["--quick"] if quick else [])],
         "calibration_overhead": ["calibration_overhead.py", *(["--quick"] if quick else [])],
-        "distill_throughput": ["distill_throughput.py", *(["--steps", "4", "--repeats", "1"] if quick else [])],
-        "cache_rerun": ["cache_rerun.py", *(["--teacher-steps", "20", "--distill-steps", "4"] if quick else [])],
+        "distill_throughput": [
+            "distill_throughput.py",
+            *(["--steps", "4", "--repeats", "1"] if quick else []),
+        ],
+        "cache_rerun": [
+            "cache_rerun.py",
+            *(["--teacher-steps", "20", "--distill-steps", "4"] if quick else []),
+        ],
         "hash_snapshot": ["hash_snapshot.py", *(["--size-mb", "64"] if quick else [])],
     }
     if gpu:
@@ -43,25 +49,42 @@ def goal_lines(output: str) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smoke sizes")
     parser.add_argument("--gpu", action="store_true", help="also the CUDA benchmarks")
     parser.add_argument("--only", nargs="*", default=None, help="names of the benchmarks to run")
     parser.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "moe2dense-bench")
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")])),
+    }
     rows: list[tuple[str, str, str, list[str]]] = []
     for name, argv in benchmarks(args.quick, args.gpu).items():
         if args.only is not None and name not in args.only:
             continue
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(BENCH / argv[0]), *argv[1:]], env=env,
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, str(BENCH / argv[0]), *argv[1:]],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         seconds = time.perf_counter() - start
         log = args.log_dir / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.log"
         log.write_text(done.stdout + done.stderr)
-        rows.append((name, f"{seconds:,.0f} s", str(done.returncode), goal_lines(done.stdout) or [f"(no goal line; see {log})"]))
+        rows.append(
+            (
+                name,
+                f"{seconds:,.0f} s",
+                str(done.returncode),
+                goal_lines(done.stdout) or [f"(no goal line; see {log})"],
+            )
+        )
     print(f"{'benchmark':<28} {'wall':>8} {'rc':>3}  result")
     for name, wall, rc, lines in rows:
         print(f"{name:<28} {wall:>8} {rc:>3}  {lines[0]}")

@@ -69,6 +69,7 @@ def main() -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 
+
 HomeOption = Annotated[
     Path | None, typer.Option("--home", help="Local state folder of the embedded default (MOE2DENSE_HOME).")
 ]
@@ -283,10 +284,12 @@ def sweep(
         list[int] | None, typer.Option("--k", help="Kept experts K (repeat); default: the teacher's k.")
     ] = None,
     grouping: Annotated[
-        list[str] | None, typer.Option(help="Groupers (repeat): {groupers}; default: the recipe's plan.grouping.")
+        list[str] | None,
+        typer.Option(help="Groupers (repeat): {groupers}; default: the recipe's plan.grouping."),
     ] = None,
     scaling: Annotated[
-        list[str] | None, typer.Option(help="Scalings (repeat): {scalings}; default: the recipe's plan.scaling.")
+        list[str] | None,
+        typer.Option(help="Scalings (repeat): {scalings}; default: the recipe's plan.scaling."),
     ] = None,
     distill_best: Annotated[int, typer.Option(help="Distill and evaluate the N best.")] = 1,
     home: HomeOption = None,
@@ -377,7 +380,9 @@ def teacher(
 
     corpus = CorpusSpec(source="files", paths=tuple(text)) if text else CorpusSpec()
     model = TeacherModelConfig() if steps is None else TeacherModelConfig(steps=steps)
-    recipe = TeacherRecipe(corpus=corpus, model=model, train_dense=dense, output_dir=settings.home / "teachers")
+    recipe = TeacherRecipe(
+        corpus=corpus, model=model, train_dense=dense, output_dir=settings.home / "teachers"
+    )
     with stage_progress("teacher", len(planned_stages(recipe))):
         result = teacher_flow(recipe)
     for label, trained in (("MoE", result.moe), ("dense", result.dense)):
@@ -436,13 +441,15 @@ def deploy(
         str, typer.Option(help="Type of the GPU pool when it is created: process, docker or kubernetes.")
     ] = "process",
     image: Annotated[
-        str | None, typer.Option(help="Worker image of a docker / kubernetes GPU pool (default: the template's).")
+        str | None,
+        typer.Option(help="Worker image of a docker / kubernetes GPU pool (default: the template's)."),
     ] = None,
     recipe: Annotated[
         Path | None, typer.Option(help="Recipe pre-filling convert's form (relative paths made absolute).")
     ] = None,
     override: Annotated[
-        list[str] | None, typer.Option(help="Dotted override of --recipe (repeat), e.g. source.model=/srv/moe.")
+        list[str] | None,
+        typer.Option(help="Dotted override of --recipe (repeat), e.g. source.model=/srv/moe."),
     ] = None,
     home: HomeOption = None,
 ) -> None:
@@ -471,7 +478,9 @@ def deploy(
         process_home=settings.home,
     )
     console.print(f"registered {len(ids)} deployments on {settings.prefect_api_url}")
-    console.print(f"start a worker where moe2dense is installed: moe2dense worker --pool {gpu_pool or work_pool}")
+    console.print(
+        f"start a worker where moe2dense is installed: moe2dense worker --pool {gpu_pool or work_pool}"
+    )
 
 
 def require_prefect_server(settings, needs: str):
@@ -487,7 +496,9 @@ def require_prefect_server(settings, needs: str):
 
 @app.command()
 def worker(
-    pool: Annotated[str, typer.Option(help="Process work pool to poll (created when missing).")] = "moe2dense-process",
+    pool: Annotated[
+        str, typer.Option(help="Process work pool to poll (created when missing).")
+    ] = "moe2dense-process",
     name: Annotated[str | None, typer.Option(help="Worker name (default: Prefect's).")] = None,
     home: HomeOption = None,
 ) -> None:

@@ -106,8 +106,15 @@ def convert_flow(recipe: Recipe) -> ConvertResult:
             registered = register_task(
                 source, plan, final, recipe.tracking.registered_model, flow_run.id, parent.run_id
             )
-        produced_by = {"source": source, "calibrate": calibration, "plan": plan, "assemble": assembled,
-                       "teacher_logits": logits, "report": report, "register": registered}
+        produced_by = {
+            "source": source,
+            "calibrate": calibration,
+            "plan": plan,
+            "assemble": assembled,
+            "teacher_logits": logits,
+            "report": report,
+            "register": registered,
+        }
         if final is not assembled:
             produced_by["distill"] = final
         produced_by.update({f"evaluate-{e.label}": e for e in evaluations})

@@ -224,8 +224,7 @@ def study_flow(study: StudyConfig, output_dir: Path) -> StudyResult:
         started = time.perf_counter()
         recipe = conversion_recipe(study, teachers.moe.path, text)
         sweeps = [
-            sweep_flow(SweepRecipe(recipe=recipe, grid=grid, distill_best=0))
-            for grid in sweep_grids(study)
+            sweep_flow(SweepRecipe(recipe=recipe, grid=grid, distill_best=0)) for grid in sweep_grids(study)
         ]
         ranked = sorted((e for s in sweeps for e in s.entries), key=lambda e: e.perplexity)
         record["grid"] = [e.model_dump(mode="json") for e in ranked]

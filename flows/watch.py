@@ -89,7 +89,9 @@ def conversion_recipe(release: HubModel, entry: WatchEntry, template: Path) -> R
     Values are JSON-quoted so YAML keeps an all-digit sha a string."""
     name = re.sub(r"[^\w.-]", "_", release.id)
     pinned = {"source.model": release.id, "source.revision": release.sha, "name": name}
-    return load_recipe(template, [*entry.recipe_overrides, *(f"{k}={json.dumps(v)}" for k, v in pinned.items())])
+    return load_recipe(
+        template, [*entry.recipe_overrides, *(f"{k}={json.dumps(v)}" for k, v in pinned.items())]
+    )
 
 
 def skip_reason(entry: WatchEntry, release: HubModel) -> str | None:

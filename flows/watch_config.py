@@ -130,4 +130,6 @@ def load_watch_config(path: Path | str) -> WatchConfig:
     try:
         return WatchConfig.model_validate(data or {})
     except ValidationError as error:
-        raise WatchConfigError(format_validation_error(error, str(path), kind="watch config", model=WatchConfig)) from None
+        raise WatchConfigError(
+            format_validation_error(error, str(path), kind="watch config", model=WatchConfig)
+        ) from None

@@ -67,11 +67,16 @@ def check_key(key: str, what: str = "artifact key") -> str:
     Refused: empty, absolute (leading '/'), a backslash, a NUL or other control character, or an empty,
     '.' or '..' segment between the '/' separators."""
     problem = (
-        "is empty" if not key
-        else "is absolute" if key.startswith("/")
-        else "contains a backslash" if "\\" in key
-        else "contains a NUL or control character" if any(ord(c) < 32 or ord(c) == 127 for c in key)
-        else "has an empty, '.' or '..' segment" if any(part in ("", ".", "..") for part in key.split("/"))
+        "is empty"
+        if not key
+        else "is absolute"
+        if key.startswith("/")
+        else "contains a backslash"
+        if "\\" in key
+        else "contains a NUL or control character"
+        if any(ord(c) < 32 or ord(c) == 127 for c in key)
+        else "has an empty, '.' or '..' segment"
+        if any(part in ("", ".", "..") for part in key.split("/"))
         else None
     )
     if problem is not None:
@@ -143,7 +148,9 @@ class ArtifactManifest(BaseModel):
         return ArtifactRef(self.kind, self.sha256, self.name)
 
     @classmethod
-    def build(cls, kind: str, name: str, layout: Literal["file", "dir"], files: list[ManifestFile]) -> ArtifactManifest:
+    def build(
+        cls, kind: str, name: str, layout: Literal["file", "dir"], files: list[ManifestFile]
+    ) -> ArtifactManifest:
         files = sorted(files, key=lambda f: f.path)
         digest = files[0].sha256 if layout == "file" else directory_digest(files)
         return cls(
@@ -201,7 +208,7 @@ def ref_under(uri: str, root_uri: str) -> ArtifactRef:
     """The reference that `uri` names inside a store whose root URI is `root_uri` (ending in '/')."""
     if not uri.startswith(root_uri):
         raise StorageError(f"URI {uri!r} is not inside this store ({root_uri})")
-    return ArtifactRef.from_key(uri[len(root_uri):])
+    return ArtifactRef.from_key(uri[len(root_uri) :])
 
 
 def check_kind(kind: str) -> str:
@@ -291,7 +298,9 @@ def list_directory(root: Path) -> dict[str, Path]:
     return {check_key(p.relative_to(root).as_posix(), f"file in {root}"): p for p in files}
 
 
-def verify_against(manifest: ArtifactManifest, entry: ManifestFile, size: int, sha256: str, where: str) -> None:
+def verify_against(
+    manifest: ArtifactManifest, entry: ManifestFile, size: int, sha256: str, where: str
+) -> None:
     """Raise ArtifactIntegrityError unless (size, sha256) equal the manifest's entry."""
     if size != entry.size or sha256 != entry.sha256:
         raise ArtifactIntegrityError(

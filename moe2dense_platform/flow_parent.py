@@ -53,7 +53,9 @@ def link_mlflow_run(runtime: Runtime, run_id: str) -> None:
     if uri.startswith(("http://", "https://")):
         experiment_id = runtime.client.get_run(run_id).info.experiment_id
         create_link_artifact(
-            key="mlflow-run", link=run_url(uri, experiment_id, run_id), link_text=f"MLflow run {run_id}",
+            key="mlflow-run",
+            link=run_url(uri, experiment_id, run_id),
+            link_text=f"MLflow run {run_id}",
             description=description,
         )
     else:

@@ -158,7 +158,9 @@ class LocalStack:
     def start(self, name: str, config: StackConfig) -> None:
         port = {"prefect": config.prefect_port, "s3": config.s3_port, "mlflow": config.mlflow_port}.get(name)
         if port is not None and port_in_use(port):
-            raise StackError(f"port {port} of {LOCALHOST} ({name}) is in use by another program: choose another")
+            raise StackError(
+                f"port {port} of {LOCALHOST} ({name}) is in use by another program: choose another"
+            )
         argv, env, ready = self.command(name, config)
         log = self.root / f"{name}.log"
         started = datetime.now().astimezone()
@@ -183,7 +185,15 @@ class LocalStack:
                 PREFECT_SERVER_ANALYTICS_ENABLED="false",
                 PREFECT_UI_API_URL=config.prefect_api_url,  # the UI's default is port 4200, not --port
             )
-            argv = [str(BIN / "prefect"), "server", "start", "--host", LOCALHOST, "--port", str(config.prefect_port)]
+            argv = [
+                str(BIN / "prefect"),
+                "server",
+                "start",
+                "--host",
+                LOCALHOST,
+                "--port",
+                str(config.prefect_port),
+            ]
             return argv, env, lambda started: http_ok(f"{config.prefect_api_url}/health")
         if name == "s3":
             argv = [str(BIN / "moto_server"), "-H", LOCALHOST, "-p", str(config.s3_port)]
@@ -194,20 +204,37 @@ class LocalStack:
                 destination = f"s3://{config.bucket}/mlflow"
                 env |= {"MLFLOW_S3_ENDPOINT_URL": config.s3_url, **stack_aws_environment()}
             argv = [
-                str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{data / 'mlflow.db'}",
-                "--artifacts-destination", destination, "--host", LOCALHOST, "--port", str(config.mlflow_port),
-                "--workers", "1",
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{data / 'mlflow.db'}",
+                "--artifacts-destination",
+                destination,
+                "--host",
+                LOCALHOST,
+                "--port",
+                str(config.mlflow_port),
+                "--workers",
+                "1",
             ]
             return argv, env, lambda started: http_ok(f"{config.mlflow_url}/health")
-        settings = Settings(home=self.root.parent, **self.stack_settings(config))  # not the caller's MOE2DENSE_*
+        settings = Settings(
+            home=self.root.parent, **self.stack_settings(config)
+        )  # not the caller's MOE2DENSE_*
         env = isolated_environment(MOE2DENSE_SETTINGS_FILE=str(self.settings_file), **settings.environment())
-        return worker_argv(config.work_pool, WORKER_NAME), env, lambda started: worker_online(config.prefect_api_url, config.work_pool, WORKER_NAME, started)
+        return (
+            worker_argv(config.work_pool, WORKER_NAME),
+            env,
+            lambda started: worker_online(config.prefect_api_url, config.work_pool, WORKER_NAME, started),
+        )
 
     def create_bucket(self, config: StackConfig) -> None:
         import boto3
 
         client = boto3.client(
-            "s3", endpoint_url=config.s3_url, region_name="us-east-1",
+            "s3",
+            endpoint_url=config.s3_url,
+            region_name="us-east-1",
             aws_access_key_id=STACK_AWS_KEYS["aws_access_key_id"],
             aws_secret_access_key=STACK_AWS_KEYS["aws_secret_access_key"],
         )
@@ -266,4 +293,3 @@ def write_atomically(path: Path, text: str) -> None:
     staging = path.with_name(f".{path.name}.partial")
     staging.write_text(text, encoding="utf-8")
     os.replace(staging, path)
-

@@ -71,7 +71,9 @@ class LocalArtifactStore:
         name, kind = check_name(name or path.name), check_kind(kind)
         with self._staging() as staging, open(path, "rb") as source:
             size, sha = copy_hashing(source, staging / name)
-            manifest = ArtifactManifest.build(kind, name, "file", [ManifestFile(path=name, size=size, sha256=sha)])
+            manifest = ArtifactManifest.build(
+                kind, name, "file", [ManifestFile(path=name, size=size, sha256=sha)]
+            )
             self._commit(staging / name, manifest)
         return manifest.ref
 
@@ -80,7 +82,9 @@ class LocalArtifactStore:
         with self._staging() as staging:
             write_bytes_atomic(staging / name, data)
             sha = hashlib.sha256(data).hexdigest()
-            manifest = ArtifactManifest.build(kind, name, "file", [ManifestFile(path=name, size=len(data), sha256=sha)])
+            manifest = ArtifactManifest.build(
+                kind, name, "file", [ManifestFile(path=name, size=len(data), sha256=sha)]
+            )
             self._commit(staging / name, manifest)
         return manifest.ref
 

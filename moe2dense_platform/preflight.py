@@ -45,8 +45,13 @@ def check_tracking_server(settings: Settings, redactor: Redactor, timeout_s: flo
     shown = redactor.redact(uri)
     try:
         response = http_request(
-            get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
-            max_retries=0, timeout=timeout_s, raise_on_status=False, params={"max_results": 1},
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            max_retries=0,
+            timeout=timeout_s,
+            raise_on_status=False,
+            params={"max_results": 1},
         )
     except (MlflowException, RequestException) as error:
         raise PreflightError(
@@ -59,8 +64,10 @@ def check_tracking_server(settings: Settings, redactor: Redactor, timeout_s: flo
             "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD / MLFLOW_TRACKING_TOKEN"
         )
     if response.status_code != 200:
-        raise PreflightError(f"MLflow tracking server {shown} answered HTTP {response.status_code}: "
-                             f"{redactor.redact(response.text)[:300]}")
+        raise PreflightError(
+            f"MLflow tracking server {shown} answered HTTP {response.status_code}: "
+            f"{redactor.redact(response.text)[:300]}"
+        )
 
 
 def check_store_writable(settings: Settings, redactor: Redactor, timeout_s: float) -> None:
@@ -78,7 +85,11 @@ def check_store_writable(settings: Settings, redactor: Redactor, timeout_s: floa
     bucket, prefix = parse_s3_uri(root)
     endpoint = settings.s3_endpoint_url or "AWS S3"
     quick = settings.model_copy(
-        update={"s3_botocore_total_attempts": 1, "s3_connect_timeout_s": timeout_s, "s3_read_timeout_s": timeout_s}
+        update={
+            "s3_botocore_total_attempts": 1,
+            "s3_connect_timeout_s": timeout_s,
+            "s3_read_timeout_s": timeout_s,
+        }
     )
     client, key = make_s3_client(quick), f"{prefix}/{name}" if prefix else name
     try:

@@ -53,7 +53,12 @@ def start_process(argv: list[str], env: dict[str, str], cwd: Path, log_path: Pat
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -86,7 +91,9 @@ def wait_until(
         if ready():
             return
         time.sleep(poll_s)
-    raise ProcessError(f"{name} (pid {pid}) not ready after {timeout_s:.0f} s; its log {log_path}:\n{log_tail(log_path)}")
+    raise ProcessError(
+        f"{name} (pid {pid}) not ready after {timeout_s:.0f} s; its log {log_path}:\n{log_tail(log_path)}"
+    )
 
 
 def stop_group(pid: int, timeout_s: float = 20.0) -> None:

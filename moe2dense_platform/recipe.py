@@ -98,7 +98,9 @@ class SourceConfig(_Section):
         if self.is_local:
             return self
         if not HUB_ID_PATTERN.match(self.model):
-            raise ValueError(f"model {self.model!r} is neither an existing local path nor a hub id `org/name`")
+            raise ValueError(
+                f"model {self.model!r} is neither an existing local path nor a hub id `org/name`"
+            )
         if self.revision is None:
             raise ValueError(f"hub model {self.model!r} needs a revision (commit sha, tag or branch)")
         return self
@@ -120,7 +122,9 @@ class CalibrationConfig(_Section):
     @model_validator(mode="after")
     def _at_least_one_sequence(self) -> CalibrationConfig:
         if self.num_tokens < self.seq_len:
-            raise ValueError(f"num_tokens ({self.num_tokens}) is smaller than one sequence (seq_len {self.seq_len})")
+            raise ValueError(
+                f"num_tokens ({self.num_tokens}) is smaller than one sequence (seq_len {self.seq_len})"
+            )
         return self
 
 
@@ -141,7 +145,9 @@ class StatisticsConfig(_Section):
 
     mode: Literal["in_memory", "layer_by_layer"] = "in_memory"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
+    device: str = Field(
+        "auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…"
+    )
     max_chunk_bytes: int = Field(
         DEFAULT_MAX_CHUNK_BYTES,
         json_schema_extra={"minimum": MINIMUM_BYTES["max_chunk_bytes"]},
@@ -188,7 +194,9 @@ class TeacherCacheConfig(_Section):
     logprob_dtype: Literal["float32", "float16"] = "float16"
     batch_size: int = Field(8, gt=0, description="Rows per teacher forward.")
     rows_per_shard: int = Field(256, gt=0, description="Rows per shard file; ≥ batch_size.")
-    device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…")
+    device: str = Field(
+        "auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`…"
+    )
     processes: ProcessCount = Field(
         1, description="Teacher processes (one per GPU), ≥ 1; `auto`: one per CUDA device (1 without)."
     )
@@ -196,9 +204,13 @@ class TeacherCacheConfig(_Section):
     @model_validator(mode="after")
     def _whole_batches_per_shard(self) -> TeacherCacheConfig:
         if self.rows_per_shard < self.batch_size:
-            raise ValueError(f"rows_per_shard ({self.rows_per_shard}) is smaller than batch_size ({self.batch_size})")
+            raise ValueError(
+                f"rows_per_shard ({self.rows_per_shard}) is smaller than batch_size ({self.batch_size})"
+            )
         if self.processes != 1 and ":" in self.device:
-            raise ValueError(f"device {self.device!r} names one device: use processes 1, or device cuda / auto")
+            raise ValueError(
+                f"device {self.device!r} names one device: use processes 1, or device cuda / auto"
+            )
         return self
 
 
@@ -248,7 +260,9 @@ class DistillationConfig(_Section):
         if self.token_budget is None:
             return self
         if self.world_size is None:
-            raise ValueError("token_budget needs a fixed nproc_per_node (not `auto`): the tokens per step depend on it")
+            raise ValueError(
+                "token_budget needs a fixed nproc_per_node (not `auto`): the tokens per step depend on it"
+            )
         per_step = self.tokens_per_step(self.world_size)
         planned = self.train.max_steps * per_step
         if abs(planned - self.token_budget) >= per_step:

@@ -54,7 +54,10 @@ class Redactor:
 
     @classmethod
     def from_environment(
-        cls, settings: Settings | None = None, environ: Mapping[str, str] | None = None, extra: Iterable[str] = ()
+        cls,
+        settings: Settings | None = None,
+        environ: Mapping[str, str] | None = None,
+        extra: Iterable[str] = (),
     ) -> Redactor:
         environ = os.environ if environ is None else environ
         secrets = [value for name, value in environ.items() if SECRET_NAME_PATTERN.search(name)]

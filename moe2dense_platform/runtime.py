@@ -79,5 +79,11 @@ def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
 
 def log_token_input(run: MLflowLogger, *, context: str, source: str, digest: str, num_tokens: int) -> None:
     """`mlflow.log_input` of a token set (the full sha256 lands in the dataset profile)."""
-    log_dataset(run, name=context, source_uri=source, digest=digest, context=context,
-                profile={"num_tokens": num_tokens})
+    log_dataset(
+        run,
+        name=context,
+        source_uri=source,
+        digest=digest,
+        context=context,
+        profile={"num_tokens": num_tokens},
+    )

@@ -69,7 +69,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` → ("bucket", "some/prefix")."""
     if not uri.startswith("s3://"):
         raise StorageError(f"{uri!r} is not an s3:// URI")
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
     if len(bucket) < 3:
         raise StorageError(f"{uri!r}: bucket name {bucket!r} is too short (S3 needs at least 3 characters)")
     return bucket, prefix.strip("/")
@@ -128,7 +128,9 @@ class S3ArtifactStore:
             multipart_chunksize=settings.s3_multipart_chunksize_mb * MIB,
             max_concurrency=settings.s3_max_concurrency,
         )
-        retry = RetryPolicy(settings.storage_max_attempts, settings.storage_backoff_s, settings.storage_backoff_max_s)
+        retry = RetryPolicy(
+            settings.storage_max_attempts, settings.storage_backoff_s, settings.storage_backoff_max_s
+        )
         return cls(bucket, prefix, make_s3_client(settings), settings.resolved_cache_dir, transfer, retry)
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -169,7 +171,9 @@ class S3ArtifactStore:
                 ),
                 f"upload {sources[entry.path]} to {self._uri(key)}",
             )
-            stored = self._call(lambda key=key: self.client.head_object(Bucket=self.bucket, Key=key), f"check {key}")
+            stored = self._call(
+                lambda key=key: self.client.head_object(Bucket=self.bucket, Key=key), f"check {key}"
+            )
             if stored["ContentLength"] != entry.size:
                 raise StorageError(
                     f"upload to {self._uri(key)}: stored {stored['ContentLength']} bytes, expected {entry.size}"
@@ -206,13 +210,17 @@ class S3ArtifactStore:
                 raise
 
     def _put_object(self, key: str, data: bytes) -> None:
-        self._call(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data), f"write {self._uri(key)}")
+        self._call(
+            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data), f"write {self._uri(key)}"
+        )
 
     # ---- reading ---------------------------------------------------------------------------------
     def exists(self, ref: ArtifactRef) -> bool:
         key = self._key(ref.manifest_key)
         try:
-            self._call(lambda: self.client.head_object(Bucket=self.bucket, Key=key), f"look up {self._uri(key)}")
+            self._call(
+                lambda: self.client.head_object(Bucket=self.bucket, Key=key), f"look up {self._uri(key)}"
+            )
         except ArtifactNotFoundError:
             return False
         return True
@@ -220,7 +228,8 @@ class S3ArtifactStore:
     def manifest(self, ref: ArtifactRef) -> ArtifactManifest:
         key = self._key(ref.manifest_key)
         body = self._call(
-            lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(), f"read {self._uri(key)}"
+            lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
+            f"read {self._uri(key)}",
         )
         return read_manifest(body, ref, self._uri(key))
 
@@ -237,7 +246,9 @@ class S3ArtifactStore:
         """The streaming body of the payload object (a folder artifact needs `path` inside it)."""
         manifest = self.manifest(ref)
         key = self._payload_key(manifest, manifest.file_entry(path))
-        body = self._call(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"], f"open {self._uri(key)}")
+        body = self._call(
+            lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"], f"open {self._uri(key)}"
+        )
         try:
             yield body
         finally:
@@ -274,7 +285,9 @@ class S3ArtifactStore:
 
     def _download(self, manifest: ArtifactManifest, entry: ManifestFile, key: str, target: Path) -> None:
         target.unlink(missing_ok=True)
-        body = self._call(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"], f"open {self._uri(key)}")
+        body = self._call(
+            lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"], f"open {self._uri(key)}"
+        )
         try:
             size, sha = copy_hashing(body, target)
         finally:

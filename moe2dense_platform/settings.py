@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     s3_multipart_threshold_mb: int = Field(64, ge=5, description="Files at least this large go multipart.")
     s3_multipart_chunksize_mb: int = Field(64, ge=5, description="Part size of multipart transfers.")
     s3_max_concurrency: int = Field(4, ge=1)
-    s3_botocore_total_attempts: int = Field(5, ge=1, description="Tries per request by botocore itself (standard mode), first try included.")
+    s3_botocore_total_attempts: int = Field(
+        5, ge=1, description="Tries per request by botocore itself (standard mode), first try included."
+    )
     storage_max_attempts: int = Field(4, ge=1, description="Whole-operation retries on transient errors.")
     storage_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each attempt.")
     storage_backoff_max_s: float = Field(20.0, ge=0)
@@ -83,11 +85,15 @@ class Settings(BaseSettings):
     mlflow_tracking_token: SecretStr | None = None
     mlflow_tracking_password: SecretStr | None = None
     mlflow_http_max_retries: int = Field(
-        4, ge=0, description="Retries of each MLflow request after its first try (MLflow's own default, 7, "
+        4,
+        ge=0,
+        description="Retries of each MLflow request after its first try (MLflow's own default, 7, "
         "keeps a flow waiting ~4 minutes per request on a stopped server).",
     )
     mlflow_http_backoff_factor: int = Field(
-        1, ge=0, description="Delay before retry i ≥ 2 of a request: factor · 2^(i-1) s + jitter; the "
+        1,
+        ge=0,
+        description="Delay before retry i ≥ 2 of a request: factor · 2^(i-1) s + jitter; the "
         "first retry is immediate.",
     )
     mlflow_http_backoff_jitter: float = Field(1.0, ge=0, description="Up to this many seconds more a retry.")
@@ -99,7 +105,11 @@ class Settings(BaseSettings):
     prefect_ephemeral_startup_timeout_s: int = Field(90, ge=1)
 
     @field_validator(
-        "artifact_root", "s3_endpoint_url", "mlflow_tracking_uri", "mlflow_artifact_location", "prefect_api_url",
+        "artifact_root",
+        "s3_endpoint_url",
+        "mlflow_tracking_uri",
+        "mlflow_artifact_location",
+        "prefect_api_url",
         mode="before",
     )
     @classmethod

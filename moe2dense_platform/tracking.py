@@ -124,7 +124,7 @@ def tracking_client(settings: Settings) -> MlflowClient:
     os.environ.update(settings.mlflow_http_environment())
     uri = settings.resolved_mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -168,8 +168,10 @@ class MLflowLogger:
     def log_params(self, params: dict[str, Any]) -> None:
         """Flattened, redacted; values longer than MLflow's limit are cut and end in `…`."""
         items = [self.redactor.redact_item(k, v) for k, v in flatten_params(params).items()]
-        batch = [Param(k, v if len(v) <= MAX_PARAM_VAL_LENGTH else v[: MAX_PARAM_VAL_LENGTH - 1] + "…")
-                 for k, v in items]
+        batch = [
+            Param(k, v if len(v) <= MAX_PARAM_VAL_LENGTH else v[: MAX_PARAM_VAL_LENGTH - 1] + "…")
+            for k, v in items
+        ]
         for start in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(
                 self.run_id, params=batch[start : start + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True
@@ -177,7 +179,9 @@ class MLflowLogger:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         timestamp = int(time.time() * 1000)
-        batch = [Metric(self.redactor.redact_name(k), float(v), timestamp, step or 0) for k, v in metrics.items()]
+        batch = [
+            Metric(self.redactor.redact_name(k), float(v), timestamp, step or 0) for k, v in metrics.items()
+        ]
         for start in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000], synchronous=True)
 
@@ -206,8 +210,9 @@ class MLflowLogger:
             )
 
 
-def _start_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
-               redactor: Redactor) -> MLflowLogger:
+def _start_run(
+    client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str], redactor: Redactor
+) -> MLflowLogger:
     """A new RUNNING run tagged `tags`, the process that owns it (moe2dense_platform/run_owner.py) and,
     inside a Prefect flow run, that flow run's id when `tags` name none."""
     owned = {**tags, **owner_tags(current_owner())}
@@ -280,8 +285,12 @@ def parent_run(
     with naming_an_outage(client, redactor):
         experiment_id = ensure_experiment(client, recipe.tracking.experiment, artifact_location)
         end_orphaned_runs_of(client, experiment_id)
-        tags = {TAG_RECIPE_NAME: recipe.name, TAG_RECIPE_DIGEST: recipe.digest(), **remote_code_tag(),
-                **(extra_tags or {})}
+        tags = {
+            TAG_RECIPE_NAME: recipe.name,
+            TAG_RECIPE_DIGEST: recipe.digest(),
+            **remote_code_tag(),
+            **(extra_tags or {}),
+        }
         if flow_run_id:
             tags[TAG_PREFECT_FLOW_RUN] = flow_run_id
             url = prefect_flow_run_url(flow_run_id)
@@ -358,7 +367,9 @@ def log_dataset(
         source=redact(json.dumps({"uri": source_uri})),
         profile=redact(json.dumps(full_profile)),
     )
-    logger.client.log_inputs(logger.run_id, datasets=[DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, context)])])
+    logger.client.log_inputs(
+        logger.run_id, datasets=[DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, context)])]
+    )
 
 
 @dataclass(frozen=True)
@@ -421,7 +432,10 @@ def register_dense_model(
     tags[TAG_CHECKPOINT_SHA256] = checkpoint_sha256
     logger.set_tags(tags)
     return client.create_model_version(
-        model_name, lineage.checkpoint_uri, run_id=logger.run_id, tags=tags,
+        model_name,
+        lineage.checkpoint_uri,
+        run_id=logger.run_id,
+        tags=tags,
         description=redactor.redact(description),
     )
 
@@ -440,7 +454,9 @@ def stage_runs(client: MlflowClient, parent_run_id: str) -> dict[str, Run]:
         [parent.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
     )
     prefix = f"{TAG_STAGE_RUN}."
-    linked = {tag[len(prefix):]: run_id for tag, run_id in parent.data.tags.items() if tag.startswith(prefix)}
+    linked = {
+        tag[len(prefix) :]: run_id for tag, run_id in parent.data.tags.items() if tag.startswith(prefix)
+    }
     found = {run.info.run_name: run for run in children}
     found.update({label: client.get_run(run_id) for label, run_id in linked.items() if label not in found})
     return found
@@ -451,7 +467,9 @@ def run_url(ui_base_url: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def converted_versions(client: MlflowClient, source_model: str, source_revision: str | None) -> list[ModelVersion]:
+def converted_versions(
+    client: MlflowClient, source_model: str, source_revision: str | None
+) -> list[ModelVersion]:
     """Registered model versions (of any name) converted from `source_model` at `source_revision`:
     the test `watch` uses for "already converted"."""
     model_filter = f"tags.`{TAG_SOURCE_MODEL}` = '{_quote(source_model)}'"

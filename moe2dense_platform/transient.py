@@ -30,8 +30,18 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRANSIENT_S3_CODES = frozenset(
-    {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "Throttling", "ThrottlingException",
-     "500", "502", "503", "504"}
+    {
+        "RequestTimeout",
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
 )
 TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     BotoConnectionError,  # endpoint unreachable, connect timeout
@@ -54,7 +64,10 @@ def is_transient(error: BaseException) -> bool:
             return False
         if isinstance(current, TRANSIENT_EXCEPTIONS):
             return True
-        if isinstance(current, ClientError) and current.response.get("Error", {}).get("Code") in TRANSIENT_S3_CODES:
+        if (
+            isinstance(current, ClientError)
+            and current.response.get("Error", {}).get("Code") in TRANSIENT_S3_CODES
+        ):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -89,7 +102,13 @@ class RetryPolicy:
                         f"{description}: still failing after {attempt} attempts: {type(error).__name__}: {error}"
                     ) from error
                 delay = self.delay(attempt)
-                _log.warning("%s: transient %s (attempt %d/%d), retrying in %.2fs",
-                             description, type(error).__name__, attempt, self.max_attempts, delay)
+                _log.warning(
+                    "%s: transient %s (attempt %d/%d), retrying in %.2fs",
+                    description,
+                    type(error).__name__,
+                    attempt,
+                    self.max_attempts,
+                    delay,
+                )
                 time.sleep(delay)
                 attempt += 1

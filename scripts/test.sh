@@ -36,4 +36,5 @@ fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=true
 export MOE2DENSE_SHARED_DATA="${MOE2DENSE_SHARED_DATA:-$(pwd)/../shared/data}"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

@@ -44,9 +44,14 @@ def calibrate_parts(p: dict[str, Any]) -> list[Any]:
     config less its memory bounds, the bounds that can change a bit of the result (`bounds_that_round`),
     the statistics requested."""
     calibration, statistics, request = p["calibration"], p["statistics"], p.get("request", EVERYTHING)
-    return [p["source"].snapshot_digest, corpus_digest(calibration.data), without(calibration, "data"),
-            without(statistics, *MEMORY_BOUNDS), bounds_that_round(statistics, request),
-            {"expert_outputs": request.expert_outputs, "gram": request.gram}]
+    return [
+        p["source"].snapshot_digest,
+        corpus_digest(calibration.data),
+        without(calibration, "data"),
+        without(statistics, *MEMORY_BOUNDS),
+        bounds_that_round(statistics, request),
+        {"expert_outputs": request.expert_outputs, "gram": request.gram},
+    ]
 
 
 def bounds_that_round(statistics: StatisticsConfig, request: StatsRequest) -> dict[str, int]:
@@ -83,8 +88,12 @@ def calibration_rows(source: SourceResult, calibration: CalibrationConfig) -> to
     return rows[order[:wanted]]
 
 
-@stage("calibrate", result=CalibrationResult, key=calibrate_parts,
-       lineage={TAG_STATS_DIGEST: "stats_digest", TAG_DATA_DIGEST: "data_digest"})
+@stage(
+    "calibrate",
+    result=CalibrationResult,
+    key=calibrate_parts,
+    lineage={TAG_STATS_DIGEST: "stats_digest", TAG_DATA_DIGEST: "data_digest"},
+)
 def calibrate_task(
     source: SourceResult,
     calibration: CalibrationConfig,

@@ -66,8 +66,15 @@ def checkpoint_folder(
     teacher_logits: TeacherLogitsResult | None = None,
 ) -> Path:
     """Where this stage's training checkpoints live: one folder per cache key (module docstring)."""
-    key = STAGES["distill"].key(None, {"source": source, "student": student, "distillation": distillation,
-                                       "teacher_logits": teacher_logits})
+    key = STAGES["distill"].key(
+        None,
+        {
+            "source": source,
+            "student": student,
+            "distillation": distillation,
+            "teacher_logits": teacher_logits,
+        },
+    )
     return runtime.settings.home / CHECKPOINTS_FOLDER / key
 
 
@@ -78,9 +85,14 @@ def distill_parts(p: dict[str, Any]) -> list[Any]:
     devices, 1 without) — W = nnodes × that sets the global batch, so workers with different GPU counts
     never share a cache entry under `auto`."""
     distillation, cached = p["distillation"], p.get("teacher_logits")
-    return [p["student"].checkpoint_digest, p["source"].snapshot_digest, corpus_digest(distillation.data),
-            without(distillation, "data", "teacher_cache", "nproc_per_node"),
-            local_processes(distillation.nproc_per_node), cached.cache_digest if cached else None]
+    return [
+        p["student"].checkpoint_digest,
+        p["source"].snapshot_digest,
+        corpus_digest(distillation.data),
+        without(distillation, "data", "teacher_cache", "nproc_per_node"),
+        local_processes(distillation.nproc_per_node),
+        cached.cache_digest if cached else None,
+    ]
 
 
 def stored_teacher(
@@ -92,19 +104,31 @@ def stored_teacher(
 ) -> TopKCache | None:
     """The teacher cache of a `cached` run, checked against this run (None for an online teacher)."""
     if (distillation.teacher == "cached") != (teacher_logits is not None):
-        raise ValueError(f"distillation.teacher is {distillation.teacher!r}: a teacher_logits result is passed "
-                         "to the distill stage exactly when it is 'cached'")
+        raise ValueError(
+            f"distillation.teacher is {distillation.teacher!r}: a teacher_logits result is passed "
+            "to the distill stage exactly when it is 'cached'"
+        )
     if teacher_logits is None:
         return None
     cache = open_stored_topk_cache(runtime.store, teacher_logits.manifest_uri)
     train, wanted = distillation.train, distillation.teacher_cache
-    cache.check_fits(data_digest=data_digest, temperature=train.temperature, teacher_top_k=train.teacher_top_k,
-                     teacher_digest=source.snapshot_digest, k=wanted.k, logprob_dtype=wanted.logprob_dtype)
+    cache.check_fits(
+        data_digest=data_digest,
+        temperature=train.temperature,
+        teacher_top_k=train.teacher_top_k,
+        teacher_digest=source.snapshot_digest,
+        k=wanted.k,
+        logprob_dtype=wanted.logprob_dtype,
+    )
     return cache
 
 
-@stage("distill", result=CheckpointResult, key=distill_parts,
-       lineage={TAG_PLAN_DIGEST: "plan_digest", TAG_CHECKPOINT_DIGEST: "checkpoint_digest"})
+@stage(
+    "distill",
+    result=CheckpointResult,
+    key=distill_parts,
+    lineage={TAG_PLAN_DIGEST: "plan_digest", TAG_CHECKPOINT_DIGEST: "checkpoint_digest"},
+)
 def distill_task(
     source: SourceResult,
     student: CheckpointResult,
@@ -132,28 +156,48 @@ def distill_task(
             num_tokens=rows.numel(),
         )
         logger = ProgressMetricLogger(
-            run, "distill", distillation.train.max_steps,
+            run,
+            "distill",
+            distillation.train.max_steps,
             tokens_per_step=distillation.tokens_per_step(layout.world_size),
         )
         checkpoints = checkpoint_folder(runtime, source, student, distillation, teacher_logits)
         out_dir = scratch / "distilled_model"
         if layout.world_size > 1:
             launched = launch_distill(
-                rows, distillation.train, layout=layout, workdir=scratch / "launch", home=runtime.settings.home,
-                student_dir=Path(student_dir), output_dir=out_dir, logger=logger,
+                rows,
+                distillation.train,
+                layout=layout,
+                workdir=scratch / "launch",
+                home=runtime.settings.home,
+                student_dir=Path(student_dir),
+                output_dir=out_dir,
+                logger=logger,
                 teacher_model=None if teacher_logits else Path(source.local_path),
                 teacher_cache_uri=teacher_logits.manifest_uri if teacher_logits else None,
-                checkpoint_dir=checkpoints, resume=True, student_digest=student.checkpoint_digest,
+                checkpoint_dir=checkpoints,
+                resume=True,
+                student_digest=student.checkpoint_digest,
                 teacher_digest=source.snapshot_digest,
             )
             outcome, num_parameters = launched.distill_result(), launched.num_parameters
         else:
             model = load_causal_lm(student_dir)
-            teacher = cache if cache is not None else load_causal_lm(source.local_path,
-                                                                     dtype=load_dtype(torch.device("cpu")))
+            teacher = (
+                cache
+                if cache is not None
+                else load_causal_lm(source.local_path, dtype=load_dtype(torch.device("cpu")))
+            )
             outcome = distill(
-                model, teacher, rows, distillation.train, logger=logger, checkpoint_dir=checkpoints, resume=True,
-                student_digest=student.checkpoint_digest, teacher_digest=source.snapshot_digest,
+                model,
+                teacher,
+                rows,
+                distillation.train,
+                logger=logger,
+                checkpoint_dir=checkpoints,
+                resume=True,
+                student_digest=student.checkpoint_digest,
+                teacher_digest=source.snapshot_digest,
             )
             model.save_pretrained(out_dir)
             num_parameters = sum(p.numel() for p in model.parameters())
@@ -164,7 +208,9 @@ def distill_task(
         shards = safetensors_digests(out_dir)
         digest = snapshot_sha256(shards)
         uri = publish_dir(runtime, run, out_dir, kind="distilled-model", name="distilled_model")
-        run.set_tags({TAG_STUDENT_DIGEST: student.checkpoint_digest, TAG_SNAPSHOT_DIGEST: source.snapshot_digest})
+        run.set_tags(
+            {TAG_STUDENT_DIGEST: student.checkpoint_digest, TAG_SNAPSHOT_DIGEST: source.snapshot_digest}
+        )
         run.log_metrics(
             {"distill/steps": float(outcome.steps), "distill/tokens_seen": float(outcome.tokens_seen)}
         )

@@ -94,8 +94,12 @@ def local_folder(runtime: Runtime, location: str) -> str:
     return str(runtime.fetch_uri(location)) if "://" in location else location
 
 
-@stage("evaluate", result=EvaluationResult, key=evaluate_parts,
-       lineage={TAG_CHECKPOINT_DIGEST: "checkpoint_digest"})
+@stage(
+    "evaluate",
+    result=EvaluationResult,
+    key=evaluate_parts,
+    lineage={TAG_CHECKPOINT_DIGEST: "checkpoint_digest"},
+)
 def evaluate_task(
     checkpoint: EvalTarget,
     evaluation: EvaluationConfig,

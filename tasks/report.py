@@ -108,8 +108,13 @@ def recorded_revision(source: SourceResult) -> str:
 @stage(
     "register",
     result=RegistrationResult,
-    key=lambda p: [p["checkpoint"].checkpoint_digest, p["model_name"], p["source"].model,
-                   recorded_revision(p["source"]), Settings().resolved_mlflow_tracking_uri],
+    key=lambda p: [
+        p["checkpoint"].checkpoint_digest,
+        p["model_name"],
+        p["source"].model,
+        recorded_revision(p["source"]),
+        Settings().resolved_mlflow_tracking_uri,
+    ],
 )
 def register_task(
     source: SourceResult,
@@ -130,7 +135,9 @@ def register_task(
     )
     if existing:
         return RegistrationResult(
-            model_name=model_name, version=str(existing[0].version), checkpoint_uri=existing[0].source,
+            model_name=model_name,
+            version=str(existing[0].version),
+            checkpoint_uri=existing[0].source,
             mlflow_run_id=existing[0].run_id,
         )
     lineage = Lineage(
@@ -149,6 +156,8 @@ def register_task(
             run, ref.sha256, model_name, lineage, description=f"moe2dense conversion of {source.model}"
         )
         return RegistrationResult(
-            model_name=model_name, version=str(version.version), checkpoint_uri=checkpoint.checkpoint_uri,
+            model_name=model_name,
+            version=str(version.version),
+            checkpoint_uri=checkpoint.checkpoint_uri,
             mlflow_run_id=run.run_id,
         )

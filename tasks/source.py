@@ -76,7 +76,11 @@ def open_source(source: SourceResult) -> Teacher:
     "source",
     result=SourceResult,
     key=source_parts,
-    lineage={TAG_SOURCE_MODEL: "model", TAG_SOURCE_REVISION: "revision", TAG_SNAPSHOT_DIGEST: "snapshot_digest"},
+    lineage={
+        TAG_SOURCE_MODEL: "model",
+        TAG_SOURCE_REVISION: "revision",
+        TAG_SNAPSHOT_DIGEST: "snapshot_digest",
+    },
 )
 def source_task(source: SourceConfig, parent_run_id: str | None = None) -> SourceResult:
     """The resolved snapshot; with `parent_run_id` (in a flow) also its `source` stage run, whose

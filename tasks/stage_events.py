@@ -20,7 +20,9 @@ STAGE_LOGGER.setLevel(logging.INFO)
 def announce(task: Any, task_run: Any, state: Any) -> None:
     """Prefect state hook: the `moe2dense.stages` record of a finished task run."""
     STAGE_LOGGER.info(
-        "%s %s", task_run.name, state.name,
+        "%s %s",
+        task_run.name,
+        state.name,
         extra={"stage": task.name, "task_run_name": task_run.name, "state": state.name},
     )
 

@@ -211,22 +211,40 @@ def _distill_and_evaluate(
     student = entry.load(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        run = distill(student, teacher, train_tokens, config, logger=_PrefixedLogger(logger, name),
-                      checkpoint_dir=out_dir / "checkpoints" / name)
+        run = distill(
+            student,
+            teacher,
+            train_tokens,
+            config,
+            logger=_PrefixedLogger(logger, name),
+            checkpoint_dir=out_dir / "checkpoints" / name,
+        )
     if run.tokens_seen != distill_tokens:
         raise DistillError(f"student {name!r} trained on {run.tokens_seen} tokens, budget {distill_tokens}")
     numbers = {**heldout.run(student), "kl_to_teacher": heldout.kl(student, teacher)}
-    logger.log_metrics({f"{name}.heldout_perplexity": numbers["perplexity"]["perplexity"],
-                        f"{name}.heldout_kl_to_teacher": numbers["kl_to_teacher"]["mean_kl"]})
+    logger.log_metrics(
+        {
+            f"{name}.heldout_perplexity": numbers["perplexity"]["perplexity"],
+            f"{name}.heldout_kl_to_teacher": numbers["kl_to_teacher"]["mean_kl"],
+        }
+    )
     checkpoint = str(run.checkpoint_path.relative_to(out_dir)) if run.checkpoint_path is not None else None
     record = {
         "kind": entry.kind,
         "source": entry.source,
         "num_params": budget.num_params,
-        "token_budget": {"prior_train_tokens": entry.prior_train_tokens, "distill_tokens": distill_tokens,
-                         "total": budget.train_tokens},
-        "distill": {"steps": run.steps, "tokens_seen": run.tokens_seen, "precision": run.precision,
-                    "final_metrics": run.final_metrics, "checkpoint": checkpoint},
+        "token_budget": {
+            "prior_train_tokens": entry.prior_train_tokens,
+            "distill_tokens": distill_tokens,
+            "total": budget.train_tokens,
+        },
+        "distill": {
+            "steps": run.steps,
+            "tokens_seen": run.tokens_seen,
+            "precision": run.precision,
+            "final_metrics": run.final_metrics,
+            "checkpoint": checkpoint,
+        },
         **numbers,
     }
     return record, run
@@ -259,9 +277,12 @@ def compare_students(
     _check_inputs(students, train_tokens, heldout_tokens, out_dir, eval_config, tokenizer)
     seq_len = train_tokens.shape[1]
     distill_tokens = distill_config.max_steps * distill_config.sequences_per_step(world_size=1) * seq_len
-    budgets = [StudentBudget(name=name, num_params=entry.num_params(),
-                             train_tokens=entry.prior_train_tokens + distill_tokens)
-               for name, entry in students.items()]
+    budgets = [
+        StudentBudget(
+            name=name, num_params=entry.num_params(), train_tokens=entry.prior_train_tokens + distill_tokens
+        )
+        for name, entry in students.items()
+    ]
     check_equal_budgets(budgets, param_rel_tol=param_rel_tol)
     teacher_vocab = teacher.config.vocab_size
     vocab = {name: entry.vocab_size() for name, entry in students.items()}
@@ -269,10 +290,14 @@ def compare_students(
         raise Moe2DenseError(f"students' vocab_size must be the teacher's {teacher_vocab}: {vocab}")
 
     window = window if window is not None else seq_len
-    heldout = _HeldoutEval(heldout_tokens.reshape(-1), window, stride if stride is not None else window,
-                           eval_config, tokenizer)
-    teacher_record = {"class": type(teacher).__name__, "num_params": count_parameters(teacher),
-                      **heldout.run(teacher)}
+    heldout = _HeldoutEval(
+        heldout_tokens.reshape(-1), window, stride if stride is not None else window, eval_config, tokenizer
+    )
+    teacher_record = {
+        "class": type(teacher).__name__,
+        "num_params": count_parameters(teacher),
+        **heldout.run(teacher),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
     runs: dict[str, DistillResult] = {}
@@ -285,8 +310,12 @@ def compare_students(
         "schema_version": COMPARISON_SCHEMA_VERSION,
         "versions": {"torch": torch.__version__, "transformers": version("transformers")},
         "data": {
-            "train": {"sha256": tokens_digest(train_tokens), "rows": train_tokens.shape[0],
-                      "seq_len": seq_len, "tokens": train_tokens.numel()},
+            "train": {
+                "sha256": tokens_digest(train_tokens),
+                "rows": train_tokens.shape[0],
+                "seq_len": seq_len,
+                "tokens": train_tokens.numel(),
+            },
             "heldout": {"sha256": tokens_digest(heldout_tokens), "tokens": heldout_tokens.numel()},
         },
         "distill_config": distill_config.model_dump(mode="json"),

@@ -1,8 +1,8 @@
 """Distillation of the dense student from its MoE teacher (METHOD.md step 6, paper Eq. 5-6).
 
-    from moe2dense_core.distill import DistillConfig, TextDataSpec, distill, load_text_dataset, prepare_token_splits
-    splits = prepare_token_splits(load_text_dataset(TextDataSpec(source="corpus.txt")), tok, seq_len=512)
-    result = distill(student, teacher, splits.train, DistillConfig(max_steps=1000))
+from moe2dense_core.distill import DistillConfig, TextDataSpec, distill, load_text_dataset, prepare_token_splits
+splits = prepare_token_splits(load_text_dataset(TextDataSpec(source="corpus.txt")), tok, seq_len=512)
+result = distill(student, teacher, splits.train, DistillConfig(max_steps=1000))
 """
 
 from moe2dense_core.data import (

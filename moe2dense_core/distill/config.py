@@ -52,7 +52,8 @@ class DistillConfig(BaseModel):
     )
     gradient_checkpointing: bool = False
     parallelism: Parallelism = Field(
-        "ddp", description="With world size > 1: ddp (replicas) or fsdp (sharded, for students too big for one GPU)."
+        "ddp",
+        description="With world size > 1: ddp (replicas) or fsdp (sharded, for students too big for one GPU).",
     )
 
     # ---- bookkeeping ---------------------------------------------------------------------------

@@ -62,7 +62,9 @@ def expanded_teacher_routing(model: nn.Module, top_k: int | None) -> Iterator[nn
                 changed.append((module, attr, k))
     touched_routers = len(changed) - 1
     if touched_routers == 0:
-        raise DistillError(f"no router module of {type(model).__name__} holds top_k={k}; cannot expand routing")
+        raise DistillError(
+            f"no router module of {type(model).__name__} holds top_k={k}; cannot expand routing"
+        )
     try:
         for owner, attr, _ in changed:
             setattr(owner, attr, top_k)

@@ -87,7 +87,9 @@ def enable_activation_checkpointing(student: nn.Module) -> None:
 
 def _validate_data(data: torch.Tensor, config: DistillConfig, world_size: int, vocab_size: int) -> None:
     if not isinstance(data, torch.Tensor) or data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
-        raise DistillError(f"data must be an int tensor of packed rows [N, L]; got {getattr(data, 'shape', data)!r}")
+        raise DistillError(
+            f"data must be an int tensor of packed rows [N, L]; got {getattr(data, 'shape', data)!r}"
+        )
     if data.shape[1] < 2:
         raise DistillError(f"data rows need at least 2 tokens, got L={data.shape[1]}")
     needed = config.sequences_per_step(world_size)
@@ -97,7 +99,9 @@ def _validate_data(data: torch.Tensor, config: DistillConfig, world_size: int, v
             f"(micro_batch_size × grad_accum_steps × world_size)"
         )
     if int(data.min()) < 0 or int(data.max()) >= vocab_size:
-        raise DistillError(f"data token ids must lie in [0, {vocab_size}); got [{int(data.min())}, {int(data.max())}]")
+        raise DistillError(
+            f"data token ids must lie in [0, {vocab_size}); got [{int(data.min())}, {int(data.max())}]"
+        )
 
 
 def _teacher_source(
@@ -112,11 +116,17 @@ def _teacher_source(
     if isinstance(teacher_or_cache, nn.Module):
         if config.teacher_top_k is not None:
             check_teacher_top_k(teacher_or_cache, config.teacher_top_k)
-        source = OnlineTeacher(teacher_or_cache, precision=precision, device=device, top_k=config.teacher_top_k)
+        source = OnlineTeacher(
+            teacher_or_cache, precision=precision, device=device, top_k=config.teacher_top_k
+        )
         return source, "online", teacher_digest
     cache = teacher_or_cache if isinstance(teacher_or_cache, TopKCache) else TopKCache.open(teacher_or_cache)
-    cache.check_fits(data_digest=data_digest, temperature=config.temperature, teacher_top_k=config.teacher_top_k,
-                     teacher_digest=teacher_digest)
+    cache.check_fits(
+        data_digest=data_digest,
+        temperature=config.temperature,
+        teacher_top_k=config.teacher_top_k,
+        teacher_digest=teacher_digest,
+    )
     return CachedTeacher(cache, device), cache.label, cache.manifest.teacher_digest
 
 
@@ -135,8 +145,13 @@ def _checkpoint_to_resume(
             f"checkpoint_dir {checkpoint_dir} already holds checkpoints (newest {found.name}); pass resume=True "
             "to continue that run, resume='extend' to extend it, or use an empty folder"
         )
-    check_resumable(read_run_identity(found), identity, checkpoint=found, step=checkpoint_step(found),
-                    extend=resume == "extend")
+    check_resumable(
+        read_run_identity(found),
+        identity,
+        checkpoint=found,
+        step=checkpoint_step(found),
+        extend=resume == "extend",
+    )
     return found
 
 
@@ -169,7 +184,11 @@ def micro_step(
         loss = loss + config.ce_weight * ce_sum / ce_tokens
     (loss * world_size).backward()
     with torch.no_grad():
-        kl_sum = kd_sum if config.loss == "forward_kl" else divergence_sum("forward_kl", teacher_logp, student_logp)
+        kl_sum = (
+            kd_sum
+            if config.loss == "forward_kl"
+            else divergence_sum("forward_kl", teacher_logp, student_logp)
+        )
     return torch.stack([loss.detach(), kl_sum.detach(), ce_sum.detach()]).double().cpu()
 
 
@@ -194,9 +213,18 @@ def accumulate_gradients(
     for m, rows in enumerate(micro_rows):
         last = m == len(micro_rows) - 1
         with gradient_sync(model, enabled=last or not ctx.active):
-            sums += micro_step(model, source, rows, data[rows].to(ctx.device), config, precision=precision,
-                               device=ctx.device, kd_tokens=global_rows * seq_len,
-                               ce_tokens=global_rows * (seq_len - 1), world_size=ctx.world_size)
+            sums += micro_step(
+                model,
+                source,
+                rows,
+                data[rows].to(ctx.device),
+                config,
+                precision=precision,
+                device=ctx.device,
+                kd_tokens=global_rows * seq_len,
+                ce_tokens=global_rows * (seq_len - 1),
+                world_size=ctx.world_size,
+            )
     return sums
 
 
@@ -247,8 +275,14 @@ def distill(
     )
     if source.vocab_size != vocab_size:
         raise DistillError(f"student vocab_size {vocab_size} != teacher vocab_size {source.vocab_size}")
-    identity = run_identity(config, world_size=ctx.world_size, data_digest=data_digest, teacher=teacher_label,
-                            teacher_digest=teacher_digest, student_digest=student_digest)
+    identity = run_identity(
+        config,
+        world_size=ctx.world_size,
+        data_digest=data_digest,
+        teacher=teacher_label,
+        teacher_digest=teacher_digest,
+        student_digest=student_digest,
+    )
     found = _checkpoint_to_resume(checkpoint_dir, resume, identity)
 
     student.to(ctx.device).train()
@@ -264,8 +298,21 @@ def distill(
     # No stale .grad (e.g. from an earlier run on this model): loading an optimizer state needs none.
     optimizer.zero_grad(set_to_none=True)
     try:
-        return _train(model, student, optimizer, params, source, data, config, ctx=ctx, precision=precision,
-                      logger=logger, checkpoint_dir=checkpoint_dir, found=found, identity=identity)
+        return _train(
+            model,
+            student,
+            optimizer,
+            params,
+            source,
+            data,
+            config,
+            ctx=ctx,
+            precision=precision,
+            logger=logger,
+            checkpoint_dir=checkpoint_dir,
+            found=found,
+            identity=identity,
+        )
     finally:
         optimizer.zero_grad(set_to_none=True)  # free the model-sized gradient block
 
@@ -292,12 +339,19 @@ def _train(
         position = load_checkpoint(found, model=student, optimizer=optimizer, ctx=ctx)
         LOG.info("resuming distillation from %s at step %d of %d", found, position.step, config.max_steps)
     start_step = position.step
-    scheduler = warmup_cosine_scheduler(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio,
-                                        start_step=start_step)
+    scheduler = warmup_cosine_scheduler(
+        optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio, start_step=start_step
+    )
     if ctx.is_main:
-        logger.log_params({f"distill.{k}": v for k, v in config.model_dump().items()}
-                          | {"distill.resolved_precision": precision, "distill.world_size": ctx.world_size,
-                             "distill.config_digest": identity["config_digest"], "distill.start_step": start_step})
+        logger.log_params(
+            {f"distill.{k}": v for k, v in config.model_dump().items()}
+            | {
+                "distill.resolved_precision": precision,
+                "distill.world_size": ctx.world_size,
+                "distill.config_digest": identity["config_digest"],
+                "distill.start_step": start_step,
+            }
+        )
 
     num_rows, seq_len = data.shape
     global_rows = config.sequences_per_step(ctx.world_size)
@@ -307,9 +361,14 @@ def _train(
     window_start, window_tokens = time.perf_counter(), 0
     while position.step < config.max_steps:
         micro_rows = step_micro_batches(
-            position.data_position, num_rows=num_rows, micro_batch=config.micro_batch_size,
-            accumulation=config.grad_accum_steps, world_size=ctx.world_size, rank=ctx.rank,
-            seed=config.seed, shuffle=config.shuffle,
+            position.data_position,
+            num_rows=num_rows,
+            micro_batch=config.micro_batch_size,
+            accumulation=config.grad_accum_steps,
+            world_size=ctx.world_size,
+            rank=ctx.rank,
+            seed=config.seed,
+            shuffle=config.shuffle,
         )
         lr = scheduler.get_last_lr()[0]
         optimizer.zero_grad(set_to_none=True)
@@ -324,8 +383,13 @@ def _train(
         if position.step % config.log_every == 0 or position.step == config.max_steps:
             loss_sum, kl_sum, ce_sum = all_reduce_sum(sums, ctx).tolist()
             elapsed = time.perf_counter() - window_start
-            metrics = {"loss": loss_sum, "kl": kl_sum / (global_rows * seq_len), "lr": lr, "grad_norm": grad_norm,
-                       "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            metrics = {
+                "loss": loss_sum,
+                "kl": kl_sum / (global_rows * seq_len),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+            }
             if config.ce_weight > 0:
                 metrics["ce"] = ce_sum / (global_rows * (seq_len - 1))
             history.append({"step": float(position.step), **metrics})
@@ -335,12 +399,24 @@ def _train(
 
         at_interval = config.checkpoint_every is not None and position.step % config.checkpoint_every == 0
         if checkpoint_dir is not None and (at_interval or position.step == config.max_steps):
-            saved = save_checkpoint(checkpoint_dir, model=student, optimizer=optimizer, position=position,
-                                    identity=identity, keep=config.keep_checkpoints, ctx=ctx)
+            saved = save_checkpoint(
+                checkpoint_dir,
+                model=student,
+                optimizer=optimizer,
+                position=position,
+                identity=identity,
+                keep=config.keep_checkpoints,
+                ctx=ctx,
+            )
     if checkpoint_dir is not None and saved is None:
         saved = latest_checkpoint(checkpoint_dir)
     return DistillResult(
-        steps=position.step, tokens_seen=position.data_position * seq_len, final_metrics=metrics,
-        checkpoint_path=saved, precision=precision, world_size=ctx.world_size, history=history,
+        steps=position.step,
+        tokens_seen=position.data_position * seq_len,
+        final_metrics=metrics,
+        checkpoint_path=saved,
+        precision=precision,
+        world_size=ctx.world_size,
+        history=history,
         start_step=start_step,
     )

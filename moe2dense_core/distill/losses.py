@@ -110,7 +110,9 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return values.sum()
     if mask.shape != values.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match per-token values {tuple(values.shape)}")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match per-token values {tuple(values.shape)}"
+        )
     return torch.where(mask.bool(), values, torch.zeros_like(values)).sum()
 
 

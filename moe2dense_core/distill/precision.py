@@ -58,7 +58,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """"bf16" or "fp32" for `requested` in {"auto", "bf16", "fp32"}; bf16 on an unsupported device errors."""
+    """ "bf16" or "fp32" for `requested` in {"auto", "bf16", "fp32"}; bf16 on an unsupported device errors."""
     if requested == "fp32":
         return "fp32"
     if requested not in ("auto", "bf16"):

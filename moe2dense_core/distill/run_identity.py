@@ -29,8 +29,15 @@ from moe2dense_core.io.digests import json_sha256
 # Fields that change how a run executes or is recorded, never its numbers (the per-process split of the
 # global batch among them: module docstring).
 EXECUTION_ONLY_FIELDS = frozenset(
-    {"gradient_checkpointing", "parallelism", "log_every", "checkpoint_every", "keep_checkpoints",
-     "micro_batch_size", "grad_accum_steps"}
+    {
+        "gradient_checkpointing",
+        "parallelism",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "micro_batch_size",
+        "grad_accum_steps",
+    }
 )
 PER_PROCESS_BATCH = ("config.micro_batch_size", "config.grad_accum_steps")
 EXTENDABLE = "config.max_steps"
@@ -51,8 +58,11 @@ def run_identity(
     student_digest: str | None,
 ) -> dict[str, Any]:
     """The identity map of the module docstring, JSON-canonical, for a run on `world_size` processes."""
-    shaping = {f"config.{name}": value for name, value in config.model_dump(mode="json").items()
-               if name not in EXECUTION_ONLY_FIELDS}
+    shaping = {
+        f"config.{name}": value
+        for name, value in config.model_dump(mode="json").items()
+        if name not in EXECUTION_ONLY_FIELDS
+    }
     shaping["global_batch"] = config.sequences_per_step(world_size)
     identity = {
         **shaping,
@@ -85,13 +95,19 @@ def check_resumable(
     changes), and the new max_steps ≥ step.
     """
     ignored = {EXTENDABLE, "config_digest"} if extend else {"config_digest"}
-    differ = sorted(k for k in (recorded.keys() | current.keys()) - ignored if recorded.get(k) != current.get(k))
+    differ = sorted(
+        k for k in (recorded.keys() | current.keys()) - ignored if recorded.get(k) != current.get(k)
+    )
     if differ:
-        hint = (" (resume='extend' continues a run to a new max_steps, its lr schedule rebuilt for the new total)"
-                if differ == [EXTENDABLE] else "; a different run needs a new checkpoint_dir")
+        hint = (
+            " (resume='extend' continues a run to a new max_steps, its lr schedule rebuilt for the new total)"
+            if differ == [EXTENDABLE]
+            else "; a different run needs a new checkpoint_dir"
+        )
         raise DistillError(
             f"checkpoint {checkpoint} was written by another run; differing: "
-            + "; ".join(f"{k}: checkpoint {recorded.get(k)!r}, now {current.get(k)!r}" for k in differ) + hint
+            + "; ".join(f"{k}: checkpoint {recorded.get(k)!r}, now {current.get(k)!r}" for k in differ)
+            + hint
         )
     if current[EXTENDABLE] < step:
         raise DistillError(

@@ -37,8 +37,15 @@ def stream_slice(position: int, count: int, num_rows: int, seed: int, shuffle: b
 
 
 def step_micro_batches(
-    position: int, *, num_rows: int, micro_batch: int, accumulation: int, world_size: int, rank: int,
-    seed: int, shuffle: bool,
+    position: int,
+    *,
+    num_rows: int,
+    micro_batch: int,
+    accumulation: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+    shuffle: bool,
 ) -> list[torch.Tensor]:
     """This process's micro-batches for the step starting at stream `position`: accumulation × [micro_batch]."""
     rows = stream_slice(position, micro_batch * accumulation * world_size, num_rows, seed, shuffle)

@@ -29,7 +29,12 @@ class WarmupCosine:
 
 
 def warmup_cosine_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float, *, start_step: int = 0
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float,
+    *,
+    start_step: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule above, positioned so the next optimizer step is step `start_step` (lr = base · multiplier).
 

@@ -33,7 +33,9 @@ class TeacherSource(Protocol):
 class OnlineTeacher:
     """Runs the teacher (eval mode, no grad, same autocast as the student, optional k' routing)."""
 
-    def __init__(self, teacher: nn.Module, *, precision: str, device: torch.device, top_k: int | None) -> None:
+    def __init__(
+        self, teacher: nn.Module, *, precision: str, device: torch.device, top_k: int | None
+    ) -> None:
         self.teacher = teacher.to(device).eval()
         self.precision = precision
         self.device = device

@@ -33,16 +33,31 @@ def run(parallelism: str, checkpoint_dir: Path) -> dict:
     ctx = setup_distributed(torch.device("cpu"))
     teacher = tiny_teacher(seed=11)
     data = random_rows(16, 12, seed=12)
-    config = DistillConfig(max_steps=3, micro_batch_size=GLOBAL_MICRO_BATCH // ctx.world_size, grad_accum_steps=2,
-                           lr=2e-3, ce_weight=0.3, precision="fp32", seed=5, parallelism=parallelism,
-                           checkpoint_every=2)
+    config = DistillConfig(
+        max_steps=3,
+        micro_batch_size=GLOBAL_MICRO_BATCH // ctx.world_size,
+        grad_accum_steps=2,
+        lr=2e-3,
+        ce_weight=0.3,
+        precision="fp32",
+        seed=5,
+        parallelism=parallelism,
+        checkpoint_every=2,
+    )
 
     student = dense_student_from_teacher(teacher)
     model = wrap_student(student, ctx, parallelism)
     source = OnlineTeacher(teacher, precision="fp32", device=ctx.device, top_k=None)
-    micro_rows = step_micro_batches(0, num_rows=len(data), micro_batch=config.micro_batch_size,
-                                    accumulation=config.grad_accum_steps, world_size=ctx.world_size,
-                                    rank=ctx.rank, seed=config.seed, shuffle=config.shuffle)
+    micro_rows = step_micro_batches(
+        0,
+        num_rows=len(data),
+        micro_batch=config.micro_batch_size,
+        accumulation=config.grad_accum_steps,
+        world_size=ctx.world_size,
+        rank=ctx.rank,
+        seed=config.seed,
+        shuffle=config.shuffle,
+    )
     sums = accumulate_gradients(model, source, data, micro_rows, config, precision="fp32", ctx=ctx)
     total = all_reduce_sum(sums, ctx)
     grads = {name: _full(p.grad).detach().clone() for name, p in student.named_parameters()}
@@ -56,9 +71,15 @@ def run(parallelism: str, checkpoint_dir: Path) -> dict:
     barrier(ctx)
     resumed = dense_student_from_teacher(tiny_teacher(seed=99))  # wrong weights until the checkpoint loads
     distill(resumed, teacher, data, config, checkpoint_dir=checkpoint_dir, resume=True)
-    return {"world_size": ctx.world_size, "loss": float(total[0]), "grads": grads, "history": result.history,
-            "state": state, "resumed_state": full_state(resumed),
-            "sharded": any(hasattr(p, "full_tensor") for p in trained.parameters())}
+    return {
+        "world_size": ctx.world_size,
+        "loss": float(total[0]),
+        "grads": grads,
+        "history": result.history,
+        "state": state,
+        "resumed_state": full_state(resumed),
+        "sharded": any(hasattr(p, "full_tensor") for p in trained.parameters()),
+    }
 
 
 def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

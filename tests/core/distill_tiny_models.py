@@ -18,26 +18,43 @@ EOS_ID = 0
 def tiny_teacher(seed: int = 0, *, vocab_size: int = VOCAB) -> Qwen3MoeForCausalLM:
     torch.manual_seed(seed)
     config = Qwen3MoeConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, max_position_embeddings=256,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        max_position_embeddings=256,
         tie_word_embeddings=False,
     )
     return Qwen3MoeForCausalLM(config).eval()
 
 
-def dense_student_from_teacher(teacher: Qwen3MoeForCausalLM, experts: list[int] | None = None) -> Qwen3ForCausalLM:
+def dense_student_from_teacher(
+    teacher: Qwen3MoeForCausalLM, experts: list[int] | None = None
+) -> Qwen3ForCausalLM:
     """Copy attention / norms / embeddings; FFN = concatenation of `experts` (default the first k), × 1/k."""
     cfg = teacher.config
     k = cfg.num_experts_per_tok
     chosen = experts if experts is not None else list(range(k))
     width = cfg.moe_intermediate_size
     student_cfg = Qwen3Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=len(chosen) * width,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
-        rope_theta=getattr(cfg, "rope_theta", 10000.0), tie_word_embeddings=cfg.tie_word_embeddings,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=len(chosen) * width,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=getattr(cfg, "rope_theta", 10000.0),
+        tie_word_embeddings=cfg.tie_word_embeddings,
     )
     student = Qwen3ForCausalLM(student_cfg)
     teacher_state = teacher.state_dict()

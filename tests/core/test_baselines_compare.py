@@ -71,8 +71,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     converted_dir = root / "converted"
     convert(teacher_dir, [token_rows(4, seed=9)], converted_dir)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
-    return {"teacher_dir": teacher_dir, "converted_dir": converted_dir, "teacher": teacher,
-            "train": token_rows(16, seed=1), "heldout": token_rows(4, seed=2)}
+    return {
+        "teacher_dir": teacher_dir,
+        "converted_dir": converted_dir,
+        "teacher": teacher,
+        "train": token_rows(16, seed=1),
+        "heldout": token_rows(4, seed=2),
+    }
 
 
 def test_every_student_gets_the_same_budget_and_is_recorded_with_its_kind(tiny: dict, tmp_path: Path) -> None:
@@ -83,15 +88,26 @@ def test_every_student_gets_the_same_budget_and_is_recorded_with_its_kind(tiny: 
         "random_ffn": StudentEntry(random_ffn(tiny), "random_ffn"),
     }
     logger = RecordingLogger()
-    result = compare_students(students, tiny["teacher"], tiny["train"], tiny["heldout"], CONFIG,
-                              out_dir=tmp_path / "cmp", logger=logger)
+    result = compare_students(
+        students,
+        tiny["teacher"],
+        tiny["train"],
+        tiny["heldout"],
+        CONFIG,
+        out_dir=tmp_path / "cmp",
+        logger=logger,
+    )
 
     document = json.loads(result.path.read_text())
     assert document == result.document and result.path == tmp_path / "cmp" / "comparison.json"
     assert logger.artifacts == [result.path]
     assert DistillConfig(**document["distill_config"]) == CONFIG
-    assert document["data"]["train"] == {"sha256": tokens_digest(tiny["train"]), "rows": 16,
-                                         "seq_len": SEQ_LEN, "tokens": 16 * SEQ_LEN}
+    assert document["data"]["train"] == {
+        "sha256": tokens_digest(tiny["train"]),
+        "rows": 16,
+        "seq_len": SEQ_LEN,
+        "tokens": 16 * SEQ_LEN,
+    }
     assert document["data"]["heldout"]["sha256"] == tokens_digest(tiny["heldout"])
     assert document["heldout_eval"] == {"window": SEQ_LEN, "stride": SEQ_LEN}
     assert document["budget_check"]["equal"] is True
@@ -99,11 +115,17 @@ def test_every_student_gets_the_same_budget_and_is_recorded_with_its_kind(tiny: 
     converted_params = count_parameters(AutoModelForCausalLM.from_pretrained(tiny["converted_dir"]))
     records = document["students"]
     assert {name: r["kind"] for name, r in records.items()} == {
-        "converted": "converted", "converted_again": "converted", "random_ffn": "random_ffn"}
+        "converted": "converted",
+        "converted_again": "converted",
+        "random_ffn": "random_ffn",
+    }
     for name, record in records.items():
         assert record["num_params"] == converted_params, name
-        assert record["token_budget"] == {"prior_train_tokens": 0, "distill_tokens": BUDGET_TOKENS,
-                                          "total": BUDGET_TOKENS}, name
+        assert record["token_budget"] == {
+            "prior_train_tokens": 0,
+            "distill_tokens": BUDGET_TOKENS,
+            "total": BUDGET_TOKENS,
+        }, name
         assert record["distill"]["steps"] == 3 and record["distill"]["tokens_seen"] == BUDGET_TOKENS, name
         assert (tmp_path / "cmp" / record["distill"]["checkpoint"]).is_dir(), name
         assert math.isfinite(record["perplexity"]["perplexity"]) and record["perplexity"]["perplexity"] > 1
@@ -143,8 +165,15 @@ def test_unequal_budgets_are_refused_before_any_training_step(
     logger = RecordingLogger()
     expected = "parameter counts differ" if mismatch == "ffn_width" else "token budgets differ"
     with pytest.raises(BudgetMismatchError, match=expected):
-        compare_students(students, tiny["teacher"], tiny["train"], tiny["heldout"], CONFIG,
-                         out_dir=tmp_path / "cmp", logger=logger)
+        compare_students(
+            students,
+            tiny["teacher"],
+            tiny["train"],
+            tiny["heldout"],
+            CONFIG,
+            out_dir=tmp_path / "cmp",
+            logger=logger,
+        )
     assert logger.params == {} and logger.metrics == [] and logger.artifacts == []
     assert not (tmp_path / "cmp").exists()
     assert all(torch.equal(a, b) for a, b in zip(before, baseline.parameters(), strict=True))
@@ -155,20 +184,32 @@ def test_downstream_accuracy_is_recorded_for_the_teacher_and_every_student(
 ) -> None:
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    rows = [{"query": "The sky is", "choices": [" blue", " loud"], "gold": 0},
-            {"query": "Two and two make", "choices": [" four", " green"], "gold": 0},
-            {"query": "Fish live in", "choices": [" trees", " water"], "gold": 1}]
+    rows = [
+        {"query": "The sky is", "choices": [" blue", " loud"], "gold": 0},
+        {"query": "Two and two make", "choices": [" four", " green"], "gold": 0},
+        {"query": "Fish live in", "choices": [" trees", " water"], "gold": 1},
+    ]
     data_file = tmp_path / "tiny_mc.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    eval_config = EvalConfig(tasks=(TaskSpec(name="tiny_mc", format="multiple_choice", data_file=data_file),),
-                             batch_size=4, max_length=64)
+    eval_config = EvalConfig(
+        tasks=(TaskSpec(name="tiny_mc", format="multiple_choice", data_file=data_file),),
+        batch_size=4,
+        max_length=64,
+    )
     students = {
         "converted": StudentEntry(tiny["converted_dir"], "converted"),
         "random_ffn": StudentEntry(random_ffn(tiny), "random_ffn"),
     }
-    result = compare_students(students, tiny["teacher"], tiny["train"], tiny["heldout"], CONFIG,
-                              out_dir=tmp_path / "cmp", eval_config=eval_config,
-                              tokenizer=AutoTokenizer.from_pretrained(tiny["teacher_dir"]))
+    result = compare_students(
+        students,
+        tiny["teacher"],
+        tiny["train"],
+        tiny["heldout"],
+        CONFIG,
+        out_dir=tmp_path / "cmp",
+        eval_config=eval_config,
+        tokenizer=AutoTokenizer.from_pretrained(tiny["teacher_dir"]),
+    )
 
     document = result.document
     assert EvalConfig(**document["eval_config"]) == eval_config
@@ -181,10 +222,20 @@ def test_downstream_accuracy_is_recorded_for_the_teacher_and_every_student(
 def test_downstream_evaluation_without_a_tokenizer_is_refused_before_training(
     tiny: dict, tmp_path: Path
 ) -> None:
-    students = {"a": StudentEntry(tiny["converted_dir"], "converted"),
-                "b": StudentEntry(tiny["converted_dir"], "converted")}
+    students = {
+        "a": StudentEntry(tiny["converted_dir"], "converted"),
+        "b": StudentEntry(tiny["converted_dir"], "converted"),
+    }
     logger = RecordingLogger()
     with pytest.raises(Moe2DenseError, match="needs the tokenizer"):
-        compare_students(students, tiny["teacher"], tiny["train"], tiny["heldout"], CONFIG,
-                         out_dir=tmp_path / "cmp", eval_config=EvalConfig(), logger=logger)
+        compare_students(
+            students,
+            tiny["teacher"],
+            tiny["train"],
+            tiny["heldout"],
+            CONFIG,
+            out_dir=tmp_path / "cmp",
+            eval_config=EvalConfig(),
+            logger=logger,
+        )
     assert logger.metrics == [] and not (tmp_path / "cmp").exists()

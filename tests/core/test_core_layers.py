@@ -14,7 +14,15 @@ from pathlib import Path
 
 import moe2dense_core
 
-LAYERS = {"errors": 0, "pretrained": 0, "registry": 0, "process_owner": 0, "io": 1, "arch": 2, "checkpoint": 3}
+LAYERS = {
+    "errors": 0,
+    "pretrained": 0,
+    "registry": 0,
+    "process_owner": 0,
+    "io": 1,
+    "arch": 2,
+    "checkpoint": 3,
+}
 """Rank of the bottom layers (errors, pretrained — the one from_pretrained gate —, the generic registry and
 process_owner — which process owns a leftover, io/leftovers.py — import no core module);
 every other part of moe2dense_core ranks above them."""

@@ -54,13 +54,18 @@ def test_prepare_token_splits_keeps_heldout_text_out_of_training_rows() -> None:
 def test_load_text_dataset_reads_txt_jsonl_and_parquet(tmp_path: Path) -> None:
     txt = tmp_path / "corpus.txt"
     txt.write_text("first paragraph\nstill first\n\nsecond paragraph\n")
-    assert load_text_dataset(TextDataSpec(source=str(txt))) == ["first paragraph\nstill first", "second paragraph\n"]
+    assert load_text_dataset(TextDataSpec(source=str(txt))) == [
+        "first paragraph\nstill first",
+        "second paragraph\n",
+    ]
     assert len(load_text_dataset(TextDataSpec(source=str(txt), sample_by="line"))) == 3
 
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text("\n".join(json.dumps({"content": d}) for d in DOCS[:5]) + "\n")
     assert load_text_dataset(TextDataSpec(source=str(jsonl), text_field="content")) == DOCS[:5]
-    assert load_text_dataset(TextDataSpec(source=str(jsonl), text_field="content", max_documents=2)) == DOCS[:2]
+    assert (
+        load_text_dataset(TextDataSpec(source=str(jsonl), text_field="content", max_documents=2)) == DOCS[:2]
+    )
     with pytest.raises(DataError, match="no column 'text'"):
         load_text_dataset(TextDataSpec(source=str(jsonl)))
 
@@ -79,6 +84,8 @@ def test_load_text_dataset_names_a_missing_source(tmp_path: Path) -> None:
 
 
 def test_shared_tinyshakespeare_packs_into_rows(shared_data: Path) -> None:
-    docs = load_text_dataset(TextDataSpec(source=str(shared_data / "text" / "tinyshakespeare.txt"), max_documents=200))
+    docs = load_text_dataset(
+        TextDataSpec(source=str(shared_data / "text" / "tinyshakespeare.txt"), max_documents=200)
+    )
     splits = prepare_token_splits(docs, ByteTokenizer(), seq_len=64, heldout_fraction=0.1)
     assert splits.train.shape[0] > 10 and splits.heldout.shape[0] >= 1

@@ -27,8 +27,9 @@ from moe2dense_core.distill import DistillConfig, DistillError, distill
 from tests.core.distill_tiny_models import dense_student_from_teacher, random_rows, tiny_teacher
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG = DistillConfig(max_steps=6, micro_batch_size=4, lr=2e-3, warmup_steps=1, precision="fp32",
-                       checkpoint_every=2, seed=4)
+CONFIG = DistillConfig(
+    max_steps=6, micro_batch_size=4, lr=2e-3, warmup_steps=1, precision="fp32", checkpoint_every=2, seed=4
+)
 FILL_AT_STEP = 3  # after the step-2 checkpoint, before the step-4 one
 
 
@@ -38,8 +39,11 @@ def _inputs() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _remount(folder: Path, size: int) -> None:
@@ -74,8 +78,14 @@ def fill_disk_run(folder: str, how: str, record: str, threads: int) -> None:
     torch.set_num_threads(threads)
     teacher, student, data = _inputs()
     try:
-        distill(student, teacher, data, CONFIG, checkpoint_dir=folder,
-                logger=_FillDiskAt(Path(folder), how, Path(record)))
+        distill(
+            student,
+            teacher,
+            data,
+            CONFIG,
+            checkpoint_dir=folder,
+            logger=_FillDiskAt(Path(folder), how, Path(record)),
+        )
     except DistillError as err:
         print(f"DistillError: {err}")
         return
@@ -87,8 +97,9 @@ def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
     folder = tmp_path / "disk"
     folder.mkdir()
     if request.param == "tmpfs":
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
-                                 capture_output=True, text=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if mounted.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
         try:
@@ -104,9 +115,20 @@ def test_a_full_disk_keeps_the_previous_checkpoint_resumable(disk: tuple[str, Pa
     record = tmp_path / "before.json"
     threads = torch.get_num_threads()
     child = subprocess.run(
-        [sys.executable, "-c", "import sys; from tests.core.test_distill_disk_full import fill_disk_run; "
-         "fill_disk_run(*sys.argv[1:4], int(sys.argv[4]))", str(folder), how, str(record), str(threads)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tests.core.test_distill_disk_full import fill_disk_run; "
+            "fill_disk_run(*sys.argv[1:4], int(sys.argv[4]))",
+            str(folder),
+            how,
+            str(record),
+            str(threads),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert child.returncode == 0, child.stderr[-3000:]
     message = child.stdout.strip().splitlines()[-1]

@@ -26,7 +26,10 @@ def toy_corpus(num_documents: int = 400, seed: int = 0) -> list[str]:
     verbs = ["sees", "likes", "finds", "watches", "follows", "calls"]
     objects = ["the ball", "a red apple", "the river", "her house", "the moon", "a green hat"]
     return [
-        " ".join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}." for _ in range(rng.randint(3, 8)))
+        " ".join(
+            f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
+            for _ in range(rng.randint(3, 8))
+        )
         for _ in range(num_documents)
     ]
 
@@ -62,12 +65,18 @@ def test_convert_then_distill_lowers_heldout_perplexity_and_kl(tmp_path: Path) -
         return ppl, kl
 
     ppl_before, kl_before = measure()
-    result = distill(student, teacher, splits.train,
-                     DistillConfig(max_steps=30, micro_batch_size=8, lr=3e-3, warmup_steps=3, precision="fp32"))
+    result = distill(
+        student,
+        teacher,
+        splits.train,
+        DistillConfig(max_steps=30, micro_batch_size=8, lr=3e-3, warmup_steps=3, precision="fp32"),
+    )
     ppl_after, kl_after = measure()
     teacher_ppl = perplexity(teacher, heldout, window=SEQ_LEN, stride=SEQ_LEN).perplexity
-    print(f"\nheld-out ppl {ppl_before:.3f} → {ppl_after:.3f} (teacher {teacher_ppl:.3f}); "
-          f"KL {kl_before:.4f} → {kl_after:.4f}")
+    print(
+        f"\nheld-out ppl {ppl_before:.3f} → {ppl_after:.3f} (teacher {teacher_ppl:.3f}); "
+        f"KL {kl_before:.4f} → {kl_after:.4f}"
+    )
 
     assert result.steps == 30 and result.history[-1]["kl"] < result.history[0]["kl"]
     assert kl_after < 0.5 * kl_before

@@ -17,7 +17,9 @@ def test_routers_pick_k_prime_experts_inside_and_k_after() -> None:
     teacher = tiny_teacher(seed=4)
     ids = random_rows(2, 8, seed=1)
     seen: list[int] = []
-    hooks = [r.register_forward_hook(lambda _m, _i, out: seen.append(out[2].shape[-1])) for r in _routers(teacher)]
+    hooks = [
+        r.register_forward_hook(lambda _m, _i, out: seen.append(out[2].shape[-1])) for r in _routers(teacher)
+    ]
     with torch.no_grad():
         base = teacher(input_ids=ids).logits
         with expanded_teacher_routing(teacher, 4):
@@ -40,14 +42,18 @@ def test_settings_are_restored_when_the_block_raises() -> None:
 
 def test_unreachable_k_prime_is_refused_before_any_forward() -> None:
     teacher = tiny_teacher(seed=4)
-    with pytest.raises(DistillError, match=r"teacher_top_k=9 must lie in \[1, E=8\]"), \
-            expanded_teacher_routing(teacher, 9):
+    with (
+        pytest.raises(DistillError, match=r"teacher_top_k=9 must lie in \[1, E=8\]"),
+        expanded_teacher_routing(teacher, 9),
+    ):
         pass
     teacher.config.n_group, teacher.config.topk_group = 4, 1  # group-limited: 1 group of 2 experts
     with pytest.raises(DistillError, match="group-limited"), expanded_teacher_routing(teacher, 3):
         pass
-    with pytest.raises(DistillError, match="num_experts_per_tok"), \
-            expanded_teacher_routing(dense_student_from_teacher(tiny_teacher()), 2):
+    with (
+        pytest.raises(DistillError, match="num_experts_per_tok"),
+        expanded_teacher_routing(dense_student_from_teacher(tiny_teacher()), 2),
+    ):
         pass
 
 
@@ -56,9 +62,15 @@ def test_distill_uses_expanded_routing_for_targets_only() -> None:
     data = random_rows(4, 8, seed=3)
     config = DistillConfig(max_steps=1, micro_batch_size=4, precision="fp32", lr=1e-3)
     plain = distill(dense_student_from_teacher(teacher), teacher, data, config)
-    expanded = distill(dense_student_from_teacher(teacher), teacher, data,
-                       config.model_copy(update={"teacher_top_k": 4}))
+    expanded = distill(
+        dense_student_from_teacher(teacher), teacher, data, config.model_copy(update={"teacher_top_k": 4})
+    )
     assert expanded.final_metrics["kl"] != plain.final_metrics["kl"]
     assert teacher.config.num_experts_per_tok == 2
     with pytest.raises(DistillError, match="E=8"):
-        distill(dense_student_from_teacher(teacher), teacher, data, config.model_copy(update={"teacher_top_k": 16}))
+        distill(
+            dense_student_from_teacher(teacher),
+            teacher,
+            data,
+            config.model_copy(update={"teacher_top_k": 16}),
+        )

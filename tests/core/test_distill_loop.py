@@ -46,11 +46,16 @@ def teacher() -> torch.nn.Module:
 def test_metrics_are_logged_at_steps_and_the_loss_falls(teacher) -> None:
     logger = RecordingLogger()
     data = random_rows(8, 16, seed=1)
-    config = DistillConfig(max_steps=8, micro_batch_size=4, lr=5e-3, warmup_steps=2, log_every=3, ce_weight=0.05)
+    config = DistillConfig(
+        max_steps=8, micro_batch_size=4, lr=5e-3, warmup_steps=2, log_every=3, ce_weight=0.05
+    )
     result = distill(dense_student_from_teacher(teacher, [5, 6]), teacher, data, config, logger=logger)
     assert logger.steps == [3, 6, 8]
     assert set(logger.metrics[0]) == {"loss", "kl", "ce", "lr", "grad_norm", "tokens_per_s"}
-    assert logger.params["distill.loss"] == "forward_kl" and logger.params["distill.resolved_precision"] in ("bf16", "fp32")
+    assert logger.params["distill.loss"] == "forward_kl" and logger.params["distill.resolved_precision"] in (
+        "bf16",
+        "fp32",
+    )
     assert logger.metrics[-1]["loss"] < logger.metrics[0]["loss"]
     assert all(m["tokens_per_s"] > 0 and math.isfinite(m["grad_norm"]) for m in logger.metrics)
     assert result.final_metrics == logger.metrics[-1] and result.tokens_seen == 8 * 4 * 16
@@ -88,7 +93,9 @@ def test_bf16_autocast_keeps_fp32_master_weights(teacher) -> None:
     precision = resolve_precision("auto", CPU)
     assert precision == ("bf16" if bf16_supported(CPU) else "fp32")
     student = dense_student_from_teacher(teacher)
-    result = distill(student, teacher, random_rows(4, 8, seed=5), DistillConfig(max_steps=1, micro_batch_size=4))
+    result = distill(
+        student, teacher, random_rows(4, 8, seed=5), DistillConfig(max_steps=1, micro_batch_size=4)
+    )
     assert result.precision == precision
     assert all(p.dtype == torch.float32 for p in student.parameters())
 

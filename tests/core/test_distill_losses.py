@@ -30,7 +30,9 @@ def _logits(*rows: list[float]) -> torch.Tensor:
 def test_kl_is_zero_for_equal_logits_in_every_divergence() -> None:
     logits = torch.randn(2, 5, 11)
     for loss in ("forward_kl", "reverse_kl", "jsd"):
-        assert kd_loss(logits, logits.clone(), loss=loss, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+        assert kd_loss(logits, logits.clone(), loss=loss, temperature=2.0).item() == pytest.approx(
+            0.0, abs=1e-6
+        )
 
 
 def test_forward_kl_matches_hand_value() -> None:
@@ -57,7 +59,9 @@ def test_reverse_kl_and_jsd_match_hand_values() -> None:
     jsd = float(0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum())
     assert reverse_kl_per_token(p.log(), q.log()).item() == pytest.approx(reverse, rel=1e-6)
     assert jsd_per_token(p.log(), q.log(), 0.5).item() == pytest.approx(jsd, rel=1e-6)
-    assert kd_loss(_logits([0.0, 0.0]), _logits([0.0, LOG3]), loss="reverse_kl").item() == pytest.approx(reverse, rel=1e-6)
+    assert kd_loss(_logits([0.0, 0.0]), _logits([0.0, LOG3]), loss="reverse_kl").item() == pytest.approx(
+        reverse, rel=1e-6
+    )
 
 
 def test_padding_positions_are_masked_out_of_the_mean() -> None:
@@ -98,7 +102,11 @@ def test_topk_buckets_with_full_vocabulary_equal_the_full_distributions() -> Non
     values, ids = teacher_logp.topk(7, dim=-1)
     tail = torch.full(values.shape[:-1], float("-inf"))
     t_buckets, s_buckets = topk_bucket_logprobs(student_logp, ids, values, tail, vocab_size=7)
-    assert torch.allclose(forward_kl_per_token(t_buckets, s_buckets), forward_kl_per_token(teacher_logp, student_logp), atol=1e-6)
+    assert torch.allclose(
+        forward_kl_per_token(t_buckets, s_buckets),
+        forward_kl_per_token(teacher_logp, student_logp),
+        atol=1e-6,
+    )
 
 
 def test_topk_buckets_keep_the_tail_mass_and_lower_bound_the_kl() -> None:
@@ -127,4 +135,6 @@ def test_divergence_sum_equals_the_per_token_sum() -> None:
     student_logp = temperature_logprobs(torch.randn(2, 3, 7))
     for name in ("forward_kl", "reverse_kl", "jsd"):
         per_token = divergence_per_token(name, teacher_logp, student_logp)
-        assert divergence_sum(name, teacher_logp, student_logp).item() == pytest.approx(per_token.sum().item(), rel=1e-5)
+        assert divergence_sum(name, teacher_logp, student_logp).item() == pytest.approx(
+            per_token.sum().item(), rel=1e-5
+        )

@@ -15,8 +15,15 @@ from tests.core.distill_tiny_models import dense_student_from_teacher, random_ro
 
 CPU = torch.device("cpu")
 CONFIG = DistillConfig(
-    max_steps=6, micro_batch_size=2, grad_accum_steps=2, lr=3e-3, warmup_steps=2, ce_weight=0.2,
-    checkpoint_every=3, keep_checkpoints=2, seed=7,
+    max_steps=6,
+    micro_batch_size=2,
+    grad_accum_steps=2,
+    lr=3e-3,
+    warmup_steps=2,
+    ce_weight=0.2,
+    checkpoint_every=3,
+    keep_checkpoints=2,
+    seed=7,
 )
 
 
@@ -48,13 +55,21 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path: Path) -
 
     interrupted = dense_student_from_teacher(teacher)
     with pytest.raises(KeyboardInterrupt):
-        distill(interrupted, teacher, data, CONFIG, logger=RecordingLogger(crash_at_step=5),
-                checkpoint_dir=tmp_path / "b")
+        distill(
+            interrupted,
+            teacher,
+            data,
+            CONFIG,
+            logger=RecordingLogger(crash_at_step=5),
+            checkpoint_dir=tmp_path / "b",
+        )
     assert latest_checkpoint(tmp_path / "b").name == "step_00000003"
 
     resumed = dense_student_from_teacher(teacher)  # fresh weights: everything must come from the checkpoint
     resumed_log = RecordingLogger()
-    result = distill(resumed, teacher, data, CONFIG, logger=resumed_log, checkpoint_dir=tmp_path / "b", resume=True)
+    result = distill(
+        resumed, teacher, data, CONFIG, logger=resumed_log, checkpoint_dir=tmp_path / "b", resume=True
+    )
 
     assert result.start_step == 3 and full.start_step == 0
     assert result.steps == 6 and result.tokens_seen == full.tokens_seen == 6 * 4 * 16
@@ -66,8 +81,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path: Path) -
         assert torch.equal(a, b), name
     final_a, optimizer_a = _restored(tmp_path / "a" / "step_00000006", teacher)
     final_b, optimizer_b = _restored(tmp_path / "b" / "step_00000006", teacher)
-    for param_a, param_b in zip(optimizer_a.param_groups[0]["params"], optimizer_b.param_groups[0]["params"],
-                                strict=True):
+    for param_a, param_b in zip(
+        optimizer_a.param_groups[0]["params"], optimizer_b.param_groups[0]["params"], strict=True
+    ):
         assert torch.equal(optimizer_a.state[param_a]["exp_avg_sq"], optimizer_b.state[param_b]["exp_avg_sq"])
     assert final_a.step == final_b.step == 6
 
@@ -86,7 +102,9 @@ def test_resume_refuses_without_a_directory_and_starts_fresh_in_an_empty_one(tmp
     config = DistillConfig(max_steps=1, micro_batch_size=4)
     with pytest.raises(DistillError, match="checkpoint_dir"):
         distill(dense_student_from_teacher(teacher), teacher, data, config, resume=True)
-    result = distill(dense_student_from_teacher(teacher), teacher, data, config, checkpoint_dir=tmp_path, resume=True)
+    result = distill(
+        dense_student_from_teacher(teacher), teacher, data, config, checkpoint_dir=tmp_path, resume=True
+    )
     assert result.steps == 1 and (tmp_path / "step_00000001" / "trainer.json").is_file()
 
 
@@ -96,13 +114,26 @@ def test_one_model_resumes_twice_and_keeps_no_gradients(tmp_path: Path, gradient
     second resume on the same model object failed inside torch's state-dict loading."""
     teacher = tiny_teacher(seed=1)
     data = random_rows(8, 16, seed=2)
-    config = DistillConfig(max_steps=2, micro_batch_size=4, precision="fp32", checkpoint_every=1,
-                           gradient_checkpointing=gradient_checkpointing)
+    config = DistillConfig(
+        max_steps=2,
+        micro_batch_size=4,
+        precision="fp32",
+        checkpoint_every=1,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     student = dense_student_from_teacher(teacher)
     runs = [distill(student, teacher, data, config, checkpoint_dir=tmp_path, resume=True)]
     assert all(p.grad is None for p in student.parameters())
     for steps in (3, 4):
-        runs.append(distill(student, teacher, data, config.model_copy(update={"max_steps": steps}),
-                            checkpoint_dir=tmp_path, resume="extend"))
+        runs.append(
+            distill(
+                student,
+                teacher,
+                data,
+                config.model_copy(update={"max_steps": steps}),
+                checkpoint_dir=tmp_path,
+                resume="extend",
+            )
+        )
         assert all(p.grad is None for p in student.parameters())
     assert [(r.start_step, r.steps) for r in runs] == [(0, 2), (2, 3), (3, 4)]

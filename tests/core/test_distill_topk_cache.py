@@ -43,18 +43,31 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = random_rows(8, 32, seed=5)
     root = tmp_path_factory.mktemp("caches")
     caches = {
-        k: write_topk_cache(teacher, data, root / f"k{k}", k, precision="fp32", batch_size=2, rows_per_shard=3)
+        k: write_topk_cache(
+            teacher, data, root / f"k{k}", k, precision="fp32", batch_size=2, rows_per_shard=3
+        )
         for k in (VOCAB, 16)
     }
-    write_topk_cache(teacher, data, root / "k16_routed4", 16, teacher_top_k=4, teacher_digest="teacher-a",
-                     precision="fp32", batch_size=2, rows_per_shard=3)
+    write_topk_cache(
+        teacher,
+        data,
+        root / "k16_routed4",
+        16,
+        teacher_top_k=4,
+        teacher_digest="teacher-a",
+        precision="fp32",
+        batch_size=2,
+        rows_per_shard=3,
+    )
     return {"teacher": teacher, "data": data, "root": root, "manifests": caches}
 
 
 def _mean_kl(source, student, data: torch.Tensor) -> float:
     with torch.no_grad():
         logits = student(input_ids=data).logits
-        return float(forward_kl_per_token(*source.logprob_pair(torch.arange(len(data)), data, logits, 1.0)).mean())
+        return float(
+            forward_kl_per_token(*source.logprob_pair(torch.arange(len(data)), data, logits, 1.0)).mean()
+        )
 
 
 def test_cache_layout_and_rows_round_trip(setup: dict) -> None:
@@ -76,7 +89,9 @@ def test_full_vocabulary_cache_equals_online_loss_and_training(setup: dict) -> N
     student = dense_student_from_teacher(teacher)
     online = OnlineTeacher(teacher, precision="fp32", device=CPU, top_k=None)
     cached = CachedTeacher(TopKCache.open(setup["root"] / f"k{VOCAB}"), CPU)
-    assert _mean_kl(cached, student, data) == pytest.approx(_mean_kl(online, student, data), rel=1e-5, abs=1e-7)
+    assert _mean_kl(cached, student, data) == pytest.approx(
+        _mean_kl(online, student, data), rel=1e-5, abs=1e-7
+    )
 
     config = DistillConfig(max_steps=3, micro_batch_size=4, lr=1e-3, precision="fp32")
     a, b = dense_student_from_teacher(teacher), dense_student_from_teacher(teacher)
@@ -106,7 +121,9 @@ def test_cache_refuses_other_data_temperature_and_routing(setup: dict) -> None:
     student = dense_student_from_teacher(teacher)
     cache_dir = setup["root"] / "k16"
     with pytest.raises(DistillError, match="other data"):
-        distill(student, cache_dir, random_rows(8, 32, seed=6), DistillConfig(max_steps=1, micro_batch_size=4))
+        distill(
+            student, cache_dir, random_rows(8, 32, seed=6), DistillConfig(max_steps=1, micro_batch_size=4)
+        )
     with pytest.raises(DistillError, match="temperature"):
         distill(student, cache_dir, data, DistillConfig(max_steps=1, micro_batch_size=4, temperature=2.0))
     with pytest.raises(DistillError, match="teacher_top_k"):
@@ -119,14 +136,23 @@ def test_cache_routing_and_teacher_must_match_the_run(setup: dict) -> None:
     manifest = TopKCache.open(routed).manifest
     assert (manifest.teacher_top_k, manifest.teacher_digest, manifest.k) == (4, "teacher-a", 16)
     plain = DistillConfig(max_steps=1, micro_batch_size=4, precision="fp32")
-    with pytest.raises(DistillError, match=r"k16_routed4 does not fit this run: teacher_top_k: cache 4, run None"):
-        distill(dense_student_from_teacher(teacher), routed, data, plain)  # the run asked for the teacher's own k
+    with pytest.raises(
+        DistillError, match=r"k16_routed4 does not fit this run: teacher_top_k: cache 4, run None"
+    ):
+        distill(
+            dense_student_from_teacher(teacher), routed, data, plain
+        )  # the run asked for the teacher's own k
     with pytest.raises(DistillError, match="teacher_top_k: cache 4, run 8"):
-        distill(dense_student_from_teacher(teacher), routed, data, plain.model_copy(update={"teacher_top_k": 8}))
+        distill(
+            dense_student_from_teacher(teacher), routed, data, plain.model_copy(update={"teacher_top_k": 8})
+        )
     expanded = plain.model_copy(update={"teacher_top_k": 4})
     with pytest.raises(DistillError, match="teacher_digest: cache 'teacher-a', run 'teacher-b'"):
         distill(dense_student_from_teacher(teacher), routed, data, expanded, teacher_digest="teacher-b")
-    assert distill(dense_student_from_teacher(teacher), routed, data, expanded, teacher_digest="teacher-a").steps == 1
+    assert (
+        distill(dense_student_from_teacher(teacher), routed, data, expanded, teacher_digest="teacher-a").steps
+        == 1
+    )
 
 
 def test_open_rejects_incomplete_or_tampered_caches(setup: dict, tmp_path: Path) -> None:
@@ -153,8 +179,16 @@ def _payload_bytes(path: Path) -> int:
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_stored_size_is_the_bytes_per_token_formula(setup: dict, tmp_path: Path, dtype: str) -> None:
     data = setup["data"]
-    manifest = write_topk_cache(setup["teacher"], data, tmp_path, 16, precision="fp32", batch_size=2,
-                                rows_per_shard=3, logprob_dtype=dtype)
+    manifest = write_topk_cache(
+        setup["teacher"],
+        data,
+        tmp_path,
+        16,
+        precision="fp32",
+        batch_size=2,
+        rows_per_shard=3,
+        logprob_dtype=dtype,
+    )
     payload = sum(_payload_bytes(tmp_path / shard.file) for shard in manifest.shards)
     assert payload == cache_bytes(16, dtype, data.numel()) == data.numel() * bytes_per_token(16, dtype)
     assert bytes_per_token(16, dtype) == 16 * (4 + (4 if dtype == "float32" else 2)) + 4 + 4
@@ -170,18 +204,30 @@ def test_paper_scale_arithmetic() -> None:
 
 def test_float16_logprobs_round_trip(setup: dict, tmp_path: Path) -> None:
     teacher, data = setup["teacher"], setup["data"]
-    half = write_topk_cache(teacher, data, tmp_path, 16, precision="fp32", batch_size=2, rows_per_shard=3,
-                            logprob_dtype="float16")
+    half = write_topk_cache(
+        teacher, data, tmp_path, 16, precision="fp32", batch_size=2, rows_per_shard=3, logprob_dtype="float16"
+    )
     assert half.logprob_dtype == "float16" and setup["manifests"][16].logprob_dtype == "float32"
     rows = torch.tensor([6, 1, 3])
-    full, got = TopKCache.open(setup["root"] / "k16").rows(rows), TopKCache.open(tmp_path, verify=True).rows(rows)
+    full, got = (
+        TopKCache.open(setup["root"] / "k16").rows(rows),
+        TopKCache.open(tmp_path, verify=True).rows(rows),
+    )
     assert got.topk_logprobs.dtype == torch.float32  # upcast on read
     assert torch.equal(got.topk_logprobs, full.topk_logprobs.half().float())  # exactly one float16 rounding
     assert torch.equal(got.topk_ids, full.topk_ids) and torch.equal(got.tail_logprob, full.tail_logprob)
     assert TopKCache.open(tmp_path).label == "topk_cache(k=16, float16)"
-    with pytest.raises(DistillError, match="k: cache 16, run 8; logprob_dtype: cache 'float16', run 'float32'"):
-        TopKCache.open(tmp_path).check_fits(data_digest=half.data_digest, temperature=1.0, teacher_top_k=None,
-                                            teacher_digest=None, k=8, logprob_dtype="float32")
+    with pytest.raises(
+        DistillError, match="k: cache 16, run 8; logprob_dtype: cache 'float16', run 'float32'"
+    ):
+        TopKCache.open(tmp_path).check_fits(
+            data_digest=half.data_digest,
+            temperature=1.0,
+            teacher_top_k=None,
+            teacher_digest=None,
+            k=8,
+            logprob_dtype="float32",
+        )
 
 
 def test_shards_are_located_when_first_read(setup: dict) -> None:
@@ -224,12 +270,22 @@ def test_two_ranks_write_the_bytes_one_process_writes(setup: dict, tmp_path: Pat
     """Ranks 1 and 0 of 2 (in that order) write the k = 16 cache of `setup`: shards and manifest identical."""
     one_process = setup["root"] / "k16"
     parts = [
-        write_topk_shards(setup["teacher"], setup["data"], tmp_path, 16, precision="fp32", batch_size=2,
-                          rows_per_shard=3, rank=rank, processes=2)
+        write_topk_shards(
+            setup["teacher"],
+            setup["data"],
+            tmp_path,
+            16,
+            precision="fp32",
+            batch_size=2,
+            rows_per_shard=3,
+            rank=rank,
+            processes=2,
+        )
         for rank in (1, 0)
     ]
     assert [[s.file for s in part.shards] for part in parts] == [
-        ["shard_00001.safetensors"], ["shard_00000.safetensors", "shard_00002.safetensors"]
+        ["shard_00001.safetensors"],
+        ["shard_00000.safetensors", "shard_00002.safetensors"],
     ]
     assert not (tmp_path / MANIFEST_NAME).exists()  # a rank writes shards only
     merged = merge_manifest_parts(parts)
@@ -239,10 +295,22 @@ def test_two_ranks_write_the_bytes_one_process_writes(setup: dict, tmp_path: Pat
         assert (tmp_path / name).read_bytes() == (one_process / name).read_bytes(), name
 
 
-def test_merging_refuses_a_missing_or_repeated_shard_and_disagreeing_ranks(setup: dict, tmp_path: Path) -> None:
+def test_merging_refuses_a_missing_or_repeated_shard_and_disagreeing_ranks(
+    setup: dict, tmp_path: Path
+) -> None:
     def part(rank: int, **settings) -> TopKCacheManifest:
-        return write_topk_shards(setup["teacher"], setup["data"], tmp_path / f"{rank}", 16, precision="fp32",
-                                 batch_size=2, rows_per_shard=3, rank=rank, processes=2, **settings)
+        return write_topk_shards(
+            setup["teacher"],
+            setup["data"],
+            tmp_path / f"{rank}",
+            16,
+            precision="fp32",
+            batch_size=2,
+            rows_per_shard=3,
+            rank=rank,
+            processes=2,
+            **settings,
+        )
 
     rank0, rank1 = part(0), part(1)
     with pytest.raises(DistillError, match="shard shard_00002.safetensors .* is not shard shard_00001"):
@@ -269,7 +337,12 @@ def test_a_pass_that_dies_in_a_finished_cache_folder_leaves_no_manifest_over_mix
 
     with pytest.raises(RuntimeError, match="killed after shard_00000"):
         write_topk_shards(
-            setup["teacher"], random_rows(8, 32, seed=6), out, 16, on_shard=die_after_the_first_shard, **settings
+            setup["teacher"],
+            random_rows(8, 32, seed=6),
+            out,
+            16,
+            on_shard=die_after_the_first_shard,
+            **settings,
         )
     assert not (out / MANIFEST_NAME).exists()
     with pytest.raises(DistillError, match="not a finished top-k cache"):

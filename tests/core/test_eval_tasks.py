@@ -129,7 +129,9 @@ def test_a_line_that_is_not_utf8_is_refused_with_file_and_line(tmp_path: Path) -
         validate_local_task(TaskSpec(name="t", format="multiple_choice", data_file=path))
 
 
-HELLASWAG_STYLE = [{"query": "He opened the door", "choices": [", then left.", "; then slept."], "gold": 0}] * 2
+HELLASWAG_STYLE = [
+    {"query": "He opened the door", "choices": [", then left.", "; then slept."], "gold": 0}
+] * 2
 WINO_ROWS = [{"context_options": ["Ann saw Bo", "Bo saw Ann"], "continuation": ", who waved.", "gold": 0}] * 2
 
 
@@ -143,10 +145,15 @@ def test_lm_eval_scores_query_delimiter_choice_with_the_tasks_delimiter(
 
     chosen = {} if delimiter is None else {"target_delimiter": delimiter}
     specs = [
-        TaskSpec(name="hs", format="multiple_choice", data_file=_jsonl(tmp_path / "hs.jsonl", HELLASWAG_STYLE),
-                 **chosen),
-        TaskSpec(name="wino", format="partial_context", data_file=_jsonl(tmp_path / "w.jsonl", WINO_ROWS),
-                 **chosen),
+        TaskSpec(
+            name="hs",
+            format="multiple_choice",
+            data_file=_jsonl(tmp_path / "hs.jsonl", HELLASWAG_STYLE),
+            **chosen,
+        ),
+        TaskSpec(
+            name="wino", format="partial_context", data_file=_jsonl(tmp_path / "w.jsonl", WINO_ROWS), **chosen
+        ),
     ]
     write_task_yamls(specs, tmp_path / "yamls", datasets_cache=tmp_path / "datasets")
     manager = TaskManager(include_path=str(tmp_path / "yamls"), include_defaults=False)
@@ -154,10 +161,14 @@ def test_lm_eval_scores_query_delimiter_choice_with_the_tasks_delimiter(
     for name, task in manager.load(["moe2dense_hs", "moe2dense_wino"])["tasks"].items():
         task.build_all_requests(limit=1, rank=0, world_size=1)
         requests[name] = [instance.arguments for instance in task.instances]
-    assert requests["moe2dense_hs"] == [("He opened the door", f"{joined}, then left."),
-                                        ("He opened the door", f"{joined}; then slept.")]
-    assert requests["moe2dense_wino"] == [("Ann saw Bo", f"{joined}, who waved."),
-                                          ("Bo saw Ann", f"{joined}, who waved.")]
+    assert requests["moe2dense_hs"] == [
+        ("He opened the door", f"{joined}, then left."),
+        ("He opened the door", f"{joined}; then slept."),
+    ]
+    assert requests["moe2dense_wino"] == [
+        ("Ann saw Bo", f"{joined}, who waved."),
+        ("Bo saw Ann", f"{joined}, who waved."),
+    ]
 
 
 def test_bad_files_are_refused(tmp_path: Path) -> None:
@@ -188,7 +199,10 @@ def test_more_shots_than_the_pool_offers_is_refused(tmp_path: Path) -> None:
         ({"name": "has space"}, "must match"),
         ({"name": "x", "num_fewshot": -1}, "greater than or equal to 0"),
         ({"name": "x", "format": "free_text", "data_file": "a.jsonl"}, "format"),
-        ({"name": "x", "format": "cloze", "data_file": "a.jsonl", "target_delimiter": ""}, "target_delimiter"),
+        (
+            {"name": "x", "format": "cloze", "data_file": "a.jsonl", "target_delimiter": ""},
+            "target_delimiter",
+        ),
         ({"name": "hellaswag", "target_delimiter": ""}, "target_delimiter applies to local"),
     ],
 )

@@ -68,11 +68,19 @@ def test_the_switch_makes_every_precision_choice_fp32(monkeypatch):
     precision, dtypes = teacher_compute_dtypes(TEACHER)
     assert precision == "fp32" and torch.bfloat16 not in dtypes
     with pytest.raises(DistillError, match="bf16"):  # before any training step
-        train_teacher_model(build_teacher(TEACHER, 300), torch.arange(100), torch.arange(100),
-                            TEACHER.model_copy(update={"precision": "bf16"}))
+        train_teacher_model(
+            build_teacher(TEACHER, 300),
+            torch.arange(100),
+            torch.arange(100),
+            TEACHER.model_copy(update={"precision": "bf16"}),
+        )
     teacher = tiny_teacher(seed=1)
-    result = distill(dense_student_from_teacher(teacher), teacher, random_rows(4, 16),
-                     DistillConfig(max_steps=1, micro_batch_size=4))
+    result = distill(
+        dense_student_from_teacher(teacher),
+        teacher,
+        random_rows(4, 16),
+        DistillConfig(max_steps=1, micro_batch_size=4),
+    )
     assert result.precision == "fp32"
 
 

@@ -47,15 +47,21 @@ def load_answering_yes(statement: str, folder: Path, tmp_path: Path) -> subproce
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-c", statement.format(folder=str(folder))],
-        input="y\n", capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120,
+        input="y\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=120,
     )
 
 
 def test_transformers_default_runs_remote_code_when_the_terminal_says_yes(remote_code_checkpoint, tmp_path):
     """The danger the loaders exist for (if this stops holding, transformers changed its default)."""
     folder, marker = remote_code_checkpoint
-    done = load_answering_yes("from transformers import AutoConfig; AutoConfig.from_pretrained({folder!r})",
-                              folder, tmp_path)
+    done = load_answering_yes(
+        "from transformers import AutoConfig; AutoConfig.from_pretrained({folder!r})", folder, tmp_path
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert marker.read_text() == "remote code ran"
 
@@ -65,8 +71,9 @@ def test_every_loader_refuses_remote_code_even_when_the_terminal_says_yes(
     remote_code_checkpoint, tmp_path: Path, loader: str
 ) -> None:
     folder, marker = remote_code_checkpoint
-    done = load_answering_yes(f"from moe2dense_core.pretrained import {loader}; {loader}({{folder!r}})",
-                              folder, tmp_path)
+    done = load_answering_yes(
+        f"from moe2dense_core.pretrained import {loader}; {loader}({{folder!r}})", folder, tmp_path
+    )
     assert done.returncode != 0 and "contains custom code" in done.stderr, done.stderr[-2000:]
     assert not marker.exists()
 

@@ -45,7 +45,9 @@ class LrLogger:
 def test_balance_loss_matches_hand_numbers():
     collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # both tokens → expert 0
     # f = [1, 0], P_0 = e/(1+e) → B = 2·e/(1+e)
-    assert layer_balance_loss([collapsed], top_k=1).item() == pytest.approx(2 * math.e / (1 + math.e), rel=1e-6)
+    assert layer_balance_loss([collapsed], top_k=1).item() == pytest.approx(
+        2 * math.e / (1 + math.e), rel=1e-6
+    )
     balanced = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # f = P = [½, ½] → B = 1
     assert layer_balance_loss([balanced], top_k=1).item() == pytest.approx(1.0)
     # the mean over layers, each balanced on its own

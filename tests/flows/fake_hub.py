@@ -87,10 +87,18 @@ class FakeHub:
                 if len(parts) == 6 and parts[:2] == ["api", "models"] and parts[4] == "tree":
                     release = hub.release(parts[2], parts[3], parts[5])
                     if release is not None:
-                        return self._send(200, [
-                            {"type": "file", "path": name, "size": path.stat().st_size, "oid": blob_id(path)}
-                            for name, path in release.files().items()
-                        ])
+                        return self._send(
+                            200,
+                            [
+                                {
+                                    "type": "file",
+                                    "path": name,
+                                    "size": path.stat().st_size,
+                                    "oid": blob_id(path),
+                                }
+                                for name, path in release.files().items()
+                            ],
+                        )
                 if len(parts) == 5 and parts[2] == "resolve":
                     release = hub.release(parts[0], parts[1], parts[3])
                     path = release and release.files().get(parts[4])
@@ -151,7 +159,9 @@ def blob_id(path: Path) -> str:
 
 
 RELEASES = {
-    "Qwen/Qwen3-30B-A3B": FakeRelease("a" * 40, "qwen3_moe", 30_532_122_624, 61_064_245_248, ("Qwen3MoeForCausalLM",)),
+    "Qwen/Qwen3-30B-A3B": FakeRelease(
+        "a" * 40, "qwen3_moe", 30_532_122_624, 61_064_245_248, ("Qwen3MoeForCausalLM",)
+    ),
     "Qwen/Qwen3-8B": FakeRelease("b" * 40, "qwen3", 8_190_735_360, 16_381_470_720),  # dense: not an MoE
     "Qwen/Qwen3-MoE-Custom": FakeRelease("c" * 40, "unknown_moe", 1_000_000_000, 2_000_000_000),
     "Qwen/Qwen3-235B-A22B": FakeRelease("d" * 40, "qwen3_moe", 235_093_634_560, 470_187_269_120),

@@ -28,7 +28,11 @@ def first_run(prefect_server, tiny_teacher, tmp_path_factory):
     calibration_text = root / "calibration.txt"
     shutil.copy(tiny_teacher.text, calibration_text)
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("MOE2DENSE_S3_ENDPOINT_URL", "MOE2DENSE_MLFLOW_ARTIFACT_LOCATION", "MOE2DENSE_SETTINGS_FILE"):
+        for name in (
+            "MOE2DENSE_S3_ENDPOINT_URL",
+            "MOE2DENSE_MLFLOW_ARTIFACT_LOCATION",
+            "MOE2DENSE_SETTINGS_FILE",
+        ):
             patch.delenv(name, raising=False)
         patch.setenv("MOE2DENSE_HOME", str(root / "home"))
         patch.setenv("MOE2DENSE_ARTIFACT_ROOT", str(root / "store-a"))

@@ -26,12 +26,17 @@ def test_a_known_failure_prints_one_line_and_exits_1(tiny_teacher, prefect_serve
     recipe.write_text(recipe_to_yaml(tiny_teacher.recipe("distillation.enabled=false")))
     tracking_uri = f"http://127.0.0.1:{closed_port()}"
     env = isolated_environment(
-        MOE2DENSE_HOME=str(tmp_path / "home"), MOE2DENSE_PREFECT_API_URL=prefect_server,
+        MOE2DENSE_HOME=str(tmp_path / "home"),
+        MOE2DENSE_PREFECT_API_URL=prefect_server,
         MOE2DENSE_MLFLOW_TRACKING_URI=tracking_uri,
     )
     done = subprocess.run(
         [sys.executable, "-c", "from flows.cli import main; main()", "convert", str(recipe)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 1, done.stdout + done.stderr
     last = done.stderr.rstrip().splitlines()[-1]

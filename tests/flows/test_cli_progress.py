@@ -51,7 +51,11 @@ def test_a_piped_run_prints_step_lines_with_eta_and_stage_lines(prefect_server, 
     }
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "home"), str(text)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]

@@ -116,8 +116,11 @@ def test_every_artifact_is_in_the_bucket_with_its_recorded_digest(team_stack, co
             assert hashlib.sha256(body).hexdigest() == entry.sha256, key
     mlflow_objects = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix="mlflow/")
     assert mlflow_objects["KeyCount"] > 0  # MLflow's own artifacts (plans, reports, JSON) landed in S3
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket)
+        for o in page.get("Contents", [])
+    ]
     shards = [key for key in keys if key.endswith(".safetensors") and not key.startswith("artifacts/stats/")]
     # one copy of each checkpoint (the assembled and the distilled one), in the store only
     assert len(shards) == len(result.assembled.shard_digests) + len(result.final.shard_digests), shards
@@ -146,8 +149,11 @@ def test_the_prefect_artifact_links_to_the_mlflow_run(team_stack, converted):
     (link,) = [a for a in artifacts if a.key == "mlflow-run"]
     tracking_uri = team_stack.resolved_mlflow_tracking_uri
     # Prefect stores a link artifact as a markdown link: [text](url)
-    assert re.fullmatch(rf"\[MLflow run {result.mlflow_run_id}\]\({re.escape(tracking_uri)}/#/experiments/\d+/runs/"
-                        rf"{result.mlflow_run_id}\)", link.data), link.data
+    assert re.fullmatch(
+        rf"\[MLflow run {result.mlflow_run_id}\]\({re.escape(tracking_uri)}/#/experiments/\d+/runs/"
+        rf"{result.mlflow_run_id}\)",
+        link.data,
+    ), link.data
 
 
 def test_a_second_run_re_executes_no_stage(team_stack, converted):
@@ -160,9 +166,14 @@ def test_a_second_run_re_executes_no_stage(team_stack, converted):
     assert set(states) >= stages
     assert set(states.values()) == {"Cached"}, states
     client = tracking_client(team_stack)
-    first_runs, second_runs = stage_runs(client, first.mlflow_run_id), stage_runs(client, second.mlflow_run_id)
+    first_runs, second_runs = (
+        stage_runs(client, first.mlflow_run_id),
+        stage_runs(client, second.mlflow_run_id),
+    )
     assert set(second_runs) == STAGES  # the cached parent links to the runs that made each result
-    assert {k: r.info.run_id for k, r in second_runs.items()} == {k: r.info.run_id for k, r in first_runs.items()}
+    assert {k: r.info.run_id for k, r in second_runs.items()} == {
+        k: r.info.run_id for k, r in first_runs.items()
+    }
     shown = CliRunner().invoke(app, ["report", second.mlflow_run_id])
     assert shown.exit_code == 0, shown.output
     assert "distilled" in shown.output and f"{second.mlflow_run_id}/index.html" in shown.output

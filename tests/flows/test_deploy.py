@@ -15,7 +15,8 @@ from flows.work_pools import IMAGE_HOME, base_job_template
 def read_deployments(ids: list[str]) -> dict:
     with get_client(sync_client=True) as client:
         return {
-            f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in (client.read_deployment(i) for i in ids)
+            f"{client.read_flow(d.flow_id).name}/{d.name}": d
+            for d in (client.read_deployment(i) for i in ids)
         }
 
 
@@ -29,7 +30,11 @@ def test_deployments_land_on_their_pools_with_the_watch_schedule_and_the_recipe_
     assert len(ids) == 5
     deployments = read_deployments(ids)
     assert set(deployments) == {
-        "convert/default", "sweep/default", "compare/default", "teacher/default", "watch/scheduled"
+        "convert/default",
+        "sweep/default",
+        "compare/default",
+        "teacher/default",
+        "watch/scheduled",
     }
     assert read_pool(DEFAULT_WORK_POOL).type == "process" and read_pool("gpu-it").type == "process"
     assert deployments["convert/default"].work_pool_name == "gpu-it"
@@ -46,7 +51,9 @@ def test_deployments_land_on_their_pools_with_the_watch_schedule_and_the_recipe_
     assert recipe_schema.get("additionalProperties") is False
     compare_form = deployments["compare/default"].parameter_openapi_schema
     assert compare_form["required"] == ["recipe"]
-    assert {"source", "twin", "students", "seeds"} <= set(compare_form["definitions"]["CompareRecipe"]["properties"])
+    assert {"source", "twin", "students", "seeds"} <= set(
+        compare_form["definitions"]["CompareRecipe"]["properties"]
+    )
 
 
 def test_code_comes_from_the_installed_package_never_from_the_deployers_folder(team_stack):
@@ -78,7 +85,9 @@ def test_every_path_in_a_deployments_parameters_is_absolute(team_stack, tiny_tea
     assert default_recipe["calibration"]["data"]["paths"] == [str(tmp_path.resolve() / "text.txt")]
     assert default_recipe["storage"]["export_dir"] == str(tmp_path.resolve() / "exported")
     assert default_recipe["distillation"]["data"]["paths"] == [str(tiny_teacher.text)]  # already absolute
-    assert parameters["teacher/default"]["recipe"]["output_dir"] == str(tmp_path.resolve() / "state" / "teachers")
+    assert parameters["teacher/default"]["recipe"]["output_dir"] == str(
+        tmp_path.resolve() / "state" / "teachers"
+    )
 
 
 @pytest.mark.parametrize("pool_type", ["kubernetes", "docker"])

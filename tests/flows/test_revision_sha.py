@@ -51,8 +51,11 @@ def new_commit(teacher: Path, folder: Path) -> Path:
 def convert(recipe: Path, home: Path, hub: FakeHub, prefect_api_url: str) -> None:
     """`moe2dense convert RECIPE` against the fake hub (online, its own Hugging Face cache)."""
     env = isolated_environment(
-        MOE2DENSE_HOME=str(home), MOE2DENSE_PREFECT_API_URL=prefect_api_url,
-        HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(home / "hf"),
+        MOE2DENSE_HOME=str(home),
+        MOE2DENSE_PREFECT_API_URL=prefect_api_url,
+        HF_ENDPOINT=hub.url,
+        HF_HUB_OFFLINE="0",
+        HF_HOME=str(home / "hf"),
     )
     command = [sys.executable, "-c", "from flows.cli import app; app()", "convert", str(recipe)]
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -81,10 +84,17 @@ def test_main_is_recorded_as_its_commit_and_a_new_commit_is_converted_afresh(
     tiny_teacher, prefect_server, tmp_path: Path
 ) -> None:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(recipe_to_yaml(tiny_teacher.recipe(
-        f"source.model={REPO}", "source.revision=main", "distillation.enabled=false",
-        f"tracking.experiment={EXPERIMENT}", f"tracking.registered_model={MODEL_NAME}",
-    )))
+    recipe.write_text(
+        recipe_to_yaml(
+            tiny_teacher.recipe(
+                f"source.model={REPO}",
+                "source.revision=main",
+                "distillation.enabled=false",
+                f"tracking.experiment={EXPERIMENT}",
+                f"tracking.registered_model={MODEL_NAME}",
+            )
+        )
+    )
     home = tmp_path / "home"
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
 
@@ -95,9 +105,13 @@ def test_main_is_recorded_as_its_commit_and_a_new_commit_is_converted_afresh(
         assert source.data.tags[TAG_SOURCE_REVISION] == FIRST
         assert source.data.params["source.revision"] == FIRST
         assert FIRST in report_html(client, first)
-        recorded = [value for stage in client.search_runs(
-            [first.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{first.info.run_id}'"
-        ) for value in (*stage.data.params.values(), *stage.data.tags.values())]
+        recorded = [
+            value
+            for stage in client.search_runs(
+                [first.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{first.info.run_id}'"
+            )
+            for value in (*stage.data.params.values(), *stage.data.tags.values())
+        ]
         assert "main" not in recorded  # the parent's params keep the recipe as written (what was asked)
 
         hub.models[REPO] = dataclasses.replace(
@@ -105,7 +119,9 @@ def test_main_is_recorded_as_its_commit_and_a_new_commit_is_converted_afresh(
         )
         convert(recipe, home, hub, prefect_server)
         second = latest_parent(client)
-        hub.models[REPO] = dataclasses.replace(hub.models[REPO], sha=THIRD)  # same files (a README-only commit)
+        hub.models[REPO] = dataclasses.replace(
+            hub.models[REPO], sha=THIRD
+        )  # same files (a README-only commit)
         convert(recipe, home, hub, prefect_server)
 
     assert second.info.run_id != first.info.run_id

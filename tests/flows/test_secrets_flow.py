@@ -74,7 +74,12 @@ def mlflow_records(client) -> list[str]:
     records = []
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
     for run in client.search_runs(experiment_ids, max_results=1000):
-        records += [repr(run.data.params), repr(run.data.tags), repr(sorted(run.data.metrics)), run.info.run_name]
+        records += [
+            repr(run.data.params),
+            repr(run.data.tags),
+            repr(sorted(run.data.metrics)),
+            run.info.run_name,
+        ]
         records += [repr(i.dataset) for i in run.inputs.dataset_inputs]
     for version in client.search_model_versions():
         records += [repr(version.tags), version.description or "", version.source]
@@ -108,7 +113,10 @@ def test_no_environment_secret_reaches_anything_a_convert_run_records(
         output.out,
         output.err,
     ]
-    blobs = [*bucket_bodies(s3_server), *(p.read_bytes() for p in Path(team_stack.home).rglob("*") if p.is_file())]
+    blobs = [
+        *bucket_bodies(s3_server),
+        *(p.read_bytes() for p in Path(team_stack.home).rglob("*") if p.is_file()),
+    ]
 
     probes = [m for m in logs if PROBE in m]
     assert probes and all(MASK in m for m in probes), logs  # the run's own logs went through the redaction

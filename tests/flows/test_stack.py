@@ -21,7 +21,11 @@ SERVICES = ("prefect", "s3", "mlflow", "worker")
 def stack(*args: str, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "moe2dense"), "stack", *args, "--home", str(home)],
-        env=isolated_environment(COLUMNS="250"), cwd=home.parent, capture_output=True, text=True, timeout=600,
+        env=isolated_environment(COLUMNS="250"),
+        cwd=home.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -34,7 +38,9 @@ def test_a_taken_port_is_refused_naming_the_service(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = stack("up", "--prefect-port", str(port), "--mlflow-port", str(free_port()), home=tmp_path / "h")
+        result = stack(
+            "up", "--prefect-port", str(port), "--mlflow-port", str(free_port()), home=tmp_path / "h"
+        )
     assert result.returncode == 1
     assert f"port {port}" in result.stdout and "(prefect) is in use" in result.stdout
     assert not (tmp_path / "h" / "stack" / "prefect.pid").exists()
@@ -43,18 +49,31 @@ def test_a_taken_port_is_refused_naming_the_service(tmp_path: Path) -> None:
 def test_stack_up_is_idempotent_shows_every_service_and_down_stops_them(tmp_path: Path) -> None:
     home = tmp_path / "home"
     prefect_port, mlflow_port, s3_port = free_port(), free_port(), free_port()
-    options = ["--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port), "--s3", "--s3-port", str(s3_port)]
+    options = [
+        "--prefect-port",
+        str(prefect_port),
+        "--mlflow-port",
+        str(mlflow_port),
+        "--s3",
+        "--s3-port",
+        str(s3_port),
+    ]
     started: dict[str, int] = {}
     try:
         up = stack("up", *options, home=home)
         assert up.returncode == 0, up.stdout + up.stderr
         started = pids(home)
         assert all(pid_alive(pid) for pid in started.values())
-        assert http_ok(f"http://127.0.0.1:{prefect_port}/api/health") and http_ok(f"http://127.0.0.1:{mlflow_port}/health")
+        assert http_ok(f"http://127.0.0.1:{prefect_port}/api/health") and http_ok(
+            f"http://127.0.0.1:{mlflow_port}/health"
+        )
         settings = yaml.safe_load((home / "stack" / "settings.yaml").read_text())
         assert settings["prefect_api_url"] == f"http://127.0.0.1:{prefect_port}/api"
         # the Prefect UI in a browser calls the API its /ui-settings names (Prefect's default: port 4200)
-        assert http_json(f"http://127.0.0.1:{prefect_port}/ui-settings")["api_url"] == settings["prefect_api_url"]
+        assert (
+            http_json(f"http://127.0.0.1:{prefect_port}/ui-settings")["api_url"]
+            == settings["prefect_api_url"]
+        )
         assert settings["mlflow_tracking_uri"] == f"http://127.0.0.1:{mlflow_port}"
         assert settings["s3_endpoint_url"] == f"http://127.0.0.1:{s3_port}"
         bucket = settings["artifact_root"].split("/")[2]

@@ -27,8 +27,12 @@ DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 def toy_flow(text: str) -> toy.ToyResult:
     ensure_result_storage()
     runtime = Runtime.from_environment()
-    with parent_run(runtime.client, load_recipe(DEMO_RECIPE), runtime.redactor,
-                    artifact_location=runtime.settings.resolved_mlflow_artifact_location) as parent:
+    with parent_run(
+        runtime.client,
+        load_recipe(DEMO_RECIPE),
+        runtime.redactor,
+        artifact_location=runtime.settings.resolved_mlflow_artifact_location,
+    ) as parent:
         return toy.toy_task(text, parent.run_id)
 
 

@@ -41,8 +41,14 @@ def test_moe2dense_ui_serves_a_prefect_ui_talking_to_its_own_port_and_stops_clea
     home, elsewhere = str(tmp_path / "home"), "http://elsewhere.invalid:4200/api"
     env = isolated_environment(MOE2DENSE_HOME=home, PREFECT_UI_API_URL=elsewhere)
     command = [
-        sys.executable, "-c", "from flows.cli import app; app()", "ui",
-        "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port),
+        sys.executable,
+        "-c",
+        "from flows.cli import app; app()",
+        "ui",
+        "--prefect-port",
+        str(prefect_port),
+        "--mlflow-port",
+        str(mlflow_port),
     ]
     log = tmp_path / "ui.log"
     with open(log, "wb") as out:

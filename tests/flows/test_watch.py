@@ -88,7 +88,9 @@ def test_releases_are_screened_by_architecture_and_size_with_a_reason(fake_hub):
     )
     olmoe = entry(organisation="allenai")
     (unsized,) = find_releases.fn(olmoe, fake_hub.url)
-    assert skip_reason(olmoe, unsized) == "size unknown: the hub reports no parameters (limit 100,000,000,000)"
+    assert (
+        skip_reason(olmoe, unsized) == "size unknown: the hub reports no parameters (limit 100,000,000,000)"
+    )
     only_deepseek = entry(model_types=("deepseek_v2",))
     assert "is not one of ['deepseek_v2']" in skip_reason(only_deepseek, QWEN_30B)
     assert f"is not one of {supported_model_types()}" in skip_reason(qwen, HubModel(id="x/y", sha="1"))
@@ -97,7 +99,9 @@ def test_releases_are_screened_by_architecture_and_size_with_a_reason(fake_hub):
 def test_bad_watch_entries_name_the_entry_and_field(tmp_path):
     def error_of(**fields) -> str:
         path = tmp_path / "watch.yaml"
-        path.write_text(yaml.safe_dump({"entries": [{"organisation": "Qwen", "max_parameters": 1, **fields}]}))
+        path.write_text(
+            yaml.safe_dump({"entries": [{"organisation": "Qwen", "max_parameters": 1, **fields}]})
+        )
         with pytest.raises(WatchConfigError) as raised:
             load_watch_config(path)
         return str(raised.value)
@@ -107,7 +111,9 @@ def test_bad_watch_entries_name_the_entry_and_field(tmp_path):
     )
     assert "recipe file /nowhere/recipe.yaml does not exist" in error_of(recipe="/nowhere/recipe.yaml")
     assert "is a URI of none of" in error_of(recipe="https://example.com/recipe.yaml")
-    assert "set max_parameters and/or max_checkpoint_bytes" in error_of(recipe=DEMO_RECIPE, max_parameters=None)
+    assert "set max_parameters and/or max_checkpoint_bytes" in error_of(
+        recipe=DEMO_RECIPE, max_parameters=None
+    )
     assert "entries.0.model_types" in error_of(recipe=DEMO_RECIPE, model_types=["qwen3"])
     assert "entries.0.name_pattern" in error_of(recipe=DEMO_RECIPE, name_pattern="(unclosed")
     assert "entries.0.organization" in error_of(recipe=DEMO_RECIPE, organization="Qwen")
@@ -128,7 +134,12 @@ def test_a_recipe_in_the_artifact_store_is_used_and_a_missing_one_names_the_entr
 
 def test_a_bad_entry_stops_the_cli_before_any_hub_call(fake_hub, tmp_path):
     watch_file = tmp_path / "watch.yaml"
-    bad = {"organisation": "Qwen", "recipe": DEMO_RECIPE, "max_parameters": 1, "recipe_overrides": ["plan.x=1"]}
+    bad = {
+        "organisation": "Qwen",
+        "recipe": DEMO_RECIPE,
+        "max_parameters": 1,
+        "recipe_overrides": ["plan.x=1"],
+    }
     watch_file.write_text(yaml.safe_dump({"hub_url": fake_hub.url, "entries": [bad]}))
     result = run_cli("watch", str(watch_file), home=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -223,7 +234,9 @@ def test_watch_converts_new_commits_skips_with_reasons_and_a_dry_run_triggers_no
 
     # 2. a new commit of the converted model: the dry run lists it and triggers nothing
     new_commit = "1" * 40
-    fake_hub.models["Qwen/Qwen3-30B-A3B"] = dataclasses.replace(fake_hub.models["Qwen/Qwen3-30B-A3B"], sha=new_commit)
+    fake_hub.models["Qwen/Qwen3-30B-A3B"] = dataclasses.replace(
+        fake_hub.models["Qwen/Qwen3-30B-A3B"], sha=new_commit
+    )
     new = HubModel(id="Qwen/Qwen3-30B-A3B", sha=new_commit)
     watch_file = tmp_path / "watch.yaml"
     watch_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))

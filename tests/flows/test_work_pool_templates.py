@@ -24,11 +24,31 @@ IMAGE = f"moe2dense-worker:{version('moe2dense')}"
 # prefect.workers.base.BaseJobConfiguration): a misspelt key would be silently ignored by the worker.
 BASE_FIELDS = {"command", "env", "labels", "name"}
 WORKER_FIELDS = {
-    "kubernetes": BASE_FIELDS | {"annotations", "namespace", "job_manifest", "cluster_config",
-                                 "job_watch_timeout_seconds", "pod_watch_timeout_seconds", "stream_output"},
-    "docker": BASE_FIELDS | {"image", "registry_credentials", "image_pull_policy", "networks", "network_mode",
-                             "auto_remove", "volumes", "stream_output", "mem_limit", "memswap_limit",
-                             "privileged", "container_create_kwargs"},
+    "kubernetes": BASE_FIELDS
+    | {
+        "annotations",
+        "namespace",
+        "job_manifest",
+        "cluster_config",
+        "job_watch_timeout_seconds",
+        "pod_watch_timeout_seconds",
+        "stream_output",
+    },
+    "docker": BASE_FIELDS
+    | {
+        "image",
+        "registry_credentials",
+        "image_pull_policy",
+        "networks",
+        "network_mode",
+        "auto_remove",
+        "volumes",
+        "stream_output",
+        "mem_limit",
+        "memswap_limit",
+        "privileged",
+        "container_create_kwargs",
+    },
 }
 
 
@@ -78,8 +98,15 @@ def test_kubernetes_jobs_get_gpus_node_selector_tolerations_and_the_settings_sec
     assert mounts["data"] == str(IMAGE_HOME.parent) and set(mounts) <= {v["name"] for v in pod["volumes"]}
     assert "cpu" not in container["resources"]["limits"]  # an unset variable leaves no null behind
 
-    tuned = render(template, {"gpu_count": 8, "image": "registry.team/moe2dense-worker:9", "node_selector": {
-        "gpu": "h100"}, "tolerations": []})["job_manifest"]["spec"]["template"]["spec"]
+    tuned = render(
+        template,
+        {
+            "gpu_count": 8,
+            "image": "registry.team/moe2dense-worker:9",
+            "node_selector": {"gpu": "h100"},
+            "tolerations": [],
+        },
+    )["job_manifest"]["spec"]["template"]["spec"]
     assert tuned["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert tuned["containers"][0]["image"] == "registry.team/moe2dense-worker:9"
     assert tuned["nodeSelector"] == {"gpu": "h100"} and tuned["tolerations"] == []
@@ -110,5 +137,7 @@ def test_helm_values_run_a_kubernetes_worker_of_the_pinned_prefect_on_the_team_s
     assert values["selfHostedServerApiConfig"]["apiUrl"].endswith("/api")
     # the template comes from the one JSON file, given with --set-file (the header's command)
     assert values["config"]["baseJobTemplate"]["configuration"] is None
-    command = re.search(r"--set-file worker\.config\.baseJobTemplate\.configuration=(\S+)", HELM_VALUES.read_text())
+    command = re.search(
+        r"--set-file worker\.config\.baseJobTemplate\.configuration=(\S+)", HELM_VALUES.read_text()
+    )
     assert command and (PROJECT_ROOT / command.group(1)) == JOB_TEMPLATES["kubernetes"]

@@ -33,8 +33,16 @@ pytestmark = pytest.mark.integration
 
 POOL = "ui-run-it"
 WORKER = "ui-run-it-worker"
-STAGES = {"calibrate", "plan", "assemble", "evaluate-teacher", "evaluate-assembled", "distill",
-          "evaluate-distilled", "register"}
+STAGES = {
+    "calibrate",
+    "plan",
+    "assemble",
+    "evaluate-teacher",
+    "evaluate-assembled",
+    "distill",
+    "evaluate-distilled",
+    "register",
+}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -53,9 +61,13 @@ def worker(prefect_server, mlflow_server, s3_server, tmp_path_factory):
     )
     log = folder / "worker.log"
     started = datetime.now().astimezone()
-    process = start_process([str(BIN / "moe2dense"), "worker", "--pool", POOL, "--name", WORKER], env, folder, log)
+    process = start_process(
+        [str(BIN / "moe2dense"), "worker", "--pool", POOL, "--name", WORKER], env, folder, log
+    )
     try:
-        wait_until(lambda: worker_online(prefect_server, POOL, WORKER, started), process.pid, "worker", log, 180)
+        wait_until(
+            lambda: worker_online(prefect_server, POOL, WORKER, started), process.pid, "worker", log, 180
+        )
         yield log
     finally:
         stop_group(process.pid)
@@ -68,7 +80,9 @@ def wait_for_flow_run(api_url: str, flow_run_id: str, worker_log, timeout_s: flo
         if run["state_type"] in TERMINAL:
             return run
         time.sleep(1)
-    pytest.fail(f"flow run {flow_run_id} not finished after {timeout_s:.0f} s; worker log:\n{log_tail(worker_log)}")
+    pytest.fail(
+        f"flow run {flow_run_id} not finished after {timeout_s:.0f} s; worker log:\n{log_tail(worker_log)}"
+    )
 
 
 def test_a_run_created_as_the_ui_creates_it_completes_on_the_worker_with_full_lineage(
@@ -78,7 +92,8 @@ def test_a_run_created_as_the_ui_creates_it_completes_on_the_worker_with_full_li
     convert_id = deploy_all(work_pool=POOL, watch_cron=None, process_home=tmp_path / "deployer")[0]
     api = team_stack.prefect_api_url
     created = http_json(
-        f"{api}/deployments/{convert_id}/create_flow_run", {"parameters": {"recipe": recipe.model_dump(mode="json")}}
+        f"{api}/deployments/{convert_id}/create_flow_run",
+        {"parameters": {"recipe": recipe.model_dump(mode="json")}},
     )
     run = wait_for_flow_run(api, created["id"], worker)
     assert run["state_type"] == "COMPLETED", f"{run['state']['message']}\nworker log:\n{log_tail(worker)}"
@@ -90,7 +105,9 @@ def test_a_run_created_as_the_ui_creates_it_completes_on_the_worker_with_full_li
     (parent,) = [r for r in runs if TAG_STAGE not in r.data.tags]
     stages = stage_runs(client, parent.info.run_id)  # nested runs, and linked runs of results cached earlier
     assert set(stages) >= STAGES and {r.info.status for r in stages.values()} == {"FINISHED"}
-    (version,) = client.search_model_versions(f"name = 'ui-dense' and run_id = '{stages['register'].info.run_id}'")
+    (version,) = client.search_model_versions(
+        f"name = 'ui-dense' and run_id = '{stages['register'].info.run_id}'"
+    )
     assert version.tags[TAG_PREFECT_FLOW_RUN] == run["id"]
     checkpoint_uri = version.tags[TAG_CHECKPOINT_URI]
     assert checkpoint_uri.startswith(f"s3://{s3_server.bucket}/artifacts/")

@@ -27,6 +27,8 @@ def toy_task(text: str, parent_run_id: str) -> ToyResult:
     runtime = Runtime.from_environment()
     with runtime.stage(parent_run_id, "toy") as run:
         uri = publish_text(runtime, run, text, kind="toy", name="text.txt")
-        result = ToyResult(text_uri=uri, text_digest=hashlib.sha256(text.encode()).hexdigest(), mlflow_run_id=run.run_id)
+        result = ToyResult(
+            text_uri=uri, text_digest=hashlib.sha256(text.encode()).hexdigest(), mlflow_run_id=run.run_id
+        )
         finish(run, "toy", result)
         return result

@@ -15,13 +15,22 @@ from tests.core.distill_tiny_models import dense_student_from_teacher, random_ro
 def main(precision: str, out: str) -> None:
     teacher = tiny_teacher(seed=11)
     student = dense_student_from_teacher(teacher).cuda()
-    config = DistillConfig(max_steps=4, micro_batch_size=2, lr=2e-3, precision=precision, seed=5,
-                           parallelism="fsdp", gradient_checkpointing=True)
+    config = DistillConfig(
+        max_steps=4,
+        micro_batch_size=2,
+        lr=2e-3,
+        precision=precision,
+        seed=5,
+        parallelism="fsdp",
+        gradient_checkpointing=True,
+    )
     result = distill(student, teacher, random_rows(32, 16, seed=12), config)
     if torch.distributed.get_rank() == 0:
         with torch.no_grad(), autocast(precision, torch.device("cuda")):
             logits = student(input_ids=random_rows(1, 8, seed=1).cuda()).logits
-        torch.save({"final_loss": float(result.final_metrics["loss"]), "logits_dtype": str(logits.dtype)}, out)
+        torch.save(
+            {"final_loss": float(result.final_metrics["loss"]), "logits_dtype": str(logits.dtype)}, out
+        )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def real_size_layer(out: Path) -> Path:
         pytest.skip(f"{released} is absent (set MOE2DENSE_SHARED_DATA)")
     fields = json.loads(released.read_text())
     fields.update(num_hidden_layers=1, vocab_size=len(tiny_tokenizer()), tie_word_embeddings=False)
-    config = AutoConfig.for_model(**{k: v for k, v in fields.items() if k != "model_type"}, model_type="qwen3_moe")
+    config = AutoConfig.for_model(
+        **{k: v for k, v in fields.items() if k != "model_type"}, model_type="qwen3_moe"
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(out)
@@ -67,8 +69,15 @@ def test_a_real_size_layer_converts_on_the_device_as_on_the_cpu(tmp_path):
     batches = list(random_rows(4, 128, vocab_size=len(tiny_tokenizer()), seed=5).split(2))
     plans = {}
     for device in ("cpu", "cuda"):
-        result = convert(teacher, batches, tmp_path / device, PlanConfig(), calibration_mode="layer_by_layer",
-                         calibration_dtype=torch.float32, calibration_device=device)
+        result = convert(
+            teacher,
+            batches,
+            tmp_path / device,
+            PlanConfig(),
+            calibration_mode="layer_by_layer",
+            calibration_dtype=torch.float32,
+            calibration_device=device,
+        )
         plans[device] = {layer.layer: layer.kept for layer in result.provenance.plan.layers}
     assert plans["cuda"] == plans["cpu"]
 
@@ -81,10 +90,24 @@ def test_one_bf16_fsdp_distillation_run_over_every_gpu(tmp_path):
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"{precision}.pt"
         subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-             str(REPO / "tests" / "gpu" / "fsdp_step_worker.py"), precision, str(out)],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={gpus}",
+                str(REPO / "tests" / "gpu" / "fsdp_step_worker.py"),
+                precision,
+                str(out),
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            check=True,
+            timeout=600,
         )
         results[precision] = torch.load(out, weights_only=True)
     assert results["bf16"]["logits_dtype"] == "torch.bfloat16"
-    assert abs(results["bf16"]["final_loss"] - results["fp32"]["final_loss"]) < 0.05 * results["fp32"]["final_loss"]
+    assert (
+        abs(results["bf16"]["final_loss"] - results["fp32"]["final_loss"])
+        < 0.05 * results["fp32"]["final_loss"]
+    )

@@ -88,9 +88,15 @@ def program(name: str) -> Path | None:
 
 def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
-    joined = re.sub(r"\\\n", " ", "\n".join(
-        line for line in path.read_text(encoding="utf-8").splitlines() if not line.lstrip().startswith("#")
-    ))
+    joined = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if not line.lstrip().startswith("#")
+        ),
+    )
     pairs = [line.strip().split(None, 1) for line in joined.splitlines() if line.strip()]
     return [(pair[0].upper(), pair[1] if len(pair) > 1 else "") for pair in pairs]
 
@@ -102,7 +108,9 @@ def copied_sources() -> dict[str, str]:
         if instruction == "COPY":
             *sources, destination = arguments.split()
             for source in sources:
-                copies[source] = str(Path(destination) / Path(source).name) if len(sources) > 1 else destination
+                copies[source] = (
+                    str(Path(destination) / Path(source).name) if len(sources) > 1 else destination
+                )
     return copies
 
 

@@ -46,7 +46,9 @@ def stack() -> dict:
 def mlflow_variables() -> set[str]:
     """Every variable MLflow reads: mlflow.environment_variables and the `mlflow server` options' envvars."""
     names = {getattr(value, "name", None) for value in vars(mlflow.environment_variables).values()}
-    names |= {param.envvar for param in mlflow.cli.cli.commands["server"].params if isinstance(param.envvar, str)}
+    names |= {
+        param.envvar for param in mlflow.cli.cli.commands["server"].params if isinstance(param.envvar, str)
+    }
     return {name for name in names if isinstance(name, str) and name.startswith("MLFLOW_")}
 
 
@@ -60,8 +62,21 @@ def test_docker_compose_resolves_the_file_as_these_tests_read_it(stack: dict, tm
     if compose is None:
         pytest.skip("docker-compose is not installed (scripts/test.sh installs Docker's release binary)")
     run = subprocess.run(  # only .env.example: a variable of the caller's shell would win over it
-        [str(compose), "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "--profile", "gpu", "config",
-         "--format", "json"], capture_output=True, text=True, timeout=120,
+        [
+            str(compose),
+            "-f",
+            str(COMPOSE),
+            "--env-file",
+            str(ENV_EXAMPLE),
+            "--profile",
+            "gpu",
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
     )
     assert run.returncode == 0, run.stderr
@@ -97,7 +112,9 @@ def test_images_are_pinned_and_the_built_ones_are_the_templates_tags(stack: dict
             assert service["image"] == {"gpu": IMAGE, "cpu": CPU_IMAGE}[variant], name
         else:
             pinned = PINNED.match(service["image"])
-            assert pinned and pinned["tag"] != "latest", f"{name}: {service['image']} is not pinned by tag and digest"
+            assert pinned and pinned["tag"] != "latest", (
+                f"{name}: {service['image']} is not pinned by tag and digest"
+            )
     assert base_job_template("docker")["variables"]["properties"]["image"]["default"] == IMAGE
     assert stack["services"]["worker-gpu"]["image"] == IMAGE
 
@@ -116,7 +133,9 @@ def test_published_ports_are_unique_bound_to_one_address_and_are_the_servers_por
 
 
 def test_named_volumes_are_declared_and_shared_with_the_docker_pool(stack: dict) -> None:
-    used = {mount.split(":")[0] for service in stack["services"].values() for mount in service.get("volumes", [])}
+    used = {
+        mount.split(":")[0] for service in stack["services"].values() for mount in service.get("volumes", [])
+    }
     assert used == set(stack["volumes"])  # each named volume declared, each declared one used
     template_volumes = base_job_template("docker")["variables"]["properties"]["volumes"]["default"]
     assert f"{stack['volumes']['worker-data']['name']}:/data" in template_volumes
@@ -130,7 +149,9 @@ def test_services_start_after_what_they_need_is_healthy(stack: dict) -> None:
         for dependency, rule in service.get("depends_on", {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
             if rule["condition"] == "service_healthy":
-                assert "healthcheck" in services[dependency], f"{name} waits for {dependency}, which has no healthcheck"
+                assert "healthcheck" in services[dependency], (
+                    f"{name} waits for {dependency}, which has no healthcheck"
+                )
     assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     (device,) = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert (device["driver"], device["capabilities"]) == ("nvidia", ["gpu"])
@@ -150,7 +171,9 @@ def test_every_environment_variable_is_one_its_program_reads(stack: dict) -> Non
             if "build" not in service:
                 assert variable in IMAGE_VARIABLES[service["image"].split(":")[0]], f"{name}: {variable}"
             elif name.startswith("worker-"):  # configured by moe2dense's settings only
-                assert variable in ours | HUGGINGFACE_VARIABLES, f"{name}: {variable} is not read by moe2dense_platform/settings.py"
+                assert variable in ours | HUGGINGFACE_VARIABLES, (
+                    f"{name}: {variable} is not read by moe2dense_platform/settings.py"
+                )
             elif variable.startswith("PREFECT_"):
                 assert hasattr(prefect.settings, variable), f"{name}: {variable} is not a Prefect setting"
             elif variable.startswith("MLFLOW_"):
@@ -173,27 +196,45 @@ def settings_in(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch, tm
 def assert_points_at_the_stack(settings: Settings, stack: dict) -> None:
     services = stack["services"]
     prefect_api, mlflow_uri = urlparse(settings.prefect_api_url), urlparse(settings.mlflow_tracking_uri)
-    assert (prefect_api.hostname, prefect_api.port, prefect_api.path) == ("prefect-server", listen_port(services["prefect-server"]), "/api")
+    assert (prefect_api.hostname, prefect_api.port, prefect_api.path) == (
+        "prefect-server",
+        listen_port(services["prefect-server"]),
+        "/api",
+    )
     assert (mlflow_uri.hostname, mlflow_uri.port) == ("mlflow", listen_port(services["mlflow"]))
     s3 = urlparse(settings.s3_endpoint_url)
     minio = services["minio"]["command"]
     console = int(minio[minio.index("--console-address") + 1].lstrip(":"))
-    assert s3.hostname == "minio" and s3.port in {int(p.rsplit(":", 1)[1]) for p in services["minio"]["ports"]} - {console}
+    assert s3.hostname == "minio" and s3.port in {
+        int(p.rsplit(":", 1)[1]) for p in services["minio"]["ports"]
+    } - {console}
     bucket = re.search(r"mc mb --ignore-existing stack/(\S+)", services["minio-init"]["entrypoint"][-1])[1]
-    artifacts = services["mlflow"]["command"][services["mlflow"]["command"].index("--artifacts-destination") + 1]
-    assert settings.uses_s3 and urlparse(settings.resolved_artifact_root).hostname == bucket == urlparse(artifacts).hostname
+    artifacts = services["mlflow"]["command"][
+        services["mlflow"]["command"].index("--artifacts-destination") + 1
+    ]
+    assert (
+        settings.uses_s3
+        and urlparse(settings.resolved_artifact_root).hostname == bucket == urlparse(artifacts).hostname
+    )
 
 
-def test_workers_settings_resolve_to_the_stack_services(stack: dict, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_workers_settings_resolve_to_the_stack_services(
+    stack: dict, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
     credentials = (env_example()["MINIO_ROOT_USER"], env_example()["MINIO_ROOT_PASSWORD"])
     for name in ("worker-cpu", "worker-gpu"):
         settings = settings_in(stack["services"][name]["environment"], monkeypatch, tmp_path)
         assert_points_at_the_stack(settings, stack)
-        keys = (settings.aws_access_key_id.get_secret_value(), settings.aws_secret_access_key.get_secret_value())
+        keys = (
+            settings.aws_access_key_id.get_secret_value(),
+            settings.aws_secret_access_key.get_secret_value(),
+        )
         assert keys == credentials, name
 
 
-def test_docker_pool_flow_runs_resolve_to_the_stack_services(stack: dict, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_docker_pool_flow_runs_resolve_to_the_stack_services(
+    stack: dict, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
     """A Docker work pool's flow-run container (infra/prefect/docker-job-template.json) joins the stack's
     network: its environment must name the stack's services, the Prefect API included (the worker's own
     URL, http://localhost:4200/api on the host, is not reachable from a container)."""

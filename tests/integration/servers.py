@@ -118,8 +118,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 API on a free port, with the bucket `BUCKET` created."""
     port = free_port()
     server = start_server(
-        "moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        server_env(), tmp_path_factory.mktemp("moto"),
+        "moto_server",
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        server_env(),
+        tmp_path_factory.mktemp("moto"),
     )
     try:
         server.wait_healthy(f"http://127.0.0.1:{port}/moto-api/", timeout_s=30)
@@ -136,12 +138,22 @@ def mlflow_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory)
     port, workdir = free_port(), tmp_path_factory.mktemp("mlflow")
     destination = f"s3://{s3_server.bucket}/mlflow"
     argv = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", destination,
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        destination,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
-    server = start_server("mlflow_server", argv, server_env(MLFLOW_S3_ENDPOINT_URL=s3_server.endpoint_url), workdir)
+    server = start_server(
+        "mlflow_server", argv, server_env(MLFLOW_S3_ENDPOINT_URL=s3_server.endpoint_url), workdir
+    )
     try:
         server.wait_healthy(f"http://127.0.0.1:{port}/health", timeout_s=90)
         yield MlflowServer(tracking_uri=f"http://127.0.0.1:{port}", artifacts_destination=destination)

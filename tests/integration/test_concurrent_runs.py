@@ -24,9 +24,19 @@ from tests.integration.test_upload_sigkill import PROJECT_ROOT, keys, s3_store
 
 pytestmark = pytest.mark.slow
 
-CONVERT_STAGES = {"source", "calibrate", "plan", "assemble", "evaluate-teacher", "evaluate-assembled", "report"}
+CONVERT_STAGES = {
+    "source",
+    "calibrate",
+    "plan",
+    "assemble",
+    "evaluate-teacher",
+    "evaluate-assembled",
+    "report",
+}
 SWEEP_SCORERS = ("sf", "random")
-SWEEP_GROUPING = "output_cluster"  # reads the Gram, as the converts' do_acp does: all three need one calibration
+SWEEP_GROUPING = (
+    "output_cluster"  # reads the Gram, as the converts' do_acp does: all three need one calibration
+)
 
 
 def run_flow(flow: str, teacher: str, text: str, out: str, *overrides: str) -> None:
@@ -75,8 +85,19 @@ def test_two_converts_and_a_sweep_at_once_share_one_calibration_and_clobber_noth
             PREFECT_API_URL=prefect_server,
             PREFECT_HOME=str(tmp_path / label / "prefect"),
         )
-        code = "import sys; from tests.integration.test_concurrent_runs import run_flow; run_flow(*sys.argv[1:])"
-        argv = [sys.executable, "-c", code, flow, str(teacher), str(text), str(tmp_path / f"{label}.json"), *overrides]
+        code = (
+            "import sys; from tests.integration.test_concurrent_runs import run_flow; run_flow(*sys.argv[1:])"
+        )
+        argv = [
+            sys.executable,
+            "-c",
+            code,
+            flow,
+            str(teacher),
+            str(text),
+            str(tmp_path / f"{label}.json"),
+            *overrides,
+        ]
         children[label] = subprocess.Popen(
             argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
@@ -94,14 +115,21 @@ def test_two_converts_and_a_sweep_at_once_share_one_calibration_and_clobber_noth
     stored = keys(s3_server, prefix)
     manifests = [key for key in stored if key.endswith(MANIFEST_SUFFIX)]
     assert len([key for key in manifests if key.startswith(f"{prefix}/stats/")]) == 1
-    assert len([key for key in stored if key.startswith(f"{prefix}/{RESULTS_FOLDER}/moe2dense-calibrate-")]) == 1
+    assert (
+        len([key for key in stored if key.startswith(f"{prefix}/{RESULTS_FOLDER}/moe2dense-calibrate-")]) == 1
+    )
 
     # nothing clobbered: every artifact's every file matches its manifest
     store = s3_store(s3_server.endpoint_url, s3_server.bucket, prefix, str(tmp_path / "cache"))
     for i, key in enumerate(manifests):
-        store.get(ArtifactRef.from_key(key[len(prefix) + 1: -len(MANIFEST_SUFFIX)]), tmp_path / "verify" / str(i))
-    checkpoints = {a["assembled"]["checkpoint_uri"], b["assembled"]["checkpoint_uri"],
-                   *(entry["checkpoint_uri"] for entry in sweep["entries"])}
+        store.get(
+            ArtifactRef.from_key(key[len(prefix) + 1 : -len(MANIFEST_SUFFIX)]), tmp_path / "verify" / str(i)
+        )
+    checkpoints = {
+        a["assembled"]["checkpoint_uri"],
+        b["assembled"]["checkpoint_uri"],
+        *(entry["checkpoint_uri"] for entry in sweep["entries"]),
+    }
     assert {store.uri_for(store.ref_from_uri(uri)) for uri in checkpoints} == checkpoints
     assert len([k for k in manifests if k.startswith(f"{prefix}/dense-model/")]) == len(checkpoints)
 

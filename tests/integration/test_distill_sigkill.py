@@ -61,10 +61,16 @@ def run_stages(home: str, teacher: str, text: str, out: str) -> None:
 
 
 def _start(home: Path, teacher: Path, text: Path) -> subprocess.Popen:
-    code = "import sys; from tests.integration.test_distill_sigkill import run_stages; run_stages(*sys.argv[1:])"
+    code = (
+        "import sys; from tests.integration.test_distill_sigkill import run_stages; run_stages(*sys.argv[1:])"
+    )
     return subprocess.Popen(
         [sys.executable, "-c", code, str(home), str(teacher), str(text), str(home / "result.json")],
-        cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -112,7 +118,9 @@ def test_a_killed_distillation_resumes_and_ends_bit_identical(tmp_path: Path) ->
     from mlflow import MlflowClient
 
     def start_step(home: Path, run_id: str) -> int:
-        return int(MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(run_id).data.params["distill.start_step"])
+        return int(
+            MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(run_id).data.params["distill.start_step"]
+        )
 
     assert start_step(killed_home, resumed["mlflow_run_id"]) == killed_at
     assert start_step(reference_home, straight["mlflow_run_id"]) == 0

@@ -50,10 +50,18 @@ the default settings ~15 s: MLflow's retries of the request in flight, then the 
 def start_mlflow(workdir: Path, port: int) -> ServerProcess:
     """`mlflow server` on `port`; its SQLite database and artifact folder in `workdir` (kept on restart)."""
     argv = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", str(workdir / "mlartifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "mlartifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     server = start_server("mlflow_server", argv, server_env(), workdir)
     server.wait_healthy(f"http://127.0.0.1:{port}/health", timeout_s=90)
@@ -79,7 +87,12 @@ def start_convert(recipe_file: Path, home: Path, tracking_uri: str, prefect_api_
     )
     command = [sys.executable, "-c", "from flows.cli import app; app()", "convert", str(recipe_file)]
     return subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
 
@@ -141,13 +154,16 @@ def stage_metrics(client: MlflowClient, experiment: str) -> dict[str, dict[str, 
             run = client.get_run(run_id)
             assert run.info.status == "FINISHED", (tag, run.info.status)
             history = {key: client.get_metric_history(run_id, key) for key in run.data.metrics}
-            metrics[tag[len(prefix) :]] = {key: sorted(m.step for m in points) for key, points in history.items()}
+            metrics[tag[len(prefix) :]] = {
+                key: sorted(m.step for m in points) for key, points in history.items()
+            }
     return metrics
 
 
 def write_recipe(path: Path, teacher: TinyTeacher, experiment: str) -> Path:
     recipe = teacher.recipe(
-        f"tracking.experiment={experiment}", "tracking.registered_model=null",
+        f"tracking.experiment={experiment}",
+        "tracking.registered_model=null",
         "distillation.train.log_every=1",
     )
     path.write_text(recipe_to_yaml(recipe))

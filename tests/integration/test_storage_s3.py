@@ -62,14 +62,19 @@ def test_settings_pick_s3_and_round_trip_a_folder(s3_server: S3Server, tmp_path:
     assert uri == f"s3://{s3_server.bucket}/{store.prefix}/dense-model/{ref.sha256}/ckpt"
     assert store.ref_from_uri(uri) == ref and store.exists(ref)
     assert keys_under(s3_server, store.prefix) == sorted(
-        [f"{store.prefix}/{ref.key}/config.json", f"{store.prefix}/{ref.key}/sub/model.safetensors",
-         f"{store.prefix}/{ref.manifest_key}"]
+        [
+            f"{store.prefix}/{ref.key}/config.json",
+            f"{store.prefix}/{ref.key}/sub/model.safetensors",
+            f"{store.prefix}/{ref.manifest_key}",
+        ]
     )
     manifest = store.manifest(ref)
     assert {f.path: f.size for f in manifest.files} == {"config.json": 23, "sub/model.safetensors": 300_000}
 
     local = store.fetch(ref)
-    assert (local / "sub" / "model.safetensors").read_bytes() == (source / "sub" / "model.safetensors").read_bytes()
+    assert (local / "sub" / "model.safetensors").read_bytes() == (
+        source / "sub" / "model.safetensors"
+    ).read_bytes()
     assert store.fetch(ref, verify=True) == local  # second fetch: the verified cache copy
     with store.open(ref, "config.json") as stream:
         assert stream.read() == b'{"model_type": "qwen3"}'
@@ -103,7 +108,9 @@ def test_put_bytes_and_file_round_trip(s3_server: S3Server, tmp_path: Path) -> N
 def test_corrupted_object_is_detected_on_read(s3_server: S3Server, tmp_path: Path) -> None:
     store = open_artifact_store(s3_settings(s3_server, tmp_path / "home"))
     ref = store.put_bytes(b"original bytes", kind="stats", name="stats.bin")
-    s3_server.client().put_object(Bucket=s3_server.bucket, Key=f"{store.prefix}/{ref.key}", Body=b"tampered bytes")
+    s3_server.client().put_object(
+        Bucket=s3_server.bucket, Key=f"{store.prefix}/{ref.key}", Body=b"tampered bytes"
+    )
     with pytest.raises(ArtifactIntegrityError, match="stats.bin"):
         store.get(ref, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
@@ -123,14 +130,19 @@ def test_a_manifest_pointing_outside_the_prefix_is_refused(s3_server: S3Server, 
     manifest["files"] = [{"path": escape, "size": 7, "sha256": hashlib.sha256(b"foreign").hexdigest()}]
     s3.put_object(Bucket=s3_server.bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
 
-    for read in (lambda: store.open(ref, escape).__enter__(), lambda: store.fetch(ref),
-                 lambda: store.get(ref, tmp_path / "a" / "b" / "copy")):
+    for read in (
+        lambda: store.open(ref, escape).__enter__(),
+        lambda: store.fetch(ref),
+        lambda: store.get(ref, tmp_path / "a" / "b" / "copy"),
+    ):
         with pytest.raises(UnsafeKeyError, match=r"manifest file path '(\.\./){4}outside/config.json'"):
             read()
     assert not (tmp_path / "a").exists() and not list((tmp_path / "home").rglob("config.json"))
 
 
-def test_unsafe_prefixes_and_file_names_are_refused_before_any_request(s3_server: S3Server, tmp_path: Path) -> None:
+def test_unsafe_prefixes_and_file_names_are_refused_before_any_request(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
     for root in (f"s3://{s3_server.bucket}/a/../b", f"s3://{s3_server.bucket}/a\\b"):
         with pytest.raises(UnsafeKeyError, match="bucket prefix"):
             open_artifact_store(s3_settings(s3_server, tmp_path / "home", artifact_root=root))
@@ -143,7 +155,9 @@ def test_unsafe_prefixes_and_file_names_are_refused_before_any_request(s3_server
 
 
 def test_large_file_goes_multipart(s3_server: S3Server, tmp_path: Path) -> None:
-    settings = s3_settings(s3_server, tmp_path / "home", s3_multipart_threshold_mb=5, s3_multipart_chunksize_mb=5)
+    settings = s3_settings(
+        s3_server, tmp_path / "home", s3_multipart_threshold_mb=5, s3_multipart_chunksize_mb=5
+    )
     store = open_artifact_store(settings)
     big = tmp_path / "model.safetensors"
     big.write_bytes(os.urandom(11 * MIB))  # 5 + 5 + 1 MiB parts
@@ -163,12 +177,22 @@ def test_failure_mid_upload_leaves_no_visible_artifact(
     root = f"s3://{s3_server.bucket}/store-{uuid.uuid4().hex[:8]}"
     fail_weights = lambda n, method, path: DROP if method == "PUT" and "model.safetensors" in path else PASS  # noqa: E731
     with FaultyProxy(s3_server.endpoint_url, fail_weights) as proxy:
-        settings = s3_settings(s3_server, tmp_path / "home", endpoint=proxy.url, artifact_root=root,
-                               s3_botocore_total_attempts=1, storage_max_attempts=2)
+        settings = s3_settings(
+            s3_server,
+            tmp_path / "home",
+            endpoint=proxy.url,
+            artifact_root=root,
+            s3_botocore_total_attempts=1,
+            storage_max_attempts=2,
+        )
         with pytest.raises(StorageError, match="model.safetensors"):
             open_artifact_store(settings).put_dir(source, kind="dense-model")
         # the store tried the weights file twice (2 attempts → 1 retry warning); every try was cut
-        retries = [r for r in caplog.records if r.name == "moe2dense_platform.transient" and "model.safetensors" in r.getMessage()]
+        retries = [
+            r
+            for r in caplog.records
+            if r.name == "moe2dense_platform.transient" and "model.safetensors" in r.getMessage()
+        ]
         assert len(retries) == 1 and "attempt 1/2" in retries[0].getMessage()
         assert proxy.count(DROP) == 2 and proxy.count(PASS) >= 1  # config.json got through
     prefix = root.split("/", 3)[3]
@@ -186,8 +210,14 @@ def test_retries_recover_from_dropped_connections(s3_server: S3Server, tmp_path:
     """botocore's own retries off: the store's RetryPolicy alone absorbs the first 2 dropped requests."""
     root = f"s3://{s3_server.bucket}/store-{uuid.uuid4().hex[:8]}"
     with FaultyProxy(s3_server.endpoint_url, drop_first(2)) as proxy:
-        settings = s3_settings(s3_server, tmp_path / "home", endpoint=proxy.url, artifact_root=root,
-                               s3_botocore_total_attempts=1, storage_max_attempts=3)
+        settings = s3_settings(
+            s3_server,
+            tmp_path / "home",
+            endpoint=proxy.url,
+            artifact_root=root,
+            s3_botocore_total_attempts=1,
+            storage_max_attempts=3,
+        )
         ref = open_artifact_store(settings).put_bytes(b"payload", kind="plan", name="plan.json")
         assert [action for _, _, action in proxy.requests[:3]] == [DROP, DROP, PASS]
         assert {method for method, _, _ in proxy.requests[:3]} == {"HEAD"}  # the manifest look-up, retried
@@ -197,8 +227,13 @@ def test_retries_recover_from_dropped_connections(s3_server: S3Server, tmp_path:
 
 def test_retry_budget_is_bounded(s3_server: S3Server, tmp_path: Path) -> None:
     with FaultyProxy(s3_server.endpoint_url, drop_first(100)) as proxy:
-        settings = s3_settings(s3_server, tmp_path / "home", endpoint=proxy.url, s3_botocore_total_attempts=1,
-                               storage_max_attempts=3)
+        settings = s3_settings(
+            s3_server,
+            tmp_path / "home",
+            endpoint=proxy.url,
+            s3_botocore_total_attempts=1,
+            storage_max_attempts=3,
+        )
         with pytest.raises(StorageError, match="after 3 attempts"):
             open_artifact_store(settings).put_bytes(b"payload", kind="plan", name="plan.json")
         assert len(proxy.requests) == 3
@@ -206,7 +241,9 @@ def test_retry_budget_is_bounded(s3_server: S3Server, tmp_path: Path) -> None:
 
 def test_body_cut_mid_stream_is_downloaded_again(s3_server: S3Server, tmp_path: Path) -> None:
     direct = S3ArtifactStore(
-        s3_server.bucket, f"store-{uuid.uuid4().hex[:8]}", open_artifact_store(s3_settings(s3_server, tmp_path)).client,
+        s3_server.bucket,
+        f"store-{uuid.uuid4().hex[:8]}",
+        open_artifact_store(s3_settings(s3_server, tmp_path)).client,
         tmp_path / "cache",
     )
     payload = os.urandom(200_000)
@@ -222,8 +259,14 @@ def test_body_cut_mid_stream_is_downloaded_again(s3_server: S3Server, tmp_path: 
     with FaultyProxy(s3_server.endpoint_url, truncate_first_payload_get) as proxy:
         settings = s3_settings(s3_server, tmp_path / "home", endpoint=proxy.url, s3_botocore_total_attempts=1)
         flaky = S3ArtifactStore.from_settings(settings)
-        store = S3ArtifactStore(direct.bucket, direct.prefix, flaky.client, tmp_path / "cache2",
-                                TransferConfig(), RetryPolicy(max_attempts=3, backoff_s=0.01))
+        store = S3ArtifactStore(
+            direct.bucket,
+            direct.prefix,
+            flaky.client,
+            tmp_path / "cache2",
+            TransferConfig(),
+            RetryPolicy(max_attempts=3, backoff_s=0.01),
+        )
         assert store.get(ref, tmp_path / "stats.bin").read_bytes() == payload
         assert proxy.count(TRUNCATE) == 1
 

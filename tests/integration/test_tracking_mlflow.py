@@ -43,8 +43,11 @@ def recipe(tmp_path: Path) -> Recipe:
 
 def bucket_objects(s3: S3Server) -> dict[str, bytes]:
     client = s3.client()
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix="mlflow/")
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix="mlflow/")
+        for o in page.get("Contents", [])
+    ]
     return {key: client.get_object(Bucket=s3.bucket, Key=key)["Body"].read() for key in keys}
 
 
@@ -61,13 +64,24 @@ def test_parent_stage_runs_inputs_artifacts_and_registered_lineage(
         with stage_run(client, run.run_id, "calibrate", redactor, params={"num_tokens": 32768}) as stage:
             for step in range(3):
                 stage.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
-            log_dataset(stage, name="calibration", source_uri="builtin://python-docs", digest="abc123",
-                        context="calibration", profile={"num_tokens": 32768})
+            log_dataset(
+                stage,
+                name="calibration",
+                source_uri="builtin://python-docs",
+                digest="abc123",
+                context="calibration",
+                profile={"num_tokens": 32768},
+            )
         run.log_artifact(checkpoint, None)
         stored = f"s3://{s3_server.bucket}/artifacts/dense-model/{'a' * 64}/dense_model"
-        lineage = Lineage(source_model="org/tiny-moe", source_revision="rev-1",
-                          shard_digests={"model.safetensors": "f" * 64}, plan_digest="p" * 64,
-                          checkpoint_uri=stored, flow_run_id="flow-run-123")
+        lineage = Lineage(
+            source_model="org/tiny-moe",
+            source_revision="rev-1",
+            shard_digests={"model.safetensors": "f" * 64},
+            plan_digest="p" * 64,
+            checkpoint_uri=stored,
+            flow_run_id="flow-run-123",
+        )
         version = register_dense_model(run, "a" * 64, f"dense-{tmp_path.name}", lineage)
 
     parent = client.get_run(run.run_id)
@@ -75,7 +89,9 @@ def test_parent_stage_runs_inputs_artifacts_and_registered_lineage(
     assert parent.data.params["plan.scoring.name"] == "do_acp"
     assert parent.data.params["distillation.train.max_steps"] == str(recipe.distillation.train.max_steps)
     assert parent.data.tags[TAG_PREFECT_FLOW_RUN] == "flow-run-123"
-    assert parent.data.params["source.trust_remote_code"] == parent.data.tags[TAG_TRUST_REMOTE_CODE] == "false"
+    assert (
+        parent.data.params["source.trust_remote_code"] == parent.data.tags[TAG_TRUST_REMOTE_CODE] == "false"
+    )
     recipe_path = client.download_artifacts(run.run_id, RECIPE_ARTIFACT, str(tmp_path / "dl"))
     assert Path(recipe_path).read_text() == recipe_to_yaml(recipe)
 
@@ -142,23 +158,37 @@ def test_no_planted_secret_reaches_params_tags_artifacts_inputs_or_logs(
     app_log.setLevel(logging.INFO)
     install_log_redaction(redactor)
 
-    recipe = load_recipe(CONFIGS / "demo.yaml", [
-        f"tracking.experiment=it-secrets-{tmp_path.name}",
-        f"description=uses key {planted['aws_key']}",  # a user pasted a key into the recipe
-    ])
+    recipe = load_recipe(
+        CONFIGS / "demo.yaml",
+        [
+            f"tracking.experiment=it-secrets-{tmp_path.name}",
+            f"description=uses key {planted['aws_key']}",  # a user pasted a key into the recipe
+        ],
+    )
     leaky_file = tmp_path / "leaky.txt"
     leaky_file.write_text(f"token={planted['hub_token']}\n")
     try:
         with (
-            parent_run(client, recipe, redactor, extra_tags={"note": f"secret {planted['aws_secret']}"}) as run,
+            parent_run(
+                client, recipe, redactor, extra_tags={"note": f"secret {planted['aws_secret']}"}
+            ) as run,
             stage_run(client, run.run_id, "source", redactor) as stage,
         ):
-            stage.log_params({"aws_secret_access_key": "not-even-a-known-value",
-                              "endpoint": f"http://user:{planted['mlflow_password']}@host"})
+            stage.log_params(
+                {
+                    "aws_secret_access_key": "not-even-a-known-value",
+                    "endpoint": f"http://user:{planted['mlflow_password']}@host",
+                }
+            )
             stage.set_tags({"debug": str(settings.environment())})
             stage.log_metrics({f"loss_{planted['hub_token']}": 1.0})
-            log_dataset(stage, name="calibration", source_uri=f"s3://b/x?token={planted['hub_token']}",
-                        digest="d1", context="calibration")
+            log_dataset(
+                stage,
+                name="calibration",
+                source_uri=f"s3://b/x?token={planted['hub_token']}",
+                digest="d1",
+                context="calibration",
+            )
             with pytest.raises(CredentialLeakError, match="leaky.txt"):
                 stage.log_artifact(leaky_file)
             stage.log_text(f"aws {planted['aws_secret']}", "notes/notes.txt")
@@ -169,9 +199,16 @@ def test_no_planted_secret_reaches_params_tags_artifacts_inputs_or_logs(
     haystack = [log_stream.getvalue()]
     for run_id in (run.run_id, stage.run_id):
         data = client.get_run(run_id)
-        haystack += [json.dumps(data.data.params), json.dumps(data.data.tags), json.dumps(list(data.data.metrics))]
-        haystack += [json.dumps([[d.dataset.name, d.dataset.source, d.dataset.profile]
-                                 for d in data.inputs.dataset_inputs])]
+        haystack += [
+            json.dumps(data.data.params),
+            json.dumps(data.data.tags),
+            json.dumps(list(data.data.metrics)),
+        ]
+        haystack += [
+            json.dumps(
+                [[d.dataset.name, d.dataset.source, d.dataset.profile] for d in data.inputs.dataset_inputs]
+            )
+        ]
         download = Path(client.download_artifacts(run_id, "", str(tmp_path / f"dl-{run_id}")))
         haystack += [p.read_text(errors="replace") for p in download.rglob("*") if p.is_file()]
     haystack += [body.decode(errors="replace") for body in bucket_objects(s3_server).values()]

@@ -48,8 +48,11 @@ PART = 5 * MIB  # the smallest multipart part S3 accepts
 def s3_store(endpoint_url: str, bucket: str, prefix: str, cache_dir: str) -> S3ArtifactStore:
     """An S3 store on `endpoint_url` that goes multipart above one 5 MiB part, one part at a time."""
     client = boto3.client(
-        "s3", endpoint_url=endpoint_url, aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"], region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
+        region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
         config=BotoConfig(s3={"addressing_style": "path"}),
     )
     transfer = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=1)
@@ -65,10 +68,17 @@ def put_s3(endpoint_url: str, bucket: str, prefix: str, cache_dir: str, file: st
 
 
 def start_child(function: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    code = f"import sys; from tests.integration.test_upload_sigkill import {function}; {function}(*sys.argv[1:])"
+    code = (
+        f"import sys; from tests.integration.test_upload_sigkill import {function}; {function}(*sys.argv[1:])"
+    )
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "-c", code, *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -78,8 +88,10 @@ def freeze_when(child: subprocess.Popen, ready: Callable[[], bool], timeout_s: f
     while not ready():
         if child.poll() is not None or time.monotonic() > deadline:
             child.kill()
-            pytest.fail(f"the child never reached the moment to stop it (exit {child.poll()}): "
-                        f"{child.stderr.read()[-4000:]}")
+            pytest.fail(
+                f"the child never reached the moment to stop it (exit {child.poll()}): "
+                f"{child.stderr.read()[-4000:]}"
+            )
         time.sleep(0.001)
     os.killpg(child.pid, signal.SIGSTOP)
 
@@ -90,8 +102,9 @@ def kill(child: subprocess.Popen) -> None:
     assert child.returncode == -signal.SIGKILL
 
 
-def hold_request(matches: Callable[[str, str], bool]) -> tuple[Callable[[int, str, str], str], threading.Event,
-                                                              threading.Event]:
+def hold_request(
+    matches: Callable[[str, str], bool],
+) -> tuple[Callable[[int, str, str], str], threading.Event, threading.Event]:
     """A proxy fault that holds the first request `matches(method, path)` until `release` is set, then
     drops it (its client is dead by then); `held` is set while it waits."""
     held, release = threading.Event(), threading.Event()
@@ -106,7 +119,9 @@ def hold_request(matches: Callable[[str, str], bool]) -> tuple[Callable[[int, st
     return fault, held, release
 
 
-def wait_or_fail(event: threading.Event, child: subprocess.Popen, what: str, timeout_s: float = 240.0) -> None:
+def wait_or_fail(
+    event: threading.Event, child: subprocess.Popen, what: str, timeout_s: float = 240.0
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not event.wait(0.1):
         if child.poll() is not None or time.monotonic() > deadline:
@@ -115,7 +130,9 @@ def wait_or_fail(event: threading.Event, child: subprocess.Popen, what: str, tim
 
 
 def keys(s3_server, prefix: str) -> list[str]:
-    pages = s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket, Prefix=prefix)
+    pages = (
+        s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket, Prefix=prefix)
+    )
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
@@ -157,7 +174,9 @@ def test_a_multipart_upload_killed_between_parts_is_invisible_and_the_rerun_stor
     prefix = f"sigkill-{uuid.uuid4().hex[:8]}"
     fault, held, release = hold_request(lambda method, path: method == "PUT" and "partNumber=2" in path)
     with FaultyProxy(s3_server.endpoint_url, fault) as proxy:
-        writer = start_child("put_s3", proxy.url, s3_server.bucket, prefix, str(tmp_path / "cache-w"), str(big))
+        writer = start_child(
+            "put_s3", proxy.url, s3_server.bucket, prefix, str(tmp_path / "cache-w"), str(big)
+        )
         wait_or_fail(held, writer, "the upload of part 2")
         os.killpg(writer.pid, signal.SIGSTOP)
 
@@ -223,7 +242,9 @@ def until_assemble(recipe) -> dict:
     return stages()
 
 
-def stack_environment(home: Path, s3_server, endpoint_url: str, prefix: str, prefect_api_url: str) -> dict[str, str]:
+def stack_environment(
+    home: Path, s3_server, endpoint_url: str, prefix: str, prefect_api_url: str
+) -> dict[str, str]:
     from moe2dense_platform.local_stack import isolated_environment
 
     return isolated_environment(
@@ -256,8 +277,12 @@ def test_assemble_killed_during_its_upload_leaves_no_artifact_and_no_cache_entry
         release.set()
         results = f"{prefix}/{RESULTS_FOLDER}/"
         assert any("/plan/" in key for key in frozen)  # upstream stages are stored …
-        assert not any(key.endswith(MANIFEST_SUFFIX) and "/dense-model/" in key for key in frozen)  # … not this
-        assert not any(key.startswith(f"{results}moe2dense-assemble-") for key in frozen)  # nor its cache entry
+        assert not any(
+            key.endswith(MANIFEST_SUFFIX) and "/dense-model/" in key for key in frozen
+        )  # … not this
+        assert not any(
+            key.startswith(f"{results}moe2dense-assemble-") for key in frozen
+        )  # nor its cache entry
         assert keys(s3_server, prefix) == frozen
 
         rerun = start_child("run_until_assemble", *args, env=env)  # the proxy passes everything now

@@ -24,8 +24,12 @@ from moe2dense_platform.recipe import (
 )
 from tests.tasks.declared_stages import STAGES
 
-source_key, calibrate_key, plan_key, assemble_key = (STAGES[n].key for n in ("source", "calibrate", "plan", "assemble"))
-distill_key, evaluate_key, report_key, register_key = (STAGES[n].key for n in ("distill", "evaluate", "report", "register"))
+source_key, calibrate_key, plan_key, assemble_key = (
+    STAGES[n].key for n in ("source", "calibrate", "plan", "assemble")
+)
+distill_key, evaluate_key, report_key, register_key = (
+    STAGES[n].key for n in ("distill", "evaluate", "report", "register")
+)
 
 ANIMAL_TEXT = "\n\n".join(f"The cat number {i} sat near the dog and looked at the bird." for i in range(200))
 
@@ -89,7 +93,9 @@ def all_keys(text):
     )
     keys["report"] = report_key(None, {"recipe_digest": "0" * 64, "results": {"ppl": 12.5}})
     registered = SimpleNamespace(model="org/name", revision="d" * 40, snapshot_digest="a" * 64)
-    keys["register"] = register_key(None, {"source": registered, "checkpoint": checkpoint, "model_name": "dense"})
+    keys["register"] = register_key(
+        None, {"source": registered, "checkpoint": checkpoint, "model_name": "dense"}
+    )
     return keys
 
 
@@ -148,18 +154,24 @@ def test_the_library_digest_covers_every_python_file_of_the_core_platform_and_ta
 
 
 def test_data_enters_keys_by_content_never_by_path(tmp_path):
-    one = data_keys(write_text(tmp_path / "one" / "text.txt"), write_text(tmp_path / "one" / "task.jsonl", "{}"))
+    one = data_keys(
+        write_text(tmp_path / "one" / "text.txt"), write_text(tmp_path / "one" / "task.jsonl", "{}")
+    )
     two = data_keys(write_text(tmp_path / "two" / "copy.txt"), write_text(tmp_path / "two" / "t.jsonl", "{}"))
     assert {stage: key for stage, (key, _) in one.items()} == {stage: key for stage, (key, _) in two.items()}
     for stage, (_, payload) in one.items():
         assert str(tmp_path / "one") not in payload and "text.txt" not in payload, stage
         assert "task.jsonl" not in payload, stage
     edited = data_keys(
-        write_text(tmp_path / "one" / "text.txt", ANIMAL_TEXT.replace("cat", "cot", 1)), tmp_path / "one" / "task.jsonl"
+        write_text(tmp_path / "one" / "text.txt", ANIMAL_TEXT.replace("cat", "cot", 1)),
+        tmp_path / "one" / "task.jsonl",
     )
     assert {stage for stage in one if one[stage][0] == edited[stage][0]} == set()
     write_text(tmp_path / "two" / "t.jsonl", '{"context": "a", "continuation": "b"}')
-    assert data_keys(tmp_path / "two" / "copy.txt", tmp_path / "two" / "t.jsonl")["evaluate"][0] != two["evaluate"][0]
+    assert (
+        data_keys(tmp_path / "two" / "copy.txt", tmp_path / "two" / "t.jsonl")["evaluate"][0]
+        != two["evaluate"][0]
+    )
 
 
 def test_the_artifact_store_is_in_every_key(tmp_path, monkeypatch):

@@ -29,18 +29,30 @@ def test_an_unreachable_tracking_server_is_named(tmp_path):
 
 def test_an_unreachable_s3_endpoint_is_named(tmp_path):
     endpoint = f"http://127.0.0.1:{closed_port()}"
-    settings = Settings(home=tmp_path, artifact_root="s3://bucket/artifacts", s3_endpoint_url=endpoint,
-                        aws_access_key_id="k", aws_secret_access_key="s")
+    settings = Settings(
+        home=tmp_path,
+        artifact_root="s3://bucket/artifacts",
+        s3_endpoint_url=endpoint,
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
     with pytest.raises(PreflightError, match=f"S3 endpoint {endpoint} is unreachable"):
         preflight(settings, Redactor(), timeout_s=1.0)
 
 
 def test_a_missing_bucket_is_refused_and_a_good_one_passes(s3_server, tmp_path):
     def settings(bucket: str) -> Settings:
-        return Settings(home=tmp_path, artifact_root=f"s3://{bucket}/artifacts", s3_endpoint_url=s3_server.endpoint_url,
-                        aws_access_key_id=s3_server.access_key_id, aws_secret_access_key=s3_server.secret_access_key)
+        return Settings(
+            home=tmp_path,
+            artifact_root=f"s3://{bucket}/artifacts",
+            s3_endpoint_url=s3_server.endpoint_url,
+            aws_access_key_id=s3_server.access_key_id,
+            aws_secret_access_key=s3_server.secret_access_key,
+        )
 
-    with pytest.raises(PreflightError, match=r"s3://no-such-bucket/artifacts .* refused a write \(NoSuchBucket\)"):
+    with pytest.raises(
+        PreflightError, match=r"s3://no-such-bucket/artifacts .* refused a write \(NoSuchBucket\)"
+    ):
         preflight(settings("no-such-bucket"), Redactor(), timeout_s=2.0)
     preflight(settings(s3_server.bucket), Redactor(), timeout_s=2.0)
     listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix="artifacts/_preflight/")

@@ -31,6 +31,8 @@ def test_results_go_under_the_s3_artifact_root(s3_server, monkeypatch):
     with pytest.raises(FileNotFoundError):
         block.read_path(KEY, _sync=True)
     block.write_path(KEY, b"result record", _sync=True)
-    stored = s3_server.client().get_object(Bucket=s3_server.bucket, Key=f"results-test/{RESULTS_FOLDER}/{KEY}")
+    stored = s3_server.client().get_object(
+        Bucket=s3_server.bucket, Key=f"results-test/{RESULTS_FOLDER}/{KEY}"
+    )
     assert stored["Body"].read() == b"result record"
     assert block.read_path(KEY, _sync=True) == b"result record"

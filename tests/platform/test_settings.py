@@ -39,8 +39,12 @@ def test_embedded_default_lives_under_home(tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path / "state")
     assert not settings.uses_s3
     assert settings.resolved_artifact_root == str(tmp_path / "state" / "artifacts")
-    assert settings.resolved_mlflow_tracking_uri == f"sqlite:///{(tmp_path / 'state' / 'mlflow.db').resolve()}"
-    assert settings.resolved_mlflow_artifact_location == (tmp_path / "state" / "mlartifacts").resolve().as_uri()
+    assert (
+        settings.resolved_mlflow_tracking_uri == f"sqlite:///{(tmp_path / 'state' / 'mlflow.db').resolve()}"
+    )
+    assert (
+        settings.resolved_mlflow_artifact_location == (tmp_path / "state" / "mlartifacts").resolve().as_uri()
+    )
     env = settings.environment()
     assert "PREFECT_API_URL" not in env
     assert env["PREFECT_HOME"] == str((tmp_path / "state" / "prefect").resolve())
@@ -60,8 +64,10 @@ def test_team_stack_from_a_settings_file_with_environment_overrides(
     assert settings.uses_s3 and settings.s3_region == "eu-west-1"
     assert settings.resolved_mlflow_artifact_location is None  # the server's --artifacts-destination decides
     assert settings.s3_client_kwargs() == {
-        "region_name": "eu-west-1", "endpoint_url": "http://minio:9000",
-        "aws_access_key_id": "file-access-key-123", "aws_secret_access_key": "file-secret-key-456",
+        "region_name": "eu-west-1",
+        "endpoint_url": "http://minio:9000",
+        "aws_access_key_id": "file-access-key-123",
+        "aws_secret_access_key": "file-secret-key-456",
     }
     env = settings.environment()
     assert env["PREFECT_API_URL"] == "http://prefect:4200/api"
@@ -194,7 +200,10 @@ def test_mlflow_http_retries_are_bounded_settings_and_mlflows_own_variables_are_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     defaults = load_settings().environment()
-    assert (defaults["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], defaults["MLFLOW_HTTP_REQUEST_TIMEOUT"]) == ("4", "20")
+    assert (defaults["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], defaults["MLFLOW_HTTP_REQUEST_TIMEOUT"]) == (
+        "4",
+        "20",
+    )
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")  # an MLflow user's own setting
     assert load_settings().environment()["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "9"
     monkeypatch.setenv("MOE2DENSE_MLFLOW_HTTP_MAX_RETRIES", "1")  # overrides it, as every MOE2DENSE_* does

@@ -70,14 +70,19 @@ def test_folder_round_trip_and_digest_definition(tmp_path: Path) -> None:
     manifest = store.manifest(ref)
     expected_files = [
         ManifestFile(path="config.json", size=19, sha256=hashlib.sha256(b'{"hidden_size": 32}').hexdigest()),
-        ManifestFile(path="sub/model.safetensors", size=10240,
-                     sha256=hashlib.sha256(bytes(range(256)) * 40).hexdigest()),
+        ManifestFile(
+            path="sub/model.safetensors",
+            size=10240,
+            sha256=hashlib.sha256(bytes(range(256)) * 40).hexdigest(),
+        ),
     ]
     assert manifest.files == expected_files and manifest.total_size == 10259
     assert ref.sha256 == directory_digest(expected_files)
     copy = store.get(ref, tmp_path / "copy")
     assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()) == [
-        "config.json", "sub/model.safetensors"]
+        "config.json",
+        "sub/model.safetensors",
+    ]
     assert store.fetch(ref, verify=True) == tmp_path / "store" / ref.key
     with store.open(ref, "config.json") as stream:
         assert stream.read() == b'{"hidden_size": 32}'
@@ -168,7 +173,9 @@ def test_concurrent_identical_puts_agree(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path / "store")
     source = make_folder(tmp_path)
     refs: list[ArtifactRef] = []
-    threads = [threading.Thread(target=lambda: refs.append(store.put_dir(source, kind="m"))) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: refs.append(store.put_dir(source, kind="m"))) for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -177,7 +184,9 @@ def test_concurrent_identical_puts_agree(tmp_path: Path) -> None:
     store.fetch(refs[0], verify=True)
 
 
-@pytest.mark.parametrize("kind, name", [("Dense", "x"), ("a/b", "x"), ("m", "../x"), ("m", "x" + MANIFEST_SUFFIX)])
+@pytest.mark.parametrize(
+    "kind, name", [("Dense", "x"), ("a/b", "x"), ("m", "../x"), ("m", "x" + MANIFEST_SUFFIX)]
+)
 def test_bad_kind_or_name_is_refused_before_writing(tmp_path: Path, kind: str, name: str) -> None:
     store = LocalArtifactStore(tmp_path / "store")
     with pytest.raises(StorageError, match="artifact (kind|name)"):
@@ -194,7 +203,19 @@ def test_empty_folder_and_foreign_uri_are_refused(tmp_path: Path) -> None:
         store.ref_from_uri("file:///elsewhere/m/" + "0" * 64 + "/x")
 
 
-UNSAFE_KEYS = ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "..", "a\\..\\b", "a\x00b", "a\nb"]
+UNSAFE_KEYS = [
+    "",
+    "/etc/passwd",
+    "../x",
+    "a/../../x",
+    "a/./b",
+    "a//b",
+    "a/",
+    "..",
+    "a\\..\\b",
+    "a\x00b",
+    "a\nb",
+]
 
 
 @pytest.mark.parametrize("key", UNSAFE_KEYS)
@@ -225,8 +246,11 @@ def test_a_manifest_pointing_outside_the_store_is_refused_on_every_read(tmp_path
     files = [{"path": escape, "size": 15, "sha256": hashlib.sha256(b"not an artifact").hexdigest()}]
     tamper_manifest(store.root, ref, files=files)
 
-    for read in (lambda: store.open(ref, escape).__enter__(), lambda: store.fetch(ref, verify=True),
-                 lambda: store.get(ref, tmp_path / "a" / "b" / "copy")):
+    for read in (
+        lambda: store.open(ref, escape).__enter__(),
+        lambda: store.fetch(ref, verify=True),
+        lambda: store.get(ref, tmp_path / "a" / "b" / "copy"),
+    ):
         with pytest.raises(UnsafeKeyError, match=r"manifest file path '(\.\./){4}outside.txt'"):
             read()
     assert not (tmp_path / "a").exists() and outside.read_text() == "not an artifact"

@@ -58,16 +58,26 @@ def test_lineage_tags_summarise_shards_and_drop_unknowns() -> None:
 
 def test_redactor_collects_settings_secrets_and_credential_named_environment() -> None:
     settings = Settings(aws_secret_access_key="settings-secret-1", prefect_api_key="prefect-key-22")
-    environ = {"HF_TOKEN": "hf_abcdefgh", "GITHUB_TOKEN": "ghp_12345678", "MAX_TOKENS": "not-a-secret",
-               "PREFECT_API_KEY_FLAG": "true", "HOME": "/root/home-dir"}
+    environ = {
+        "HF_TOKEN": "hf_abcdefgh",
+        "GITHUB_TOKEN": "ghp_12345678",
+        "MAX_TOKENS": "not-a-secret",
+        "PREFECT_API_KEY_FLAG": "true",
+        "HOME": "/root/home-dir",
+    }
     redactor = Redactor.from_environment(settings, environ)
     text = "a settings-secret-1 b prefect-key-22 c hf_abcdefgh d ghp_12345678 e not-a-secret f /root/home-dir g true"
-    assert redactor.redact(text) == f"a {MASK} b {MASK} c {MASK} d {MASK} e not-a-secret f /root/home-dir g true"
+    assert (
+        redactor.redact(text) == f"a {MASK} b {MASK} c {MASK} d {MASK} e not-a-secret f /root/home-dir g true"
+    )
 
 
 def test_credential_named_keys_are_masked_whatever_their_value() -> None:
     redactor = Redactor()
-    assert redactor.redact_item("storage.aws_secret_access_key", "anything") == ("storage.aws_secret_access_key", MASK)
+    assert redactor.redact_item("storage.aws_secret_access_key", "anything") == (
+        "storage.aws_secret_access_key",
+        MASK,
+    )
     assert redactor.redact_item("api-key", "x") == ("api-key", MASK)
     assert redactor.redact_item("calibration.num_tokens", "32768") == ("calibration.num_tokens", "32768")
     assert redactor.redact_item("tokenizer", "gpt2") == ("tokenizer", "gpt2")
@@ -125,7 +135,9 @@ def test_every_log_record_is_redacted_when_created(record_factory) -> None:
     assert text.startswith(f"key={MASK} done\nupload failed\nTraceback")
     assert f"RuntimeError: connect failed for {MASK}" in text
     assert text.endswith(f"key={MASK}, old planted-log-secret\n")  # only the current secrets are hidden
-    original = getattr(record_factory, "base", record_factory)  # an earlier run in this process may have installed one
+    original = getattr(
+        record_factory, "base", record_factory
+    )  # an earlier run in this process may have installed one
     assert logging.getLogRecordFactory().base is original  # one wrapper around the original
 
 
@@ -162,6 +174,9 @@ def test_an_unreachable_tracking_server_fails_fast_with_its_address_and_the_stag
     client = tracking_client(settings)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"  # MLflow reads its retries from there
     named = f"MLflow tracking server {uri} is unreachable"
-    with pytest.raises(TrackingUnavailableError, match=named) as failure, stage_run(client, "0" * 32, "x", Redactor()):
+    with (
+        pytest.raises(TrackingUnavailableError, match=named) as failure,
+        stage_run(client, "0" * 32, "x", Redactor()),
+    ):
         pass
     assert transient_failure(None, None, Failed(data=failure.value)) is False

@@ -57,8 +57,10 @@ def python(code: str) -> list[str]:
 
 def test_output_lines_are_logged_and_a_failure_names_its_exit_code_and_last_lines(tmp_path, caplog) -> None:
     polls: list[int] = []
-    code = ("import sys\nfor i in range(60): print(f'line {i}', file=sys.stderr if i % 2 else sys.stdout)\n"
-            "sys.exit(3)")
+    code = (
+        "import sys\nfor i in range(60): print(f'line {i}', file=sys.stderr if i % 2 else sys.stdout)\n"
+        "sys.exit(3)"
+    )
     with caplog.at_level(logging.INFO, logger=LOG.name), pytest.raises(DistillLaunchError) as failed:
         run_streaming(
             python(code), cwd=tmp_path, log=LOG, on_poll=lambda: polls.append(1), what="a test", poll_s=0.0

@@ -41,7 +41,9 @@ def registered(teacher, parent_run_id):  # noqa: F811
 def copies_under(root, sha256: str) -> int:
     """How many files under `root` hold exactly the bytes whose sha256 is `sha256`."""
     return sum(
-        1 for path in root.rglob("*") if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+        1
+        for path in root.rglob("*")
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
     )
 
 
@@ -80,5 +82,7 @@ def test_stage_runs_record_the_store_content_addresses(registered):
     assemble_run = client.get_run(assembled.mlflow_run_id).data.tags
     assert assemble_run["moe2dense.input.plan.sha256"] == plan_run["moe2dense.output.plan.sha256"]
     assert assemble_run["moe2dense.output.dense-model.uri"] == assembled.checkpoint_uri
-    assert client.get_run(source.mlflow_run_id).data.tags["moe2dense.snapshot_digest"] == source.snapshot_digest
+    assert (
+        client.get_run(source.mlflow_run_id).data.tags["moe2dense.snapshot_digest"] == source.snapshot_digest
+    )
     assert not client.list_artifacts(assembled.mlflow_run_id)  # no checkpoint copy in MLflow

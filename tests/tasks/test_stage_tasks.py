@@ -68,7 +68,9 @@ def test_plan_and_checkpoint_are_stored_and_load_with_stock_transformers(chain):
 
 def test_a_different_plan_gives_a_different_digest(chain, parent_run_id):  # noqa: F811
     _, source, calibration, plan, _ = chain
-    other = plan_task.fn(source, calibration, PlanConfig(scoring={"name": "random", "seed": 3}), parent_run_id)
+    other = plan_task.fn(
+        source, calibration, PlanConfig(scoring={"name": "random", "seed": 3}), parent_run_id
+    )
     assert other.plan_digest != plan.plan_digest and other.stats_digest == plan.stats_digest
 
 

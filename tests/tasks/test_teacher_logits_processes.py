@@ -144,14 +144,27 @@ def test_the_ranks_of_a_killed_stage_stop_after_their_current_shard(teacher, tmp
     sessions, out of its reach, notice the lost parent after their shard and exit with the reason."""
     work, cache = tmp_path / "work", tmp_path / "cache"
     spec = TeacherPassSpec(
-        teacher_dir=teacher.path, rows_file=work / "rows.safetensors", out_dir=cache, k=8, temperature=1.0,
-        teacher_top_k=None, teacher_digest="tiny", batch_size=4, rows_per_shard=4, precision="fp32",
-        logprob_dtype="float32", device="cpu", processes=2, threads=1,
+        teacher_dir=teacher.path,
+        rows_file=work / "rows.safetensors",
+        out_dir=cache,
+        k=8,
+        temperature=1.0,
+        teacher_top_k=None,
+        teacher_digest="tiny",
+        batch_size=4,
+        rows_per_shard=4,
+        precision="fp32",
+        logprob_dtype="float32",
+        device="cpu",
+        processes=2,
+        threads=1,
     )
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     stage = subprocess.Popen(
         [sys.executable, "-c", STAGE_CHILD, str(tmp_path / "spec.json"), str(VOCAB_SIZE)],
-        cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True,
+        cwd=PROJECT_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while not list(cache.glob("shard_*.safetensors")):

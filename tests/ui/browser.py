@@ -101,7 +101,9 @@ def click(driver, xpath: str, what: str, timeout_s: float = WAIT_S) -> None:
     from selenium.webdriver.common.by import By
 
     def clicked() -> bool:
-        target = next((found for found in driver.find_elements(By.XPATH, xpath) if found.is_displayed()), None)
+        target = next(
+            (found for found in driver.find_elements(By.XPATH, xpath) if found.is_displayed()), None
+        )
         if target is None:
             return False
         try:
@@ -126,6 +128,7 @@ def screenshot(driver, name: str) -> Path:
 
 def text_shown(driver, needle: str, what: str, timeout_s: float = WAIT_S) -> str:
     """The page's text once it contains `needle`, waited for."""
+
     def containing() -> str | None:
         text = page_text(driver)
         return text if needle in text else None

@@ -50,7 +50,9 @@ def moe2dense(*args: str, env: dict[str, str], cwd: Path) -> None:
     result = subprocess.run(
         [str(BIN / "moe2dense"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
     )
-    assert result.returncode == 0, f"moe2dense {' '.join(args)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"moe2dense {' '.join(args)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
 
 
 @pytest.fixture(scope="module")

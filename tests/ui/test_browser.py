@@ -73,8 +73,11 @@ def open_tab(driver, name: str) -> None:
     from the runs list's tabs) and wait for its panel."""
     key = name.replace(" ", "")
     ui.click(driver, f"//button[@role='tab' and substring-after(@id, '-trigger-')='{key}']", f"tab {name}")
-    ui.element(driver, f"//*[@role='tabpanel' and @data-state='active' and substring-after(@id, '-content-')='{key}']",
-               f"panel of tab {name}")
+    ui.element(
+        driver,
+        f"//*[@role='tabpanel' and @data-state='active' and substring-after(@id, '-content-')='{key}']",
+        f"panel of tab {name}",
+    )
 
 
 def task_run_states(driver) -> dict[str, str] | None:
@@ -86,7 +89,10 @@ def task_run_states(driver) -> dict[str, str] | None:
     links = panel.find_elements(By.XPATH, ".//a[contains(@href, '/runs/task-run/')]")
     if count is None or not links or len(links) != int(count[1]):
         return None
-    return {link.text: state_badge(link.find_element(By.XPATH, "./ancestor::*[@data-slot='card'][1]")) for link in links}
+    return {
+        link.text: state_badge(link.find_element(By.XPATH, "./ancestor::*[@data-slot='card'][1]"))
+        for link in links
+    }
 
 
 def test_prefect_ui_lists_the_cli_run_with_every_stage_completed(browser, ui_stack):
@@ -94,7 +100,10 @@ def test_prefect_ui_lists_the_cli_run_with_every_stage_completed(browser, ui_sta
     browser.get(ui_stack.prefect_ui)
     ui.click(browser, "//a[normalize-space()='Runs' and contains(@href, '/runs')]", "Runs in the navigation")
     link = f"//a[normalize-space()='{run.name}' and contains(@href, '/runs/flow-run/{run.id}')]"
-    assert ui.wait(browser, lambda: card_state(browser, link), f"flow run {run.name} in the runs list") == "Completed"
+    assert (
+        ui.wait(browser, lambda: card_state(browser, link), f"flow run {run.name} in the runs list")
+        == "Completed"
+    )
     ui.screenshot(browser, "prefect-1-runs")
 
     ui.click(browser, link, f"the link to flow run {run.name}")
@@ -130,7 +139,9 @@ def wait_for_final_state(driver, run_name: str) -> str:
     header = f"//*[normalize-space(text())='{run_name}']/ancestor::*[.//{STATE_BADGE}][1]"
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
-        state = ui.wait(driver, lambda: state_badge(driver.find_element(By.XPATH, header)), f"state of run {run_name}")
+        state = ui.wait(
+            driver, lambda: state_badge(driver.find_element(By.XPATH, header)), f"state of run {run_name}"
+        )
         if state in TERMINAL or time.monotonic() > deadline:
             return state
         time.sleep(3)
@@ -140,8 +151,11 @@ def wait_for_final_state(driver, run_name: str) -> str:
 def test_a_custom_run_from_the_deployment_form_completes_on_the_worker(browser, ui_stack):
     run_name, recipe_name = "ui-custom-run", "ui-form-changed"
     browser.get(f"{ui_stack.prefect_ui}/v2/deployments")
-    ui.click(browser, "//tr[.//*[text()='convert']]//a[contains(@href, '/deployments/deployment/')]",
-             "the convert deployment")
+    ui.click(
+        browser,
+        "//tr[.//*[text()='convert']]//a[contains(@href, '/deployments/deployment/')]",
+        "the convert deployment",
+    )
     ui.click(browser, "//button[normalize-space()='Run']", "the Run button")
     ui.click(browser, "//*[@role='menuitem' and normalize-space()='Custom run']", "Run → Custom run")
 
@@ -154,8 +168,11 @@ def test_a_custom_run_from_the_deployment_form_completes_on_the_worker(browser, 
     ui.text_shown(browser, f"{run_name} scheduled", "the run-created notice")
 
     ui.click(browser, "//a[normalize-space()='Runs' and contains(@href, '/runs')]", "Runs in the navigation")
-    ui.click(browser, f"//a[normalize-space()='{run_name}' and contains(@href, '/runs/flow-run/')]",
-             f"{run_name} in the runs list")
+    ui.click(
+        browser,
+        f"//a[normalize-space()='{run_name}' and contains(@href, '/runs/flow-run/')]",
+        f"{run_name} in the runs list",
+    )
     state = wait_for_final_state(browser, run_name)
     ui.screenshot(browser, "prefect-4-custom-run")
     logs = ui.page_text(browser)
@@ -171,9 +188,13 @@ def grid_rows(driver) -> dict[str, str]:
     """{run id: run name} of the rows the runs table shows."""
     from selenium.webdriver.common.by import By
 
-    links = driver.find_elements(By.XPATH, "//*[@role='row' and @row-id]//*[@col-id='attributes.`Run Name`']//a")
-    return {link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-id"): link.text
-            for link in links}
+    links = driver.find_elements(
+        By.XPATH, "//*[@role='row' and @row-id]//*[@col-id='attributes.`Run Name`']//a"
+    )
+    return {
+        link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-id"): link.text
+        for link in links
+    }
 
 
 def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_lineage(browser, ui_stack):
@@ -182,7 +203,9 @@ def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_
     recipe, cli_run = ui_stack.recipe, ui_stack.cli_run
     browser.get(f"{ui_stack.mlflow_ui}/#/experiments")
     ui.click(browser, f"//a[normalize-space()='{recipe.tracking.experiment}']", "the experiment")
-    experiment_id = ui.wait(browser, lambda: re.search(r"#/experiments/(\d+)", browser.current_url), "experiment page")[1]
+    experiment_id = ui.wait(
+        browser, lambda: re.search(r"#/experiments/(\d+)", browser.current_url), "experiment page"
+    )[1]
     browser.get(f"{ui_stack.mlflow_ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
 
     def table_with_parent() -> dict[str, str] | None:
@@ -191,8 +214,11 @@ def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_
 
     before = ui.wait(browser, table_with_parent, f"the parent run {recipe.name} in the runs table")
     (parent_id,) = [run_id for run_id, name in before.items() if name == recipe.name]
-    ui.click(browser, f"//*[@role='row' and @row-id='{parent_id}']//*[@col-id='attributes.`Run Name`']//button",
-             "the parent run's expand button")
+    ui.click(
+        browser,
+        f"//*[@role='row' and @row-id='{parent_id}']//*[@col-id='attributes.`Run Name`']//button",
+        "the parent run's expand button",
+    )
 
     def nested_stage_runs() -> set[str] | None:
         names = {name for run_id, name in grid_rows(browser).items() if run_id not in before}
@@ -201,8 +227,11 @@ def test_mlflow_ui_shows_the_parent_run_its_stage_runs_and_the_registered_model_
     ui.wait(browser, nested_stage_runs, f"nested runs {sorted(NESTED_STAGE_RUNS)} under the parent run")
     ui.screenshot(browser, "mlflow-1-nested-stage-runs")
 
-    ui.click(browser, f"//a[normalize-space()='{recipe.name}' and contains(@href, '/runs/{parent_id}')]",
-             "the parent run's link")
+    ui.click(
+        browser,
+        f"//a[normalize-space()='{recipe.name}' and contains(@href, '/runs/{parent_id}')]",
+        "the parent run's link",
+    )
 
     def child_run_links() -> set[str] | None:  # the "Child runs" row, loaded after the run itself
         names = {link.text for link in browser.find_elements(By.XPATH, "//a[contains(@href, '/runs/')]")}
@@ -233,5 +262,7 @@ def version_tags(page: str) -> dict[str, str]:
     """{tag: value} of the lineage tags a model version page shows (the value on the line after the name)."""
     tags = (TAG_SOURCE_MODEL, TAG_PREFECT_FLOW_RUN, TAG_CHECKPOINT_URI, *LINEAGE_DIGESTS)
     shown = {tag: re.search(rf"^{re.escape(tag)}\n(.+)$", page, re.MULTILINE) for tag in tags}
-    assert all(shown.values()), f"tags not shown: {[tag for tag, match in shown.items() if not match]}\n{page}"
+    assert all(shown.values()), (
+        f"tags not shown: {[tag for tag, match in shown.items() if not match]}\n{page}"
+    )
     return {tag: match[1] for tag, match in shown.items()}
