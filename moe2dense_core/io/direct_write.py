@@ -26,7 +26,7 @@ length to be multiples of the device's logical block size (512 B or 4 KiB). The 
 page-aligned memory of `STAGING_BYTES` (a multiple of `ALIGNMENT` = 4 KiB) and only whole buffers are written
 direct, so every direct write is aligned; the last partial buffer is written after switching the descriptor to
 buffered mode (Linux allows toggling O_DIRECT with fcntl F_SETFL), so no padding or truncation is needed.
-Where O_DIRECT is not available — no `os.O_DIRECT` (macOS, Windows), an open that refuses it (EINVAL: e.g.
+Where O_DIRECT is not available — no `os.O_DIRECT` (macOS), an open that refuses it (EINVAL: e.g.
 some FUSE and network filesystems) or a first direct write that refuses it (EINVAL: a device whose blocks are
 larger than 4 KiB) — the file is written buffered through the same buffers. The bytes on disk are the same
 either way; `direct` says which path was taken.

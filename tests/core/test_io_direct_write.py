@@ -52,7 +52,7 @@ def test_o_direct_is_used_where_the_filesystem_accepts_it(tmp_path):
 
 
 def test_without_o_direct_the_file_is_written_buffered(tmp_path, monkeypatch):
-    """As on macOS and Windows, whose os module has no O_DIRECT."""
+    """As on macOS, whose os module has no O_DIRECT."""
     monkeypatch.delattr(os, "O_DIRECT")
     data = payload(STAGING_BYTES + 10, 3)
     out = DirectFile(tmp_path / "shard.bin")
