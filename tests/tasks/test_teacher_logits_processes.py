@@ -82,16 +82,12 @@ def test_two_processes_store_the_cache_one_process_stores(teacher, parent_run_id
     assert key_of(other_k) != key_of(one)
 
 
-def test_a_failing_rank_fails_the_pass_with_its_error_and_hands_over_none_of_its_shards(
-    teacher, tmp_path: Path
-) -> None:
-    """Rank 1 of 2 meets a token id outside the vocabulary in its first shard (rows 4-7)."""
-    rows = torch.randint(0, VOCAB_SIZE, (16, 32), generator=torch.Generator().manual_seed(0))
-    rows[5, 3] = VOCAB_SIZE
-    spec = TeacherPassSpec(
+def two_rank_cpu_pass(teacher: TinyTeacher, work: Path, cache: Path) -> TeacherPassSpec:
+    """The teacher pass these tests start: 2 CPU ranks of 1 thread, k = 8, 4-row batches and shards."""
+    return TeacherPassSpec(
         teacher_dir=teacher.path,
-        rows_file=tmp_path / "work" / "rows.safetensors",
-        out_dir=tmp_path / "cache",
+        rows_file=work / "rows.safetensors",
+        out_dir=cache,
         k=8,
         temperature=1.0,
         teacher_top_k=None,
@@ -104,6 +100,15 @@ def test_a_failing_rank_fails_the_pass_with_its_error_and_hands_over_none_of_its
         processes=2,
         threads=1,
     )
+
+
+def test_a_failing_rank_fails_the_pass_with_its_error_and_hands_over_none_of_its_shards(
+    teacher, tmp_path: Path
+) -> None:
+    """Rank 1 of 2 meets a token id outside the vocabulary in its first shard (rows 4-7)."""
+    rows = torch.randint(0, VOCAB_SIZE, (16, 32), generator=torch.Generator().manual_seed(0))
+    rows[5, 3] = VOCAB_SIZE
+    spec = two_rank_cpu_pass(teacher, tmp_path / "work", tmp_path / "cache")
     handed: list[str] = []
     with pytest.raises(DistillError) as failed:
         run_teacher_workers(spec, rows, tmp_path / "work", on_shard=lambda path: handed.append(path.name))
@@ -143,22 +148,7 @@ def test_the_ranks_of_a_killed_stage_stop_after_their_current_shard(teacher, tmp
     """The stage process is SIGKILLed once the first of 500 shards is written: its two ranks, in their own
     sessions, out of its reach, notice the lost parent after their shard and exit with the reason."""
     work, cache = tmp_path / "work", tmp_path / "cache"
-    spec = TeacherPassSpec(
-        teacher_dir=teacher.path,
-        rows_file=work / "rows.safetensors",
-        out_dir=cache,
-        k=8,
-        temperature=1.0,
-        teacher_top_k=None,
-        teacher_digest="tiny",
-        batch_size=4,
-        rows_per_shard=4,
-        precision="fp32",
-        logprob_dtype="float32",
-        device="cpu",
-        processes=2,
-        threads=1,
-    )
+    spec = two_rank_cpu_pass(teacher, work, cache)
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     stage = subprocess.Popen(
         [sys.executable, "-c", STAGE_CHILD, str(tmp_path / "spec.json"), str(VOCAB_SIZE)],
