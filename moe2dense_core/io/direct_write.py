@@ -50,7 +50,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
 class DirectFile:
-    """See module docstring. One writer thread per open file; not thread-safe itself."""
+    """See module docstring. Two background threads (hashing, writing) per open file; not thread-safe itself."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
